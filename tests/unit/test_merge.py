@@ -1,0 +1,175 @@
+"""Merging events, one scenario per rule of DESIGN §3."""
+
+from __future__ import annotations
+
+from replication.digest import state_digest
+from replication.dvv import EMPTY
+from replication.merge import apply, apply_all, join
+from replication.state import MemoryState, decode_state, encode_state, materialize
+from replication.testing import Replica
+
+
+def _pair() -> tuple[Replica, Replica]:
+    a, b = Replica("a", "us-east"), Replica("b", "eu-west")
+    return a, b
+
+
+def _sync(*replicas: Replica) -> None:
+    """Every replica receives every other replica's states (full join)."""
+    for r in replicas:
+        for other in replicas:
+            for key, state in other.states.items():
+                mine = r.states.get(key)
+                r.states[key] = state if mine is None else join(mine, state)
+
+
+def _state(r: Replica, mid: str) -> MemoryState:
+    return r.states[f"t1/{mid}"]
+
+
+def test_causally_later_write_supersedes() -> None:
+    a, _ = _pair()
+    a.write("f", "fact", "create", content="v1")
+    a.write("f", "fact", "update", content="v2")
+    view = materialize(_state(a, "f"))
+    assert view.content == "v2"
+    assert view.conflicts == ()
+
+
+def test_lww_picks_the_highest_timestamp_and_logs_the_loser() -> None:
+    a, b = _pair()
+    create = a.write("f", "fact", "create", content="v0")
+    assert create is not None
+    b.receive(create)
+    a.wall_ms += 5
+    b.wall_ms += 10
+    a.write("f", "fact", "update", content="from-a")
+    b.write("f", "fact", "update", content="from-b")
+    _sync(a, b)
+    for r in (a, b):
+        view = materialize(_state(r, "f"))
+        assert view.content == "from-b"
+        assert [c.content for c in view.conflicts] == ["from-a"]
+    assert state_digest(_state(a, "f")) == state_digest(_state(b, "f"))
+
+
+def test_a_write_that_saw_the_conflict_resolves_it() -> None:
+    a, b = _pair()
+    create = a.write("f", "fact", "create", content="v0")
+    assert create is not None
+    b.receive(create)
+    a.write("f", "fact", "update", content="x")
+    b.write("f", "fact", "update", content="y")
+    _sync(a, b)
+    a.write("f", "fact", "update", content="z")
+    view = materialize(_state(a, "f"))
+    assert (view.content, view.conflicts) == ("z", ())
+
+
+def test_surface_keeps_every_concurrent_sibling() -> None:
+    a, b = _pair()
+    create = a.write("p", "preference", "create", policy="surface", content="tea")
+    assert create is not None
+    b.receive(create)
+    a.write("p", "preference", "update", content="coffee")
+    b.write("p", "preference", "update", content="water")
+    _sync(a, b)
+    view = materialize(_state(a, "p"))
+    assert sorted(s.content for s in view.siblings) == ["coffee", "water"]
+    assert view.content == view.siblings[0].content
+
+
+def test_blind_surface_write_becomes_a_sibling() -> None:
+    a, _ = _pair()
+    a.write("p", "preference", "create", policy="surface", content="tea")
+    a.write("p", "preference", "update", content="milk", context=EMPTY)
+    assert len(materialize(_state(a, "p")).siblings) == 2
+
+
+def test_or_set_concurrent_add_wins_over_remove() -> None:
+    a, b = _pair()
+    create = a.write("l", "list", "create", items=["milk"])
+    assert create is not None
+    b.receive(create)
+    a.write("l", "list", "remove", items=["milk"])
+    b.write("l", "list", "add", items=["milk", "eggs"])
+    _sync(a, b)
+    assert set(materialize(_state(a, "l")).items) == {"milk", "eggs"}
+
+
+def test_or_set_remove_of_an_observed_item_sticks() -> None:
+    a, b = _pair()
+    create = a.write("l", "list", "create", items=["milk", "tea"])
+    assert create is not None
+    b.receive(create)
+    rm = b.write("l", "list", "remove", items=["milk"])
+    assert rm is not None
+    a.receive(rm)
+    a.receive(create)
+    assert materialize(_state(a, "l")).items == ("tea",)
+
+
+def test_counter_counts_each_dot_once_whatever_the_duplicates() -> None:
+    a, b = _pair()
+    events = [a.write("c", "counter", "create", increment=5)]
+    events += [a.write("c", "counter", "increment", increment=i) for i in (3, -1, 10)]
+    real = [e for e in events if e is not None]
+    state = apply_all(None, [*real, *reversed(real), real[2], real[0]])
+    assert state is not None
+    assert materialize(state).value == 17
+    for e in reversed(real):
+        b.receive(e)
+    assert materialize(_state(b, "c")).value == 17
+
+
+def test_delete_hides_what_it_saw_and_keeps_concurrent_writes() -> None:
+    a, b = _pair()
+    create = a.write("f", "fact", "create", content="v0")
+    assert create is not None
+    b.receive(create)
+    a.write("f", "fact", "delete")
+    b.write("f", "fact", "update", content="concurrent")
+    _sync(a, b)
+    view = materialize(_state(a, "f"))
+    assert not view.deleted
+    assert view.content == "concurrent"
+
+
+def test_deleted_memory_never_resurrects_on_replay() -> None:
+    a, b = _pair()
+    events = [
+        a.write("f", "fact", "create", content="v0"),
+        a.write("f", "fact", "update", content="v1"),
+    ]
+    delete = a.write("f", "fact", "delete")
+    for e in [delete, *events, *events]:
+        assert e is not None
+        b.receive(e)
+    assert materialize(_state(b, "f")).deleted
+    assert materialize(_state(a, "f")).deleted
+
+
+def test_applying_an_event_twice_changes_nothing() -> None:
+    a, _ = _pair()
+    e = a.write("l", "list", "create", items=["x"])
+    assert e is not None
+    once = apply(None, e)
+    assert apply(once, e) is once
+
+
+def test_state_encoding_is_canonical_and_round_trips() -> None:
+    a, b = _pair()
+    for r in (a, b):
+        r.write("l", "list", "create", items=["x", "y"], tenant="t1")
+    _sync(a, b)
+    sa, sb = _state(a, "l"), _state(b, "l")
+    assert encode_state(sa) == encode_state(sb)
+    assert decode_state(encode_state(sa)) == sa
+
+
+def test_concurrent_creates_agree_on_identity() -> None:
+    a, b = _pair()
+    a.write("x", "fact", "create", content="a", user="u1")
+    b.write("x", "fact", "create", content="b", user="u2")
+    _sync(a, b)
+    assert _state(a, "x").user_id == _state(b, "x").user_id
