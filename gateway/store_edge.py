@@ -1,0 +1,327 @@
+"""The default ``MemoryStore``: one Qdrant Edge shard in a local directory.
+
+Layout (shared with :mod:`gateway.store_server`, see
+:func:`gateway.store.memory_payload`): one point per memory, id
+:func:`gateway.store.point_id`, the named dense vector ``"dense"`` holding the
+LWW winner's embedding (no vector when there is none or its size is wrong),
+and a payload with the filterable fields, the BM25-indexed ``content`` and the
+canonical state bytes.
+
+Design choices:
+
+- **Metadata blobs are points in the same shard** (``status`` = ``meta``, id
+  from :func:`gateway.store.meta_point_id`), not a sidecar file. They go
+  through the shard's one write-ahead log, so a watermark written after a
+  batch of states can never survive a crash that lost those states (a
+  separately fsynced file could), snapshots carry them, and there is one
+  thing to open, lock and close. Every memory query filters on ``status``
+  so they are never listed, searched, scanned or counted.
+- **One single-thread executor** runs every shard call: calls are serialised
+  in submission order and the event loop never blocks. Edge releases the GIL
+  inside calls and parallelises searches itself, so more threads buy nothing.
+- **Page tokens** are the scroll's next point id, encoded opaquely
+  (:func:`gateway.store.encode_page_token`); pages follow point-id order,
+  which is stable while points are added or removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    Fusion,
+    MatchAny,
+    MatchValue,
+    PayloadSchemaType,
+    Point,
+    Prefetch,
+    Query,
+    QueryRequest,
+    ScrollRequest,
+    TextIndexParams,
+    TextQuery,
+    TokenizerType,
+    UpdateOperation,
+)
+
+from gateway.store import (
+    DELETED,
+    LIVE,
+    ListQuery,
+    SearchQuery,
+    StoreError,
+    decode_page_token,
+    dense_vector,
+    encode_page_token,
+    last_per_key,
+    memory_payload,
+    meta_payload,
+    meta_point_id,
+    meta_value,
+    point_id,
+    state_from_payload,
+    validate_search,
+)
+from replication.state import MemoryState
+
+if TYPE_CHECKING:
+    from qdrant_edge import PointId
+
+__all__ = ["QdrantEdgeStore"]
+
+_T = TypeVar("_T")
+_VECTOR = "dense"
+_STATE_ONLY = ["state"]
+_RRF_K = 60
+_MEMORY = Filter(must=[FieldCondition(key="status", match=MatchAny([LIVE, DELETED]))])
+_KEYWORD_FIELDS = ("key", "tenant_id", "user_id", "kind", "topics", "status")
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn a qdrant_edge failure into :class:`StoreError` (the one place it happens).
+
+    The extension raises plain ``Exception`` for every runtime failure (I/O,
+    a locked directory, a closed shard, bad vectors), so that is what is
+    caught; subclasses such as ``TypeError`` or ``ValueError`` are bugs in the
+    caller and propagate unchanged.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"qdrant edge: {action} failed: {exc}") from exc
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        raise StoreError(f"qdrant edge: {action} failed: {exc}") from exc
+
+
+def _memory_filter(
+    tenant_id: str,
+    *,
+    user_ids: Sequence[str] | None,
+    kind: str | None,
+    topics: Sequence[str] | None,
+    include_deleted: bool,
+) -> Filter:
+    must: list[Any] = [FieldCondition(key="tenant_id", match=MatchValue(tenant_id))]
+    statuses = [LIVE, DELETED] if include_deleted else [LIVE]
+    must.append(FieldCondition(key="status", match=MatchAny(statuses)))
+    if user_ids is not None:
+        must.append(FieldCondition(key="user_id", match=MatchAny(list(user_ids))))
+    if kind is not None:
+        must.append(FieldCondition(key="kind", match=MatchValue(kind)))
+    if topics is not None:
+        must.append(FieldCondition(key="topics", match=MatchAny(list(topics))))
+    return Filter(must=must)
+
+
+class QdrantEdgeStore:
+    """A region's states in a Qdrant Edge shard at ``path`` (see the module docstring)."""
+
+    def __init__(self, path: Path, vector_dim: int = 384) -> None:
+        self._path = path
+        self._vector_dim = vector_dim
+        self._shard: EdgeShard | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def vector_dim(self) -> int:
+        """The dimension every stored embedding must have."""
+        return self._vector_dim
+
+    async def open(self) -> None:
+        """Load the shard in ``path`` (or create it) and ensure the payload indexes."""
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+        try:
+            self._shard = await self._run(self._open_shard)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        """Flush and close the shard; the store can be opened again."""
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await self._run(self._close_shard)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=True)
+
+    async def get(self, key: str) -> MemoryState | None:
+        """One memory's state, deleted ones included; ``None`` if unknown."""
+        found = await self.get_many([key])
+        return found.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, MemoryState]:
+        """The states of the keys that exist."""
+        if not keys:
+            return {}
+        ids: list[PointId] = [point_id(k) for k in dict.fromkeys(keys)]
+        records = await self._call("retrieve", lambda s: s.retrieve(ids, _STATE_ONLY, False))
+        states = (state_from_payload(r.payload or {}) for r in records)
+        return {s.key: s for s in states}
+
+    async def put_many(self, states: Sequence[MemoryState]) -> None:
+        """Upsert states in one batch (the last state of a key wins)."""
+        if not states:
+            return
+        points = []
+        for state in last_per_key(states):
+            vector = dense_vector(state, self._vector_dim)
+            points.append(
+                Point(
+                    id=point_id(state.key),
+                    vector={_VECTOR: vector} if vector is not None else {},
+                    payload=memory_payload(state),
+                )
+            )
+        op = UpdateOperation.upsert_points(points)
+        await self._call("upsert", lambda s: s.update(op))
+
+    async def list_page(self, query: ListQuery) -> tuple[list[MemoryState], str | None]:
+        """One page of a tenant's states in point-id order, and the next page's token."""
+        flt = _memory_filter(
+            query.tenant_id,
+            user_ids=query.user_ids,
+            kind=query.kind,
+            topics=None if query.topic is None else [query.topic],
+            include_deleted=query.include_deleted,
+        )
+        return await self._scroll(flt, query.offset, query.limit)
+
+    async def search(self, query: SearchQuery) -> list[tuple[MemoryState, float]]:
+        """Live memories ranked by BM25 over content, by cosine, or both fused (RRF)."""
+        validate_search(query, self._vector_dim)
+        flt = _memory_filter(
+            query.tenant_id,
+            user_ids=query.user_ids,
+            kind=query.kind,
+            topics=query.topics,
+            include_deleted=False,
+        )
+        dense = None if query.embedding is None else Query.Nearest(list(query.embedding), _VECTOR)
+        text = TextQuery("content", query.text) if query.text else None
+        if dense is not None and text is not None:
+            depth = max(4 * query.limit, 40)
+            request = QueryRequest(
+                limit=query.limit,
+                query=Fusion.Rrf(k=_RRF_K),  # type: ignore[arg-type]  # stub: Rrf is no Fusion
+                prefetches=[
+                    Prefetch(query=dense, limit=depth, filter=flt),
+                    Prefetch(query=text, limit=depth, filter=flt),
+                ],
+                filter=flt,
+                with_payload=_STATE_ONLY,
+            )
+        else:
+            request = QueryRequest(
+                limit=query.limit, query=dense or text, filter=flt, with_payload=_STATE_ONLY
+            )
+        hits = await self._call("query", lambda s: s.query(request))
+        return [(state_from_payload(h.payload or {}), h.score) for h in hits]
+
+    async def scan(self, offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:
+        """Every memory (deleted included, metadata excluded), in point-id order."""
+        return await self._scroll(_MEMORY, offset, limit)
+
+    async def count(self) -> int:
+        """How many memories (deleted included) the shard holds."""
+        request = CountRequest(filter=_MEMORY, exact=True)
+        return await self._call("count", lambda s: s.count(request))
+
+    async def get_meta(self, name: str) -> bytes | None:
+        """A named metadata blob, or ``None``."""
+        ids: list[PointId] = [meta_point_id(name)]
+        records = await self._call("retrieve", lambda s: s.retrieve(ids, True, False))
+        return meta_value(records[0].payload or {}) if records else None
+
+    async def put_meta(self, name: str, value: bytes) -> None:
+        """Store a named metadata blob (in the shard's WAL, ordered after earlier writes)."""
+        point = Point(id=meta_point_id(name), vector={}, payload=meta_payload(name, value))
+        op = UpdateOperation.upsert_points([point])
+        await self._call("put meta", lambda s: s.update(op))
+
+    # --- internals ---
+
+    def _open_shard(self) -> EdgeShard:
+        config = EdgeConfig(
+            vectors={_VECTOR: EdgeVectorParams(size=self._vector_dim, distance=Distance.Cosine)}
+        )
+        path = str(self._path)
+        with _translated(f"opening {path}"):
+            if (self._path / "edge_config.json").exists():
+                shard = EdgeShard.load(path, config)
+            else:
+                shard = EdgeShard.create(path, config)
+        try:
+            with _translated("creating payload indexes"):
+                for field in _KEYWORD_FIELDS:
+                    shard.update(
+                        UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword)
+                    )
+                shard.update(UpdateOperation.create_field_index("deleted", PayloadSchemaType.Bool))
+                shard.update(
+                    UpdateOperation.create_field_index("updated_at", PayloadSchemaType.Integer)
+                )
+                text = TextIndexParams(tokenizer=TokenizerType.Word, lowercase=True, scoring=True)
+                shard.update(UpdateOperation.create_field_index("content", text))
+        except BaseException:
+            shard.close()
+            raise
+        return shard
+
+    def _close_shard(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is None:
+            return
+        with _translated("closing"):
+            try:
+                shard.flush()
+            finally:
+                shard.close()
+
+    async def _scroll(
+        self, flt: Filter, token: str | None, limit: int
+    ) -> tuple[list[MemoryState], str | None]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        start = None if token is None else decode_page_token(token)
+        request = ScrollRequest(
+            offset=start, limit=limit, filter=flt, with_payload=_STATE_ONLY, with_vector=False
+        )
+        records, next_id = await self._call("scroll", lambda s: s.scroll(request))
+        states = [state_from_payload(r.payload or {}) for r in records]
+        return states, None if next_id is None else encode_page_token(str(next_id))
+
+    async def _call(self, action: str, fn: Callable[[EdgeShard], _T]) -> _T:
+        def call() -> _T:
+            shard = self._shard
+            if shard is None:
+                raise StoreError("qdrant edge: the store is closed")
+            with _translated(action):
+                return fn(shard)
+
+        return await self._run(call)
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            raise StoreError("qdrant edge: the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
