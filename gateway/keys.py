@@ -1,0 +1,22 @@
+"""Typed keys of the resources an aiohttp app holds (no module singletons)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.modes import Modes
+    from gateway.runtime import Runtime
+    from gateway.service import MemoryService
+    from gateway.settings import Settings
+
+__all__ = ["METRICS", "MODE", "RUNTIME", "SERVICE", "SETTINGS"]
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+MODE: web.AppKey[Modes] = web.AppKey("modes")
+SERVICE: web.AppKey[MemoryService] = web.AppKey("service")
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")

@@ -1,0 +1,92 @@
+"""Prometheus metrics of one gateway, in a registry of its own (no globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every metric the gateway exports."""
+
+    def __init__(self, region: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        labels = {"region": region}
+        self.requests = Histogram(
+            "memsync_http_request_seconds",
+            "HTTP request latency by route and status.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.writes = Counter(
+            "memsync_writes_total",
+            "Writes by outcome: logged (201/200), degraded (202, outbox) or failed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.applied = Counter(
+            "memsync_events_applied_total",
+            "Events merged into the store by the applier (duplicates included).",
+            ["source"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "memsync_events_duplicate_total",
+            "Events the applier had already applied (exactly-once effect).",
+            registry=r,
+        )
+        self.apply_lag = Histogram(
+            "memsync_apply_lag_seconds",
+            "Event timestamp to applied in this region.",
+            ["source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "memsync_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "memsync_outbox_pending", "Journalled events not yet in the log.", registry=r
+        )
+        self.journal_logged = Gauge(
+            "memsync_journal_unacknowledged",
+            "Logged events kept until every consumer has passed their segment.",
+            registry=r,
+        )
+        self.log_lag = Gauge(
+            "memsync_log_lag_records", "Records the applier is behind, by log.", ["log"], registry=r
+        )
+        self.segments_deleted = Counter(
+            "memsync_segments_deleted_total",
+            "Log segments deleted once every consumer passed them.",
+            registry=r,
+        )
+        self.republished = Counter(
+            "memsync_republished_total",
+            "Journalled events re-published after the broker lost its log.",
+            registry=r,
+        )
+        self.mode = Gauge(
+            "memsync_degraded", "1 while a degraded mode is in effect.", ["mode"], registry=r
+        )
+        self.info = Gauge(
+            "memsync_info", "Static facts about this gateway.", ["region"], registry=r
+        )
+        self.info.labels(**labels).set(1)
+
+    def gauge_fn(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        """A gauge whose value is computed at scrape time."""
+        Gauge(name, doc, registry=self.registry).set_function(fn)

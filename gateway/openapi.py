@@ -1,0 +1,237 @@
+"""The OpenAPI 3.1 document of the gateway's HTTP API.
+
+Schemas come from the same msgspec types the handlers decode and encode, so
+the document cannot drift from behaviour; paths are written out here.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from gateway.requests import CreateRequest, PatchRequest, SearchRequest
+from replication.state import MemoryView
+
+__all__ = ["spec"]
+
+_REF = "#/components/schemas/{name}"
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name="Error")}}},
+    }
+
+
+def _json(ref: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name=ref)}}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_VERSION_HEADERS = {
+    "ETag": {"description": "Version token (causal context).", "schema": {"type": "string"}},
+    "X-Memsync-Session": {
+        "description": "Session token for read-your-writes, in any region.",
+        "schema": {"type": "string"},
+    },
+}
+_ERRORS = {
+    "400": _error("Malformed request (JSON, parameter, id or token)."),
+    "401": _error("Missing, invalid or expired bearer token."),
+    "403": _error("The token's claims do not allow this."),
+    "413": _error("Body or field over its size limit."),
+    "415": _error("Body is not application/json."),
+    "422": _error("Body breaks the schema or a rule; the message names the field."),
+    "429": _error("Rate limited; see Retry-After."),
+    "503": _error("Overloaded or a dependency is down; see Retry-After."),
+}
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$"},
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "The version token last read: the write's causal context. Absent: blind.",
+    "schema": {"type": "string"},
+}
+_SESSION = {
+    "name": "X-Memsync-Session",
+    "in": "header",
+    "required": False,
+    "description": "Session token of earlier writes; reads wait (bounded) until they apply.",
+    "schema": {"type": "string"},
+}
+
+
+def _write_op(summary: str, body: str | None, ok: str, params: list[Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": params,
+        "responses": {
+            ok: _json("Memory", "The memory after the write.", _VERSION_HEADERS),
+            "202": _json(
+                "Memory",
+                "Accepted into the local durable outbox only (log unreachable): "
+                "`degraded: true`; it reaches the log when it returns.",
+                _VERSION_HEADERS,
+            ),
+            **_ERRORS,
+            "404": _error("No such memory."),
+            "409": _error("Conflict (id exists or was deleted; too many siblings)."),
+        },
+    }
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(name=body)}}},
+        }
+    return op
+
+
+@cache
+def spec() -> dict[str, Any]:
+    """The OpenAPI document (built once)."""
+    (create, patch, search, memory), components = msgspec.json.schema_components(
+        [CreateRequest, PatchRequest, SearchRequest, MemoryView], ref_template=_REF
+    )
+    components["Memory"] = components.pop("MemoryView")
+    memory_ref = {"$ref": _REF.format(name="Memory")}
+    components["Error"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    }
+    components["MemoryList"] = {
+        "type": "object",
+        "properties": {
+            "memories": {"type": "array", "items": memory_ref},
+            "next_page_token": {"type": ["string", "null"]},
+        },
+    }
+    components["SearchResults"] = {
+        "type": "object",
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"memory": memory_ref, "score": {"type": "number"}},
+                },
+            }
+        },
+    }
+    for schema in components.values():
+        _fix_refs(schema)
+    list_params = [
+        {"name": n, "in": "query", "required": False, "schema": {"type": t}}
+        for n, t in (
+            ("user_id", "string"),
+            ("topic", "string"),
+            ("kind", "string"),
+            ("limit", "integer"),
+            ("page_token", "string"),
+        )
+    ]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    paths: dict[str, Any] = {
+        "/v1/memories": {
+            "post": _write_op("Create a memory", "CreateRequest", "201", [_SESSION]),
+            "get": {
+                "summary": "List memories, paged",
+                "parameters": list_params,
+                "responses": {"200": _json("MemoryList", "One page."), **_ERRORS},
+            },
+        },
+        "/v1/memories/{id}": {
+            "get": {
+                "summary": "Get a memory (siblings and conflicts included)",
+                "parameters": [
+                    _ID_PARAM,
+                    _SESSION,
+                    {"name": "wait_ms", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": _json("Memory", "The memory.", {"ETag": _VERSION_HEADERS["ETag"]}),
+                    "404": _error("Absent or deleted."),
+                    **_ERRORS,
+                },
+            },
+            "patch": _write_op(
+                "Update fields, add/remove items, increment", "PatchRequest", "200",
+                [_ID_PARAM, _IF_MATCH, _SESSION],
+            ),
+            "delete": _write_op(
+                "Delete (tombstone)", None, "200", [_ID_PARAM, _IF_MATCH, _SESSION]
+            ),
+        },
+        "/v1/search": {
+            "post": {
+                "summary": "Ranked search (BM25 text, dense embedding, or both fused)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(name="SearchRequest")}}
+                    },
+                },
+                "responses": {"200": _json("SearchResults", "Best first."), **_ERRORS},
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {
+            "description": "Up."}}}},
+        "/readyz": {"get": {"summary": "Readiness and degraded modes", "security": [],
+                            "responses": {"200": {"description": "Ready (mode says how)."},
+                                          "503": {"description": "Not ready."}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
+            "200": {"description": "Text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {
+            "200": {"description": "OpenAPI 3.1."}}}},
+    }  # fmt: skip
+    del create, patch, search, memory
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "memsync gateway",
+            "version": "0.1.0",
+            "description": "Real-time memory sync for fleets of AI agents (one region).",
+        },
+        "security": bearer,
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+def _fix_refs(node: Any) -> None:
+    """Point references to ``MemoryView`` at its public name ``Memory``."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref == _REF.format(name="MemoryView"):
+            node["$ref"] = _REF.format(name="Memory")
+        for value in node.values():
+            _fix_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _fix_refs(value)

@@ -1,0 +1,338 @@
+"""One gateway's resources and background work, started and stopped together.
+
+Owns the store, the journal, the log producer, the applier's reader, the
+dead-letter sink and the segment janitor, and runs in one ``TaskGroup``:
+
+- the **applier** (regional log → store, cache, listeners);
+- the **outbox drainer** (journal rows the log did not take → log, in order);
+- **maintenance** every second: detect a broker that lost its log (epoch
+  change) and re-publish the journal; delete segments every consumer has
+  passed and prune the journal below them; probe the store; update gauges;
+- **cache warming** at start, bounded by the cache's byte budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.applier import Applier
+from gateway.cache import StateCache
+from gateway.deadletter import KafkaDeadLetters
+from gateway.journal import Journal
+from gateway.metrics import Metrics
+from gateway.modes import Modes
+from gateway.ratelimit import RateLimiter
+from gateway.service import MemoryService, SeqTracker
+from gateway.settings import Settings
+from gateway.store import MemoryStore, StoreError
+from replication.clock import HybridClock
+from replication.errors import MemsyncError
+from replication.log import KafkaEventLog, KafkaLogReader, SegmentJanitor
+
+__all__ = ["Runtime", "applier_group", "build_store"]
+
+_log = structlog.get_logger(__name__)
+
+
+def applier_group(region: str) -> str:
+    """The consumer group of a region's applier."""
+    return f"memsync-applier-{region}"
+
+
+def build_store(settings: Settings, region_dir: Path) -> MemoryStore:
+    """The store the settings ask for."""
+    if settings.store.backend == "server":
+        from gateway.store_server import QdrantServerStore
+
+        return QdrantServerStore.from_url(
+            settings.store.url,
+            collection=settings.store.collection,
+            vector_dim=settings.store.vector_dim,
+        )
+    from gateway.store_edge import QdrantEdgeStore
+
+    return QdrantEdgeStore(region_dir / "store", vector_dim=settings.store.vector_dim)
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop forever, restarting it (with backoff) if it crashes."""
+    backoff = 0.1
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a supervisor: log, back off, restart
+            _log.exception("task.crashed", task=name, restart_in=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+        else:
+            return
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Runtime:
+    """Everything one gateway runs (see the module docstring)."""
+
+    settings: Settings
+    metrics: Metrics
+    modes: Modes
+    store: MemoryStore | None = None
+    started: bool = False
+    service: MemoryService = field(init=False)
+    applier: Applier = field(init=False)
+    journal: Journal = field(init=False)
+    log: KafkaEventLog = field(init=False)
+    reader: KafkaLogReader = field(init=False)
+    janitor: SegmentJanitor = field(init=False)
+    dead_letters: KafkaDeadLetters = field(init=False)
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _epoch: str | None = field(default=None, init=False)
+
+    @property
+    def _open_store(self) -> MemoryStore:
+        if self.store is None:
+            raise RuntimeError("the runtime has not been started")
+        return self.store
+
+    @property
+    def region_dir(self) -> Path:
+        """Where this gateway keeps its journal and (Edge) store."""
+        return self.settings.data_dir
+
+    async def start(self) -> None:
+        """Open everything, then start the background work."""
+        s = self.settings
+        k = s.kafka
+        stack = self._stack
+        self.journal = Journal(self.region_dir / "journal.sqlite3", s.region)
+        await self.journal.open()
+        stack.push_async_callback(self.journal.close)
+        store = self.store or build_store(s, self.region_dir)
+        self.store = store
+        await store.open()
+        stack.push_async_callback(store.close)
+        clock = HybridClock(_wall_ms, high_water=self.journal.high_water)
+        self.log = KafkaEventLog(
+            k.bootstrap,
+            log=k.log,
+            partitions=k.partitions,
+            segment_ms=k.segment_ms,
+            grace_ms=k.grace_ms,
+            request_timeout_ms=k.request_timeout_ms,
+            idempotent=k.idempotent,
+        )
+        self._epoch = await self.journal.get_meta("log_epoch")
+        try:
+            await self.log.start()
+            current = await self.log.epoch()
+            if self._epoch is None:
+                await self.journal.set_meta("log_epoch", current)
+                self._epoch = current
+        except MemsyncError as exc:
+            self.modes.set("log_unavailable", True)
+            _log.warning("gateway.log_unavailable_at_start", error=exc.message)
+        stack.push_async_callback(self.log.stop)
+        tracker = SeqTracker()
+        cache = StateCache(s.limits.cache_bytes)
+        self.service = MemoryService(
+            region=s.region,
+            store=store,
+            cache=cache,
+            log=self.log,
+            journal=self.journal,
+            clock=clock,
+            tracker=tracker,
+            limiter=RateLimiter(
+                agent_rate=s.limits.agent_rate,
+                agent_burst=s.limits.agent_burst,
+                tenant_rate=s.limits.tenant_rate,
+                tenant_burst=s.limits.tenant_burst,
+                clock=time.monotonic,
+            ),
+            limits=s.limits,
+            key=s.secret_bytes,
+        )
+        self.reader = KafkaLogReader(
+            k.bootstrap,
+            log=k.log,
+            group_id=applier_group(s.region),
+            segment_ms=k.segment_ms,
+            grace_ms=k.grace_ms,
+            fetch_max_wait_ms=k.fetch_max_wait_ms,
+        )
+        stack.push_async_callback(self.reader.stop)
+        self.dead_letters = KafkaDeadLetters(k.bootstrap)
+        stack.push_async_callback(self.dead_letters.stop)
+        self.janitor = SegmentJanitor(
+            k.bootstrap,
+            log=k.log,
+            groups=[applier_group(s.region), *k.extra_groups],
+            segment_ms=k.segment_ms,
+            grace_ms=k.grace_ms,
+        )
+        self.applier = Applier(
+            name="local",
+            reader=self.reader,
+            store=store,
+            service=self.service,
+            tracker=tracker,
+            dead_letters=self.dead_letters,
+            metrics=self.metrics,
+            batch=s.limits.apply_batch,
+        )
+        await self.applier.load_applied()
+        self._gauges()
+        await self._warm_cache()
+        _log.info("gateway.opened", region=s.region, replica=self.journal.replica)
+
+    def spawn(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """Start the background work in ``group``; the caller cancels the tasks."""
+        tasks = [
+            group.create_task(_supervised("applier", self._apply_loop), name="applier"),
+            group.create_task(_supervised("outbox", self._drain_loop), name="outbox"),
+            group.create_task(_supervised("maintenance", self._maintenance_loop), name="maint"),
+        ]
+        self.started = True
+        return tasks
+
+    async def stop(self) -> None:
+        """Close everything in reverse order (background work must be cancelled first)."""
+        self.started = False
+        await self._stack.aclose()
+        _log.info("gateway.stopped", region=self.settings.region)
+
+    def _gauges(self) -> None:
+        m, cache = self.metrics, self.service.cache
+        m.gauge_fn(
+            "memsync_cache_hit_ratio",
+            "Cache hits / lookups since start.",
+            lambda: cache.hits / max(1, cache.hits + cache.misses),
+        )
+        m.gauge_fn("memsync_cache_bytes", "Estimated bytes in the cache.", lambda: cache.size_bytes)
+        m.gauge_fn("memsync_cache_entries", "Memories in the cache.", lambda: len(cache))
+
+    async def _warm_cache(self) -> None:
+        """Fill the cache from the store, up to its byte budget."""
+        store = self._open_store
+        cache, offset, loaded = self.service.cache, None, 0
+        budget = self.settings.limits.cache_bytes * 0.9
+        try:
+            while cache.size_bytes < budget:
+                states, offset = await store.scan(offset, 500)
+                for state in states:
+                    self.service.remember(state)
+                loaded += len(states)
+                if offset is None:
+                    break
+        except StoreError as exc:
+            _log.warning("gateway.cache_warm_failed", error=str(exc))
+        _log.info("gateway.cache_warmed", memories=loaded, bytes=cache.size_bytes)
+
+    async def status(self) -> dict[str, Any]:
+        """Facts for ``/readyz``."""
+        pending, logged = await self.journal.counts()
+        return {
+            "replica": self.journal.replica,
+            "outbox_pending": pending,
+            "journal_unacknowledged": logged,
+            "applied_events": self.applier.applied_total,
+        }
+
+    async def _apply_loop(self) -> None:
+        """Start the reader (waiting for the log if it is down), then apply forever."""
+        while True:
+            try:
+                await self.reader.start()
+                break
+            except MemsyncError as exc:
+                self.modes.set("log_unavailable", True)
+                _log.info("applier.waiting_for_log", error=exc.message)
+                await self.reader.stop()
+                await asyncio.sleep(1.0)
+        await self.applier.run()
+
+    async def _drain_loop(self) -> None:
+        while True:
+            await self.service.wait_for_outbox_work(1.0)
+            try:
+                sent = await self.service.drain_outbox()
+            except MemsyncError as exc:
+                self.service.log_available = False
+                self.modes.set("log_unavailable", True)
+                pending, _ = await self.journal.counts()
+                self.metrics.outbox_pending.set(pending)
+                _log.info("outbox.waiting_for_log", pending=pending, error=exc.message)
+                await asyncio.sleep(0.5)
+                continue
+            self.service.log_available = True
+            self.modes.set("log_unavailable", False)
+            self.metrics.outbox_pending.set(0)
+            if sent:
+                _log.info("outbox.drained", events=sent)
+
+    async def _maintenance_loop(self) -> None:
+        interval = self.settings.limits.journal_ack_interval
+        while True:
+            await asyncio.sleep(interval)
+            await self._maintain()
+
+    async def _maintain(self) -> None:
+        try:
+            await self._open_store.count()
+            self.modes.set("store_unavailable", False)
+        except StoreError as exc:
+            self.modes.set("store_unavailable", True)
+            _log.warning("store.unavailable", error=str(exc))
+        try:
+            if not self.log.started:
+                await self.log.start()
+            epoch = await self.log.epoch()
+        except MemsyncError as exc:
+            self.modes.set("log_unavailable", True)
+            _log.info("log.unavailable", error=exc.message)
+            return
+        if self._epoch is not None and epoch != self._epoch:
+            _log.warning("log.epoch_changed", old=self._epoch, new=epoch)
+            try:
+                sent = await self.service.republish()
+            except MemsyncError as exc:
+                _log.warning("log.republish_failed", error=exc.message)
+                return
+            self.metrics.republished.inc(sent)
+            _log.info("log.republished", events=sent)
+        if epoch != self._epoch:
+            await self.journal.set_meta("log_epoch", epoch)
+            self._epoch = epoch
+        self.modes.set("log_unavailable", not self.service.log_available)
+        if self.service.log_available:
+            self.service.poke_outbox()
+        try:
+            deleted = await self.janitor.run_once(_wall_ms())
+        except MemsyncError as exc:
+            _log.info("janitor.skipped", error=exc.message)
+            deleted = []
+        if deleted:
+            self.metrics.segments_deleted.inc(len(deleted))
+            pruned = await self.journal.prune_below(max(deleted) + 1)
+            _log.info("log.segments_deleted", segments=deleted, journal_pruned=pruned)
+        pending, logged = await self.journal.counts()
+        self.metrics.outbox_pending.set(pending)
+        self.metrics.journal_logged.set(logged)
+        try:
+            lag = await self.reader.lag()
+        except MemsyncError:
+            return
+        self.metrics.log_lag.labels("local").set(float(sum(lag.values())))

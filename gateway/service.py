@@ -1,0 +1,547 @@
+"""The memory operations of one region: the write and read paths (DESIGN §4).
+
+Write: authorise → validate → rate-limit → build the event (dot, HLC,
+context) → journal it (fsync) and append it to the regional log with
+``acks=all`` → 201. When the log is unreachable the journalled event is the
+outbox entry and the answer is 202 ``degraded``; the outbox drains in order
+when the log returns.
+
+Read: cache → store, with read-your-writes on a session token.
+
+HTTP concerns (parsing, headers, status codes) live in :mod:`gateway.api`;
+this module speaks in requests, claims and views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from gateway.auth import Claims
+from gateway.cache import StateCache
+from gateway.errors import (
+    ConflictError,
+    NotFoundError,
+    UnavailableError,
+    ValidationError,
+)
+from gateway.journal import Journal
+from gateway.ratelimit import RateLimiter
+from gateway.requests import CreateRequest, PatchRequest, SearchRequest
+from gateway.settings import Limits
+from gateway.store import ListQuery, MemoryStore, SearchQuery
+from replication import dvv
+from replication.clock import HybridClock
+from replication.dvv import EMPTY, Dot, DotContext
+from replication.errors import MemsyncError
+from replication.events import make_event, next_counter
+from replication.merge import apply, join
+from replication.schema import EventType, MemoryBody, MemoryEvent, Ops, Source, default_policy
+from replication.schema import encode as encode_wire
+from replication.state import MemoryState, MemoryView, materialize
+from replication.token import decode_context, encode_context, seal, unseal
+
+__all__ = ["Appender", "MemoryService", "SeqTracker", "WriteResult"]
+
+_log = structlog.get_logger(__name__)
+
+
+class Appender(Protocol):
+    """The part of the event log the write path needs."""
+
+    async def append(
+        self, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> Any:
+        """Append with ``acks=all``; the result has a ``segment`` attribute."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write answers: the memory after it, its tokens, and whether degraded."""
+
+    view: MemoryView
+    session: str
+    degraded: bool
+    event: MemoryEvent
+
+
+class SeqTracker:
+    """Which ``(replica, seq)`` events this region has applied, and who waits on them."""
+
+    def __init__(self, applied: DotContext = EMPTY) -> None:
+        self.applied = applied
+        self._changed = asyncio.Condition()
+
+    def covers(self, session: DotContext) -> bool:
+        """Whether every event named by a session token has been applied here."""
+        return dvv.is_subset(session, self.applied)
+
+    async def note(self, dots: Sequence[Dot]) -> None:
+        """Record applied events and wake waiters."""
+        ctx = self.applied
+        for d in dots:
+            ctx = dvv.add(ctx, d)
+        self.applied = ctx
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait(self, session: DotContext, within: float) -> bool:
+        """Wait (bounded) until ``session`` is covered; whether it is."""
+        if self.covers(session):
+            return True
+        try:
+            async with asyncio.timeout(within):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self.covers(session))
+        except TimeoutError:
+            return False
+        return True
+
+
+class MemoryService:
+    """One region's memory operations (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        store: MemoryStore,
+        cache: StateCache,
+        log: Appender,
+        journal: Journal,
+        clock: HybridClock,
+        tracker: SeqTracker,
+        limiter: RateLimiter,
+        limits: Limits,
+        key: bytes,
+    ) -> None:
+        self.region = region
+        self.store = store
+        self.cache = cache
+        self.log = log
+        self.journal = journal
+        self.clock = clock
+        self.tracker = tracker
+        self.limiter = limiter
+        self.limits = limits
+        self._key = key
+        self.log_available = True
+        self.outbox_busy = False
+        self._wake_drainer = asyncio.Event()
+
+    # -- tokens ---------------------------------------------------------------
+
+    def version_token(self, state: MemoryState) -> str:
+        """The ``ETag`` of a state."""
+        return encode_context(state.clock, self._key)
+
+    def parse_version(self, token: str | None) -> DotContext | None:
+        """The causal context of an ``If-Match`` header (``None``: blind write)."""
+        if token is None:
+            return None
+        token = token.strip()
+        if token.startswith("W/"):
+            token = token[2:]
+        return decode_context(token.strip('"'), self._key)
+
+    def parse_session(self, token: str | None) -> DotContext:
+        """The applied-events context named by an ``X-Memsync-Session`` header."""
+        if not token:
+            return EMPTY
+        return unseal(token.strip(), self._key, "session", DotContext)
+
+    def session_token(self, ctx: DotContext) -> str:
+        """An ``X-Memsync-Session`` token."""
+        return seal(ctx, self._key, "session")
+
+    def view(self, state: MemoryState) -> MemoryView:
+        """The reader's view of a state, with its version token."""
+        return materialize(state, self.version_token(state))
+
+    # -- reads ----------------------------------------------------------------
+
+    async def current(self, key: str) -> MemoryState | None:
+        """A memory's state here: cache, else store (filling the cache)."""
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        state = await self.store.get(key)
+        if state is not None:
+            self.remember(state)
+        return state
+
+    def remember(self, state: MemoryState) -> None:
+        """Put a state in the cache, joined with what is there (never regresses)."""
+        old = self.cache.peek(state.key)
+        self.cache.put(state if old is None else join(old, state))
+
+    def _visible(self, claims: Claims, state: MemoryState | None, memory_id: str) -> MemoryState:
+        if (
+            state is None
+            or state.tenant_id != claims.tenant
+            or not claims.may_act_for(state.user_id)
+        ):
+            raise NotFoundError(f"memory {memory_id!r} does not exist")
+        return state
+
+    async def await_session(self, session: DotContext, wait_ms: int | None = None) -> None:
+        """Wait (bounded) until the writes a session token names are applied here."""
+        if not (session.vv or session.cloud):
+            return
+        limit = self.limits.ryw_wait_ms
+        budget = min(wait_ms if wait_ms is not None else limit, limit)
+        if not await self.tracker.wait(session, budget / 1000):
+            raise UnavailableError(
+                "this region has not yet applied the writes named by X-Memsync-Session; "
+                "retry, or send no session header to act on the current state",
+                retry_after=0.1,
+            )
+
+    async def get(
+        self, claims: Claims, memory_id: str, session: DotContext, wait_ms: int | None
+    ) -> MemoryState:
+        """A live memory; waits (bounded) for a session's writes to be applied."""
+        claims.require("read")
+        await self.await_session(session, wait_ms)
+        key = f"{claims.tenant}/{memory_id}"
+        state = self._visible(claims, await self.current(key), memory_id)
+        if state.deleted:
+            raise NotFoundError(f"memory {memory_id!r} was deleted")
+        return state
+
+    async def list_page(
+        self,
+        claims: Claims,
+        *,
+        user_id: str | None,
+        topic: str | None,
+        kind: str | None,
+        limit: int,
+        page_token: str | None,
+    ) -> tuple[list[MemoryState], str | None]:
+        """One page of live memories the token may see."""
+        claims.require("read")
+        users = claims.user_filter(user_id)
+        return await self.store.list_page(
+            ListQuery(
+                tenant_id=claims.tenant,
+                user_ids=users,
+                topic=topic,
+                kind=kind,
+                limit=min(limit, self.limits.max_list_limit),
+                offset=page_token,
+            )
+        )
+
+    async def search(self, claims: Claims, req: SearchRequest) -> list[tuple[MemoryState, float]]:
+        """Ranked live memories the token may see."""
+        claims.require("read")
+        if not req.query and req.embedding is None:
+            raise ValidationError("search needs a 'query' text, an 'embedding', or both")
+        self._check_dim(req.embedding)
+        return await self.store.search(
+            SearchQuery(
+                tenant_id=claims.tenant,
+                text=req.query or None,
+                embedding=req.embedding,
+                user_ids=claims.user_filter(req.user_id),
+                kind=req.kind,
+                topics=req.topics,
+                limit=min(req.limit, self.limits.max_search_limit),
+            )
+        )
+
+    # -- writes ---------------------------------------------------------------
+
+    def _check_dim(self, embedding: Sequence[float] | None) -> None:
+        dim = self.store.vector_dim
+        if embedding is not None and len(embedding) != dim:
+            raise ValidationError(
+                f"embedding has {len(embedding)} dimensions; this region stores {dim}"
+            )
+
+    async def create(self, claims: Claims, req: CreateRequest, session: DotContext) -> WriteResult:
+        """Create a memory."""
+        claims.require("write")
+        claims.require_user(req.user_id)
+        if req.system:
+            claims.require("admin")
+        self._check_dim(req.embedding)
+        policy = req.policy or default_policy(req.kind)
+        memory_id = req.id or uuid.uuid4().hex
+        key = f"{claims.tenant}/{memory_id}"
+        state = await self.current(key)
+        if state is not None:
+            if state.tenant_id == claims.tenant and state.deleted:
+                raise ConflictError(f"memory {memory_id!r} was deleted; ids are never reused")
+            raise ConflictError(f"memory {memory_id!r} already exists: update it with PATCH")
+        if req.items and req.kind not in ("list", "conversation"):
+            raise ValidationError(f"'items' applies to lists and conversations, not {req.kind!r}")
+        if req.value and req.kind != "counter":
+            raise ValidationError(f"'value' applies to counters, not {req.kind!r}")
+        body = MemoryBody(
+            id=memory_id,
+            tenant_id=claims.tenant,
+            user_id=req.user_id,
+            kind=req.kind,
+            policy=policy,  # type: ignore[arg-type]
+            content=req.content,
+            items=tuple(dict.fromkeys(req.items)),
+            value=req.value,
+            embedding=req.embedding,
+            metadata=req.metadata,
+            topics=tuple(dict.fromkeys(req.topics)),
+            shared=req.shared,
+        )
+        ops = Ops(fields=True, add=body.items, increment=req.value)
+        return await self._write(
+            claims,
+            key,
+            "create",
+            body,
+            ops,
+            EMPTY,
+            None,
+            req.source.agent_id,
+            req.source.session_id,
+            session,
+            req.system,
+        )
+
+    async def update(
+        self,
+        claims: Claims,
+        memory_id: str,
+        req: PatchRequest,
+        if_match: DotContext | None,
+        session: DotContext,
+    ) -> WriteResult:
+        """Update a memory's fields, list items or counter."""
+        claims.require("write")
+        await self.await_session(session)
+        key = f"{claims.tenant}/{memory_id}"
+        state = self._visible(claims, await self.current(key), memory_id)
+        if state.deleted:
+            raise NotFoundError(f"memory {memory_id!r} was deleted")
+        view = materialize(state)
+        fields = {
+            name: getattr(req, name)
+            for name in ("content", "embedding", "metadata", "topics", "shared")
+            if getattr(req, name) is not msgspec.UNSET
+        }
+        if not fields and not req.add and not req.remove and not req.increment:
+            raise ValidationError("nothing to update: set a field, add/remove items or increment")
+        if (req.add or req.remove) and state.kind not in ("list", "conversation"):
+            raise ValidationError(
+                f"add/remove applies to lists and conversations, not {state.kind!r}"
+            )
+        if set(req.add) & set(req.remove):
+            raise ValidationError("an item cannot be added and removed in one update")
+        if req.increment and state.kind != "counter":
+            raise ValidationError(f"increment applies to counters, not {state.kind!r}")
+        if "embedding" in fields:
+            self._check_dim(fields["embedding"])
+        if "topics" in fields:
+            fields["topics"] = tuple(dict.fromkeys(fields["topics"]))
+        if if_match is None and state.policy == "surface" and fields:
+            context = EMPTY  # a blind write to a surfaced memory is a new sibling
+        else:
+            context = if_match if if_match is not None else state.clock
+        if fields and state.policy == "surface":
+            survivors = [v for v in state.versions if not dvv.contains(context, v.dot)]
+            if len(survivors) >= self.limits.max_siblings:
+                raise ConflictError(
+                    f"memory {memory_id!r} has {len(survivors)} unresolved siblings; "
+                    "resolve them by writing with If-Match set to the current ETag"
+                )
+        items = [i for i in view.items if i not in set(req.remove)]
+        items += [i for i in req.add if i not in items]
+        body = MemoryBody(
+            id=state.id,
+            tenant_id=state.tenant_id,
+            user_id=state.user_id,
+            kind=state.kind,  # type: ignore[arg-type]
+            policy=state.policy,  # type: ignore[arg-type]
+            content=fields.get("content", view.content),
+            items=tuple(items),
+            value=view.value + req.increment,
+            embedding=fields.get("embedding", view.embedding),
+            metadata=fields.get("metadata", view.metadata),
+            topics=fields.get("topics", view.topics),
+            shared=fields.get("shared", view.shared),
+        )
+        ops = Ops(fields=bool(fields), add=req.add, remove=req.remove, increment=req.increment)
+        return await self._write(
+            claims,
+            key,
+            "update",
+            body,
+            ops,
+            context,
+            state,
+            req.source.agent_id,
+            req.source.session_id,
+            session,
+            False,
+        )
+
+    async def delete(
+        self, claims: Claims, memory_id: str, if_match: DotContext | None, session: DotContext
+    ) -> WriteResult:
+        """Delete a memory (a tombstone that keeps its causal context)."""
+        claims.require("write")
+        await self.await_session(session)
+        key = f"{claims.tenant}/{memory_id}"
+        state = self._visible(claims, await self.current(key), memory_id)
+        if state.deleted:
+            raise NotFoundError(f"memory {memory_id!r} was already deleted")
+        view = materialize(state)
+        body = MemoryBody(
+            id=state.id,
+            tenant_id=state.tenant_id,
+            user_id=state.user_id,
+            kind=state.kind,  # type: ignore[arg-type]
+            policy=state.policy,  # type: ignore[arg-type]
+            content=view.content,
+            topics=view.topics,
+            shared=view.shared,
+        )
+        context = if_match if if_match is not None else state.clock
+        return await self._write(
+            claims,
+            key,
+            "delete",
+            body,
+            Ops(fields=False),
+            context,
+            state,
+            None,
+            "",
+            session,
+            False,
+        )
+
+    async def _write(
+        self,
+        claims: Claims,
+        key: str,
+        event_type: EventType,
+        body: MemoryBody,
+        ops: Ops,
+        context: DotContext,
+        state: MemoryState | None,
+        agent_id: str | None,
+        session_id: str,
+        session: DotContext,
+        system: bool,
+    ) -> WriteResult:
+        self.limiter.check(claims.tenant, claims.sub)
+        replica = self.journal.replica
+        counter = next_counter(state, replica, await self.journal.last_counter(key))
+        self.journal.claim_counter(key, counter)
+        seq = self.journal.next_seq()
+        dot = Dot(replica, counter)
+        event = make_event(
+            event_id=uuid.uuid4().hex,
+            event_type=event_type,
+            memory=body,
+            source=Source(
+                agent_id=(agent_id or claims.sub)[:128],
+                session_id=session_id,
+                user_id=body.user_id,
+                region=self.region,
+            ),
+            context=context,
+            dot=dot,
+            seq=seq,
+            timestamp=self.clock.now(),
+            ops=ops,
+            system=system,
+        )
+        raw = encode_wire(event)
+        journalled = asyncio.ensure_future(
+            self.journal.record(
+                seq=seq, key=key, counter=counter, body=raw, high_water=event.timestamp
+            )
+        )
+        degraded = False
+        appended: Any = None
+        if self.log_available and not self.outbox_busy:
+            try:
+                appended = await self.log.append(key.encode(), raw, ())
+            except MemsyncError as exc:
+                if not exc.retriable:
+                    journalled.cancel()
+                    raise
+                self.log_available = False
+                _log.warning("log.unavailable_on_write", key=key, seq=seq, error=exc.message)
+        if appended is None:
+            # The log is down, or older events wait in the outbox (they drain in
+            # order): this event waits there too, durable in the journal.
+            degraded = True
+            self.outbox_busy = True
+            self._wake_drainer.set()
+        await journalled  # durability: the answer waits for the fsync
+        if appended is not None:
+            self.journal.note_logged(seq, int(appended.segment))
+        after = apply(state, event)
+        new_session = dvv.add(session, Dot(replica, seq))
+        return WriteResult(self.view(after), self.session_token(new_session), degraded, event)
+
+    # -- the outbox ---------------------------------------------------------
+
+    async def drain_outbox(self, batch: int = 500) -> int:
+        """Append pending journal rows to the log in seq order; how many went.
+
+        New writes join the outbox while it is being drained, so the log sees
+        this replica's events in seq order; the flag drops when it is empty.
+        """
+        sent = 0
+        while True:
+            rows = await self.journal.pending(batch)
+            if not rows:
+                self.outbox_busy = False
+                return sent
+            logged: list[tuple[int, int]] = []
+            try:
+                for row in rows:
+                    appended = await self.log.append(row.key.encode(), row.body, ())
+                    logged.append((row.seq, int(appended.segment)))
+            finally:
+                await self.journal.mark_logged(logged)
+                sent += len(logged)
+            self.log_available = True
+
+    async def republish(self, batch: int = 500) -> int:
+        """Re-append every journalled, unpruned event (after the broker lost its log)."""
+        after, sent = 0, 0
+        while True:
+            rows = await self.journal.logged_after(after, batch)
+            if not rows:
+                return sent
+            logged = []
+            for row in rows:
+                appended = await self.log.append(row.key.encode(), row.body, ())
+                logged.append((row.seq, int(appended.segment)))
+            await self.journal.mark_logged(logged)
+            sent += len(logged)
+            after = rows[-1].seq
+
+    def poke_outbox(self) -> None:
+        """Ask the outbox drainer to look now."""
+        self._wake_drainer.set()
+
+    async def wait_for_outbox_work(self, within: float) -> None:
+        """Sleep until a write went to the outbox, or ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                await self._wake_drainer.wait()
+        except TimeoutError:
+            pass
+        self._wake_drainer.clear()

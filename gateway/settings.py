@@ -1,0 +1,226 @@
+"""One frozen, typed settings object per process, built once.
+
+``Settings.from_env(mapping)`` reads ``MEMSYNC_*`` variables (nothing else in
+the code reads the environment); the CLI overrides fields with
+``dataclasses.replace``. Every invalid value is reported with the variable's
+name. Durations are seconds as floats unless the name says ``_ms``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = [
+    "HttpSettings",
+    "KafkaSettings",
+    "Limits",
+    "Settings",
+    "SettingsError",
+    "StoreSettings",
+]
+
+T = TypeVar("T")
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """The regional event log."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    log: str = "memsync.events"
+    partitions: int = 8
+    segment_ms: int = 10_000
+    grace_ms: int = 2_000
+    fetch_max_wait_ms: int = 5
+    request_timeout_ms: int = 3_000
+    idempotent: bool = False
+    # Consumer groups a segment waits for before deletion, besides this
+    # region's applier (mirror links add theirs).
+    extra_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The regional store."""
+
+    backend: str = "edge"  # edge | server
+    url: str = ""  # Qdrant server URL when backend == server
+    collection: str = "memsync"
+    vector_dim: int = 384
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound the gateway enforces."""
+
+    max_body_bytes: int = 1024 * 1024
+    cache_bytes: int = 64 * 1024 * 1024
+    max_siblings: int = 32
+    ryw_wait_ms: int = 2_000
+    max_list_limit: int = 500
+    max_search_limit: int = 100
+    agent_rate: float = 2_000.0  # writes per second per agent
+    agent_burst: float = 4_000.0
+    tenant_rate: float = 20_000.0
+    tenant_burst: float = 40_000.0
+    outbox_max_events: int = 1_000_000
+    apply_batch: int = 500
+    journal_ack_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one gateway process needs to know."""
+
+    region: str = "local"
+    data_dir: Path = Path("./memsync-data")
+    secret: str = ""
+    insecure_dev: bool = False
+    token_ttl: float = 30 * 24 * 3600.0
+    http: HttpSettings = field(default_factory=HttpSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+
+    @property
+    def secret_bytes(self) -> bytes:
+        """The signing key for tokens (JWT and version/session tokens)."""
+        return self.secret.encode()
+
+    def validated(self) -> Settings:
+        """This object, or :class:`SettingsError` naming what is wrong."""
+        if not _REGION.match(self.region):
+            raise SettingsError(
+                f"MEMSYNC_REGION={self.region!r}: use lowercase letters, digits and '-' "
+                "(at most 32 characters)"
+            )
+        if not self.secret and not self.insecure_dev:
+            raise SettingsError(
+                "MEMSYNC_SECRET is not set: set a secret of at least 32 characters "
+                "(or pass --insecure-dev for a development cluster)"
+            )
+        if self.secret and len(self.secret) < 32 and not self.insecure_dev:
+            raise SettingsError("MEMSYNC_SECRET must be at least 32 characters long")
+        if self.store.backend not in ("edge", "server"):
+            raise SettingsError(
+                f"MEMSYNC_STORE_BACKEND={self.store.backend!r}: expected 'edge' or 'server'"
+            )
+        if self.store.backend == "server" and not self.store.url:
+            raise SettingsError("MEMSYNC_STORE_URL is required when MEMSYNC_STORE_BACKEND=server")
+        if self.kafka.fetch_max_wait_ms < 1:
+            raise SettingsError(
+                "MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS must be ≥ 1 (the bundled broker never "
+                "answers a fetch with 0)"
+            )
+        if self.kafka.partitions < 1:
+            raise SettingsError("MEMSYNC_KAFKA_PARTITIONS must be ≥ 1")
+        if self.kafka.segment_ms < 1000:
+            raise SettingsError("MEMSYNC_KAFKA_SEGMENT_MS must be ≥ 1000")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Settings from ``MEMSYNC_*`` variables over the defaults."""
+        d = cls()
+        r = _Reader(env)
+        return cls(
+            region=r.as_str("MEMSYNC_REGION", d.region),
+            data_dir=Path(r.as_str("MEMSYNC_DATA_DIR", str(d.data_dir))),
+            secret=r.as_str("MEMSYNC_SECRET", d.secret),
+            insecure_dev=r.as_bool("MEMSYNC_INSECURE_DEV", d.insecure_dev),
+            token_ttl=r.as_float("MEMSYNC_TOKEN_TTL", d.token_ttl),
+            log_level=r.as_str("MEMSYNC_LOG_LEVEL", d.log_level),
+            http=HttpSettings(
+                host=r.as_str("MEMSYNC_HTTP_HOST", d.http.host),
+                port=r.as_int("MEMSYNC_HTTP_PORT", d.http.port),
+            ),
+            kafka=KafkaSettings(
+                bootstrap=r.as_str("MEMSYNC_KAFKA_BOOTSTRAP", d.kafka.bootstrap),
+                log=r.as_str("MEMSYNC_KAFKA_LOG", d.kafka.log),
+                partitions=r.as_int("MEMSYNC_KAFKA_PARTITIONS", d.kafka.partitions),
+                segment_ms=r.as_int("MEMSYNC_KAFKA_SEGMENT_MS", d.kafka.segment_ms),
+                grace_ms=r.as_int("MEMSYNC_KAFKA_GRACE_MS", d.kafka.grace_ms),
+                fetch_max_wait_ms=r.as_int(
+                    "MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS", d.kafka.fetch_max_wait_ms
+                ),
+                request_timeout_ms=r.as_int(
+                    "MEMSYNC_KAFKA_REQUEST_TIMEOUT_MS", d.kafka.request_timeout_ms
+                ),
+                idempotent=r.as_bool("MEMSYNC_KAFKA_IDEMPOTENT", d.kafka.idempotent),
+                extra_groups=tuple(
+                    g for g in r.as_str("MEMSYNC_KAFKA_EXTRA_GROUPS", "").split(",") if g
+                ),
+            ),
+            store=StoreSettings(
+                backend=r.as_str("MEMSYNC_STORE_BACKEND", d.store.backend),
+                url=r.as_str("MEMSYNC_STORE_URL", d.store.url),
+                collection=r.as_str("MEMSYNC_STORE_COLLECTION", d.store.collection),
+                vector_dim=r.as_int("MEMSYNC_STORE_VECTOR_DIM", d.store.vector_dim),
+            ),
+            limits=Limits(
+                max_body_bytes=r.as_int("MEMSYNC_MAX_BODY_BYTES", d.limits.max_body_bytes),
+                cache_bytes=r.as_int("MEMSYNC_CACHE_BYTES", d.limits.cache_bytes),
+                max_siblings=r.as_int("MEMSYNC_MAX_SIBLINGS", d.limits.max_siblings),
+                ryw_wait_ms=r.as_int("MEMSYNC_RYW_WAIT_MS", d.limits.ryw_wait_ms),
+                agent_rate=r.as_float("MEMSYNC_AGENT_RATE", d.limits.agent_rate),
+                agent_burst=r.as_float("MEMSYNC_AGENT_BURST", d.limits.agent_burst),
+                tenant_rate=r.as_float("MEMSYNC_TENANT_RATE", d.limits.tenant_rate),
+                tenant_burst=r.as_float("MEMSYNC_TENANT_BURST", d.limits.tenant_burst),
+            ),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _get(self, name: str, default: T, parse: Callable[[str], T], what: str) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not {what}") from None
+
+    def as_str(self, name: str, default: str) -> str:
+        return self._get(name, default, lambda s: s, "a string")
+
+    def as_int(self, name: str, default: int) -> int:
+        return self._get(name, default, int, "an integer")
+
+    def as_float(self, name: str, default: float) -> float:
+        return self._get(name, default, float, "a number")
+
+    def as_bool(self, name: str, default: bool) -> bool:
+        def parse(s: str) -> bool:
+            if s.lower() in ("1", "true", "yes", "on"):
+                return True
+            if s.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(s)
+
+        return self._get(name, default, parse, "a boolean (true/false)")
