@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from replication.log import (
     SegmentJanitor,
 )
 from replication.log_errors import LogUnavailableError
-from replication.segments import segment_start, topic_name
+from replication.segments import segment_start, segments_of, topic_name
 
 SEGMENT_MS = 300
 GRACE_MS = 100
@@ -304,3 +305,86 @@ async def test_append_fails_fast_with_log_unavailable_when_the_broker_is_down(
     assert took <= 3.0
     assert caught.value.retriable
     assert caught.value.status == 503
+
+
+async def test_deleted_segments_stay_deleted_while_clients_keep_running(
+    broker: TansuBroker,
+) -> None:
+    """Regression: long-lived clients named deleted segments and the broker re-created them.
+
+    The broker auto-creates any topic named in a metadata request. The producer
+    kept every segment it ever wrote in its metadata topic set, and a reader
+    still had a segment assigned when the janitor deleted it, so deleted
+    segments came back and the live count grew with uptime.
+    """
+    clock = clock_at(1000)
+    janitor = SegmentJanitor(
+        broker.bootstrap,
+        log="t.events",
+        groups=["applier"],
+        segment_ms=SEGMENT_MS,
+        grace_ms=GRACE_MS,
+        request_timeout_ms=1500,
+        clock=clock,
+    )
+    deleted: set[int] = set()
+    read: set[bytes] = set()
+    sent: set[bytes] = set()
+    max_live = 0
+
+    async def check_topics() -> set[int]:
+        nonlocal max_live
+        live = set(segments_of("t.events", await _topics(broker)))
+        back = live & deleted
+        assert not back, f"deleted segments came back: {sorted(back)}"
+        max_live = max(max_live, len(live))
+        assert len(live) <= 4, f"live segments: {sorted(live)}"
+        return live
+
+    async with (
+        event_log(broker, clock=clock) as log,
+        log_reader(broker, "applier", clock=clock) as reader,
+    ):
+
+        async def consume() -> None:
+            while True:
+                records = await reader.read(timeout_ms=20)
+                read.update(r.value for r in records)
+                if records:
+                    await reader.commit(records)
+
+        async def clean() -> None:
+            while True:
+                deleted.update(await janitor.run_once())
+                await asyncio.sleep(0.02)
+
+        async with asyncio.TaskGroup() as tasks:
+            background = [tasks.create_task(consume()), tasks.create_task(clean())]
+            try:
+                # Eight rolls at 30 ms of segment time per step, paced at 30 ms.
+                step = 0
+                while clock.now_ms < segment_start(1008, SEGMENT_MS):
+                    batch = [
+                        OutgoingRecord(b"k%d" % (i % 7), b"%d-%d" % (step, i)) for i in range(5)
+                    ]
+                    await log.append_many(batch)
+                    sent.update(r.value for r in batch)
+                    clock.now_ms += 30
+                    step += 1
+                    await check_topics()
+                    await asyncio.sleep(0.03)
+
+                # Every segment up to 1005 is passed: the janitor deletes them all,
+                # and none comes back while the clients keep running.
+                async def all_passed_deleted() -> bool:
+                    await check_topics()
+                    return set(range(1000, 1006)) <= deleted and read >= sent
+
+                await eventually(all_passed_deleted, within=10)
+                live = await check_topics()
+            finally:
+                for task in background:
+                    task.cancel()
+    assert len(deleted) >= 6
+    assert live.isdisjoint(deleted)
+    assert max_live <= 4
