@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,10 +38,10 @@ R = TypeVar("R")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, counter INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     key TEXT NOT NULL,
+    counter INTEGER NOT NULL,
     body BLOB NOT NULL,
     segment INTEGER           -- NULL: pending (outbox); else the log segment holding it
 );
@@ -74,13 +73,15 @@ class _Pending:
 class Journal:
     """See the module docstring. Use :meth:`open` before anything else."""
 
-    def __init__(self, path: Path, region: str, *, counter_cache: int = 100_000) -> None:
+    def __init__(self, path: Path, region: str) -> None:
         self._path = path
         self._region = region
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._counters: OrderedDict[str, int] = OrderedDict()
-        self._counter_cache = counter_cache
+        # Last counter per memory with unpruned rows; a memory without any has
+        # all its events applied everywhere, so its state's clock knows them.
+        self._live: dict[str, int] = {}
+        self._claimed: dict[str, int] = {}
         self._queue: list[_Pending] = []
         self._logged: list[tuple[int, int]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -109,6 +110,7 @@ class Journal:
             db.execute("INSERT INTO meta VALUES ('replica', ?)", (replica,))
         self.replica = replica
         self.high_water = int(rows.get("high_water", "0"))
+        self._live = dict(db.execute("SELECT key, MAX(counter) FROM events GROUP BY key"))
         seq_row = db.execute("SELECT MAX(seq) FROM events").fetchone()
         self._seq = max(int(rows.get("seq", "0")), int(seq_row[0] or 0))
 
@@ -147,31 +149,37 @@ class Journal:
         self._seq += 1
         return self._seq
 
-    async def last_counter(self, key: str) -> int:
-        """The last counter this replica issued for a memory (0: none)."""
-        cached = self._counters.get(key)
-        if cached is not None:
-            self._counters.move_to_end(key)
-            return cached
-        row: tuple[int] | None = await self._run(
-            lambda: self._conn.execute(
-                "SELECT counter FROM counters WHERE key = ?", (key,)
-            ).fetchone()
-        )
-        value = int(row[0]) if row else 0
-        self._remember(key, value)
-        return value
+    def last_counter(self, key: str) -> int:
+        """The last counter this replica issued for a memory that may not be applied yet.
+
+        0 when every event of this replica for the memory has been passed by
+        every consumer: the memory's state then knows the counter.
+        """
+        return max(self._claimed.get(key, 0), self._live.get(key, 0))
 
     def claim_counter(self, key: str, counter: int) -> None:
-        """Note a counter as issued (persisted with the next :meth:`record`)."""
-        self._remember(key, counter)
+        """Note a counter as issued; it settles when its event is journalled."""
+        if counter > self._claimed.get(key, 0):
+            self._claimed[key] = counter
 
-    def _remember(self, key: str, counter: int) -> None:
-        if self._counters.get(key, 0) < counter or key not in self._counters:
-            self._counters[key] = counter
-        self._counters.move_to_end(key)
-        while len(self._counters) > self._counter_cache:
-            self._counters.popitem(last=False)
+    def release(self, key: str, counter: int, seq: int) -> None:
+        """Give back a counter and seq whose event reached neither journal nor log.
+
+        Only the latest ones can be given back; an older one stays a gap.
+        """
+        if self._claimed.get(key) == counter:
+            del self._claimed[key]
+        if self._seq == seq:
+            self._seq -= 1
+        else:
+            _log.warning("journal.seq_gap", seq=seq, key=key)
+
+    def _settle(self, batch: list[_Pending]) -> None:
+        for p in batch:
+            if self._claimed.get(p.key) == p.counter:
+                del self._claimed[p.key]
+            if p.counter > self._live.get(p.key, 0):
+                self._live[p.key] = p.counter
 
     # -- the write path -----------------------------------------------------
 
@@ -191,13 +199,16 @@ class Journal:
 
     async def _flush(self) -> None:
         batch, self._queue = self._queue, []
+        logged, self._logged = self._logged, []
         try:
-            await self._run(self._write_batch, batch)
+            await self._run(self._write_batch, batch, logged)
         except UnavailableError as exc:
+            self._logged.extend(logged)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        self._settle(batch)
         for p in batch:
             if not p.done.done():
                 p.done.set_result(None)
@@ -211,19 +222,14 @@ class Journal:
         entries, self._logged = self._logged, []
         await self.mark_logged(entries)
 
-    def _write_batch(self, batch: list[_Pending]) -> None:
+    def _write_batch(self, batch: list[_Pending], logged: list[tuple[int, int]]) -> None:
         db = self._conn
-        logged, self._logged = self._logged, []
         db.execute("BEGIN")
         try:
             db.executemany(
-                "INSERT OR REPLACE INTO events(seq, key, body, segment) VALUES (?, ?, ?, NULL)",
-                [(p.seq, p.key, p.body) for p in batch],
-            )
-            db.executemany(
-                "INSERT INTO counters(key, counter) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET counter = MAX(counter, excluded.counter)",
-                [(p.key, p.counter) for p in batch],
+                "INSERT OR REPLACE INTO events(seq, key, counter, body, segment) "
+                "VALUES (?, ?, ?, ?, NULL)",
+                [(p.seq, p.key, p.counter, p.body) for p in batch],
             )
             hw = max(p.high_water for p in batch)
             top = max(p.seq for p in batch)
@@ -239,18 +245,18 @@ class Journal:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self._logged.extend(logged)
             raise
         self.high_water = max(self.high_water, hw)
 
     async def mark_logged(self, entries: list[tuple[int, int]]) -> None:
         """Record ``(seq, segment)`` pairs as acknowledged by the log."""
         if entries:
-            await self._run(
-                lambda: self._conn.executemany(
-                    "UPDATE events SET segment = ? WHERE seq = ?", [(s, q) for q, s in entries]
-                )
-            )
+            await self._run(self._mark_logged_sync, entries)
+
+    def _mark_logged_sync(self, entries: list[tuple[int, int]]) -> None:
+        self._conn.executemany(
+            "UPDATE events SET segment = ? WHERE seq = ?", [(g, q) for q, g in entries]
+        )
 
     async def pending(self, limit: int) -> list[JournalRow]:
         """The oldest events not yet in the log (the outbox), in seq order."""
@@ -276,12 +282,29 @@ class Journal:
 
     async def prune_below(self, segment: int) -> int:
         """Forget logged events in segments before ``segment`` (every consumer passed them)."""
-        cur: sqlite3.Cursor = await self._run(
-            lambda: self._conn.execute(
-                "DELETE FROM events WHERE segment IS NOT NULL AND segment < ?", (segment,)
-            )
-        )
-        return cur.rowcount
+
+        def prune() -> list[tuple[str, int]]:
+            db = self._conn
+            db.execute("BEGIN")
+            try:
+                rows = db.execute(
+                    "SELECT key, counter FROM events WHERE segment IS NOT NULL AND segment < ?",
+                    (segment,),
+                ).fetchall()
+                db.execute(
+                    "DELETE FROM events WHERE segment IS NOT NULL AND segment < ?", (segment,)
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return rows
+
+        pruned: list[tuple[str, int]] = await self._run(prune)
+        for key, counter in pruned:
+            if self._live.get(key) == counter:
+                del self._live[key]
+        return len(pruned)
 
     async def counts(self) -> tuple[int, int]:
         """``(pending, logged)`` event counts."""
@@ -302,10 +325,12 @@ class Journal:
 
     async def set_meta(self, name: str, value: str) -> None:
         """Store a named value durably."""
-        await self._run(
-            lambda: self._conn.execute(
+
+        def write() -> None:
+            self._conn.execute(
                 "INSERT INTO meta(name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
-        )
+
+        await self._run(write)

@@ -194,6 +194,9 @@ class Runtime:
             batch=s.limits.apply_batch,
         )
         await self.applier.load_applied()
+        pending, _ = await self.journal.counts()
+        if pending:  # written while the log was away, before a restart: drain first
+            self.service.outbox_busy = True
         self._gauges()
         await self._warm_cache()
         _log.info("gateway.opened", region=s.region, replica=self.journal.replica)
@@ -229,8 +232,9 @@ class Runtime:
         store = self._open_store
         cache, offset, loaded = self.service.cache, None, 0
         budget = self.settings.limits.cache_bytes * 0.9
+        most = max(1, self.settings.limits.cache_bytes // 512)  # never scan past what fits
         try:
-            while cache.size_bytes < budget:
+            while cache.size_bytes < budget and loaded < most:
                 states, offset = await store.scan(offset, 500)
                 for state in states:
                     self.service.remember(state)
@@ -267,6 +271,8 @@ class Runtime:
     async def _drain_loop(self) -> None:
         while True:
             await self.service.wait_for_outbox_work(1.0)
+            if not self.service.outbox_busy:
+                continue  # writes go straight to the log; nothing waits in the outbox
             try:
                 sent = await self.service.drain_outbox()
             except MemsyncError as exc:

@@ -71,6 +71,31 @@ class WriteResult:
     event: MemoryEvent
 
 
+MAX_LOOSE_SEQS = 10_000
+
+
+def heal_gaps(ctx: DotContext, limit: int = MAX_LOOSE_SEQS) -> DotContext:
+    """Bound the loose seqs held past a gap in one replica's sequence.
+
+    Seqs arrive out of order across partitions only briefly; a gap that keeps
+    ``limit`` later seqs waiting belongs to an event that never reached any
+    log (its write failed after its seq was taken), so it is closed — logged
+    as an error, since it should not happen.
+    """
+    if len(ctx.cloud) <= limit:
+        return ctx
+    by_replica: dict[str, list[int]] = {}
+    for d in ctx.cloud:
+        by_replica.setdefault(d.replica, []).append(d.counter)
+    vv = dict(ctx.vv)
+    for replica, counters in by_replica.items():
+        if len(counters) > limit // 2:
+            healed = min(counters) - 1
+            _log.error("seq_gap_closed", replica=replica, upto=healed, waiting=len(counters))
+            vv[replica] = max(vv.get(replica, 0), healed)
+    return dvv.join(DotContext(vv, ()), dvv.context_of(ctx.cloud))
+
+
 class SeqTracker:
     """Which ``(replica, seq)`` events this region has applied, and who waits on them."""
 
@@ -84,10 +109,7 @@ class SeqTracker:
 
     async def note(self, dots: Sequence[Dot]) -> None:
         """Record applied events and wake waiters."""
-        ctx = self.applied
-        for d in dots:
-            ctx = dvv.add(ctx, d)
-        self.applied = ctx
+        self.applied = heal_gaps(dvv.join(self.applied, dvv.context_of(dots)))
         async with self._changed:
             self._changed.notify_all()
 
@@ -133,6 +155,7 @@ class MemoryService:
         self._key = key
         self.log_available = True
         self.outbox_busy = False
+        self._inflight: set[int] = set()
         self._wake_drainer = asyncio.Event()
 
     # -- tokens ---------------------------------------------------------------
@@ -276,7 +299,8 @@ class MemoryService:
         policy = req.policy or default_policy(req.kind)
         memory_id = req.id or uuid.uuid4().hex
         key = f"{claims.tenant}/{memory_id}"
-        state = await self.current(key)
+        # A generated id (uuid4) is new by construction: no lookup on the hot path.
+        state = await self.current(key) if req.id is not None else None
         if state is not None:
             if state.tenant_id == claims.tenant and state.deleted:
                 raise ConflictError(f"memory {memory_id!r} was deleted; ids are never reused")
@@ -443,56 +467,74 @@ class MemoryService:
     ) -> WriteResult:
         self.limiter.check(claims.tenant, claims.sub)
         replica = self.journal.replica
-        counter = next_counter(state, replica, await self.journal.last_counter(key))
-        self.journal.claim_counter(key, counter)
+        counter = next_counter(state, replica, self.journal.last_counter(key))
+        self.journal.claim_counter(key, counter)  # no await since the lookup: no race
+        try:
+            event = make_event(
+                event_id=uuid.uuid4().hex,
+                event_type=event_type,
+                memory=body,
+                source=Source(
+                    agent_id=(agent_id or claims.sub)[:128],
+                    session_id=session_id,
+                    user_id=body.user_id,
+                    region=self.region,
+                ),
+                context=context,
+                dot=Dot(replica, counter),
+                seq=1,  # placeholder: a seq is allocated only for a valid event
+                timestamp=self.clock.now(),
+                ops=ops,
+                system=system,
+            )
+        except MemsyncError:
+            self.journal.release(key, counter, 0)
+            raise
         seq = self.journal.next_seq()
-        dot = Dot(replica, counter)
-        event = make_event(
-            event_id=uuid.uuid4().hex,
-            event_type=event_type,
-            memory=body,
-            source=Source(
-                agent_id=(agent_id or claims.sub)[:128],
-                session_id=session_id,
-                user_id=body.user_id,
-                region=self.region,
-            ),
-            context=context,
-            dot=dot,
-            seq=seq,
-            timestamp=self.clock.now(),
-            ops=ops,
-            system=system,
-        )
+        event = msgspec.structs.replace(event, seq=seq)
         raw = encode_wire(event)
+        self._inflight.add(seq)
+        try:
+            _, degraded = await self._journal_and_append(key, counter, seq, raw, event)
+        finally:
+            self._inflight.discard(seq)
+        after = apply(state, event)
+        new_session = dvv.add(session, Dot(replica, seq))
+        return WriteResult(self.view(after), self.session_token(new_session), degraded, event)
+
+    async def _journal_and_append(
+        self, key: str, counter: int, seq: int, raw: bytes, event: MemoryEvent
+    ) -> tuple[Any, bool]:
+        """Journal (fsync) and append concurrently; ``(appended or None, degraded)``."""
         journalled = asyncio.ensure_future(
             self.journal.record(
                 seq=seq, key=key, counter=counter, body=raw, high_water=event.timestamp
             )
         )
-        degraded = False
         appended: Any = None
         if self.log_available and not self.outbox_busy:
             try:
                 appended = await self.log.append(key.encode(), raw, ())
             except MemsyncError as exc:
                 if not exc.retriable:
-                    journalled.cancel()
+                    await asyncio.gather(journalled, return_exceptions=True)
                     raise
                 self.log_available = False
                 _log.warning("log.unavailable_on_write", key=key, seq=seq, error=exc.message)
-        if appended is None:
-            # The log is down, or older events wait in the outbox (they drain in
-            # order): this event waits there too, durable in the journal.
-            degraded = True
-            self.outbox_busy = True
-            self._wake_drainer.set()
-        await journalled  # durability: the answer waits for the fsync
+        try:
+            await journalled  # durability: the answer waits for the fsync
+        except MemsyncError:
+            if appended is None:
+                self.journal.release(key, counter, seq)  # nothing anywhere: no gap
+            raise
         if appended is not None:
             self.journal.note_logged(seq, int(appended.segment))
-        after = apply(state, event)
-        new_session = dvv.add(session, Dot(replica, seq))
-        return WriteResult(self.view(after), self.session_token(new_session), degraded, event)
+            return appended, False
+        # The log is down, or older events wait in the outbox (they drain in
+        # seq order): this event waits there too, durable in the journal.
+        self.outbox_busy = True
+        self._wake_drainer.set()
+        return None, True
 
     # -- the outbox ---------------------------------------------------------
 
@@ -504,7 +546,7 @@ class MemoryService:
         """
         sent = 0
         while True:
-            rows = await self.journal.pending(batch)
+            rows = [r for r in await self.journal.pending(batch) if r.seq not in self._inflight]
             if not rows:
                 self.outbox_busy = False
                 return sent

@@ -16,9 +16,11 @@ Design choices:
   separately fsynced file could), snapshots carry them, and there is one
   thing to open, lock and close. Every memory query filters on ``status``
   so they are never listed, searched, scanned or counted.
-- **One single-thread executor** runs every shard call: calls are serialised
-  in submission order and the event loop never blocks. Edge releases the GIL
-  inside calls and parallelises searches itself, so more threads buy nothing.
+- **Two executors**: one thread runs every write, so writes apply in
+  submission order; a second pool runs reads, so a read never queues behind
+  a large batch upsert from the applier (measured: a 500-state upsert takes
+  ~60 ms). Edge is safe to call from several threads and releases the GIL
+  inside calls; the event loop never blocks.
 - **Page tokens** are the scroll's next point id, encoded opaquely
   (:func:`gateway.store.encode_page_token`); pages follow point-id order,
   which is stable while points are added or removed.
@@ -136,6 +138,7 @@ class QdrantEdgeStore:
         self._vector_dim = vector_dim
         self._shard: EdgeShard | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
 
     @property
     def vector_dim(self) -> int:
@@ -147,11 +150,13 @@ class QdrantEdgeStore:
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qdrant-edge-read")
         try:
             self._shard = await self._run(self._open_shard)
         except BaseException:
             self._executor.shutdown(wait=False)
-            self._executor = None
+            self._readers.shutdown(wait=False)
+            self._executor = self._readers = None
             raise
 
     async def close(self) -> None:
@@ -159,6 +164,9 @@ class QdrantEdgeStore:
         executor = self._executor
         if executor is None:
             return
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.shutdown(wait=True)
         try:
             await self._run(self._close_shard)
         finally:
@@ -175,7 +183,9 @@ class QdrantEdgeStore:
         if not keys:
             return {}
         ids: list[PointId] = [point_id(k) for k in dict.fromkeys(keys)]
-        records = await self._call("retrieve", lambda s: s.retrieve(ids, _STATE_ONLY, False))
+        records = await self._call(
+            "retrieve", lambda s: s.retrieve(ids, _STATE_ONLY, False), read=True
+        )
         states = (state_from_payload(r.payload or {}) for r in records)
         return {s.key: s for s in states}
 
@@ -235,7 +245,7 @@ class QdrantEdgeStore:
             request = QueryRequest(
                 limit=query.limit, query=dense or text, filter=flt, with_payload=_STATE_ONLY
             )
-        hits = await self._call("query", lambda s: s.query(request))
+        hits = await self._call("query", lambda s: s.query(request), read=True)
         return [(state_from_payload(h.payload or {}), h.score) for h in hits]
 
     async def scan(self, offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:
@@ -245,12 +255,12 @@ class QdrantEdgeStore:
     async def count(self) -> int:
         """How many memories (deleted included) the shard holds."""
         request = CountRequest(filter=_MEMORY, exact=True)
-        return await self._call("count", lambda s: s.count(request))
+        return await self._call("count", lambda s: s.count(request), read=True)
 
     async def get_meta(self, name: str) -> bytes | None:
         """A named metadata blob, or ``None``."""
         ids: list[PointId] = [meta_point_id(name)]
-        records = await self._call("retrieve", lambda s: s.retrieve(ids, True, False))
+        records = await self._call("retrieve", lambda s: s.retrieve(ids, True, False), read=True)
         return meta_value(records[0].payload or {}) if records else None
 
     async def put_meta(self, name: str, value: bytes) -> None:
@@ -307,11 +317,11 @@ class QdrantEdgeStore:
         request = ScrollRequest(
             offset=start, limit=limit, filter=flt, with_payload=_STATE_ONLY, with_vector=False
         )
-        records, next_id = await self._call("scroll", lambda s: s.scroll(request))
+        records, next_id = await self._call("scroll", lambda s: s.scroll(request), read=True)
         states = [state_from_payload(r.payload or {}) for r in records]
         return states, None if next_id is None else encode_page_token(str(next_id))
 
-    async def _call(self, action: str, fn: Callable[[EdgeShard], _T]) -> _T:
+    async def _call(self, action: str, fn: Callable[[EdgeShard], _T], *, read: bool = False) -> _T:
         def call() -> _T:
             shard = self._shard
             if shard is None:
@@ -319,9 +329,10 @@ class QdrantEdgeStore:
             with _translated(action):
                 return fn(shard)
 
-        return await self._run(call)
+        return await self._run(call, read=read)
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
-        if self._executor is None:
+    async def _run(self, fn: Callable[[], _T], *, read: bool = False) -> _T:
+        executor = self._readers if read else self._executor
+        if executor is None:
             raise StoreError("qdrant edge: the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
