@@ -1,0 +1,178 @@
+"""The client's local replica: a bounded LRU of replicated memory states.
+
+:class:`LocalCache` is the seed's ``localCache.apply(event)``. It holds the
+same :class:`~replication.state.MemoryState` the gateways hold, keyed by
+``tenant/id``, and folds events and states into it with the very functions the
+gateways use (:func:`replication.merge.apply` and :func:`replication.merge.join`).
+Because those form a join-semilattice, the cache converges to the server's
+state whatever order events arrive in, and duplicates change nothing; its
+:meth:`LocalCache.digest` is then equal to the server-side set digest of the
+same memories.
+
+Pure: no I/O, no clock, no asyncio — the subscription loop moves bytes and
+calls this.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from replication import merge
+from replication.digest import SetDigest, combine, state_digest
+from replication.schema import MemoryEvent
+from replication.state import MemoryState, MemoryView, materialize
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "LocalCache"]
+
+DEFAULT_MAX_ENTRIES = 10_000
+
+
+class LocalCache:
+    """A bounded, LRU-evicting map ``tenant/id`` → replicated memory state.
+
+    **What eviction means.** When more than ``max_entries`` memories are held,
+    the least recently touched one (applied, joined or read through
+    :meth:`view` / :meth:`state`) is dropped *entirely*: the cache then knows
+    nothing about it, :meth:`view` returns ``None`` and :meth:`digest` no
+    longer covers it. Nothing is lost on the server. If a later event for an
+    evicted memory arrives, the cache starts again from that event alone, so
+    the entry is *partial* (an update's content is right, but e.g. list items
+    or counter increments from before the eviction are missing):
+    :meth:`is_complete` reports False for it until a full state is joined in
+    (a lazy-mode ``batch``, a ``/v1/sync`` page, or :meth:`join` of a state
+    fetched by other means). Entries that began with a full state or with the
+    memory's create event are complete.
+
+    Memories are addressed either by key (``tenant/id``) or by bare id (ids
+    never contain ``/``); a bare id that several tenants share in this cache
+    is ambiguous and raises :class:`KeyError`.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1 (got {max_entries})")
+        self._max = max_entries
+        self._states: OrderedDict[str, MemoryState] = OrderedDict()
+        self._partial: set[str] = set()
+        self._by_id: dict[str, set[str]] = {}
+        self._evictions = 0
+
+    # -- folding --------------------------------------------------------------
+
+    def apply(self, event: MemoryEvent) -> bool:
+        """Merge one event; True when the cached state changed (False: a duplicate)."""
+        key = event.key
+        have = self._states.get(key)
+        new = merge.apply(have, event)
+        if have is None and event.event_type != "create":
+            self._partial.add(key)
+        return self._put(key, have, new)
+
+    def join(self, state: MemoryState) -> bool:
+        """Join a full replicated state (from the server); True when the cache changed."""
+        key = state.key
+        have = self._states.get(key)
+        new = state if have is None else merge.join(have, state)
+        self._partial.discard(key)
+        return self._put(key, have, new)
+
+    def _put(self, key: str, have: MemoryState | None, new: MemoryState) -> bool:
+        self._states[key] = new
+        self._states.move_to_end(key)
+        if have is None:
+            self._by_id.setdefault(new.id, set()).add(key)
+            self._evict()
+        return have is None or (new is not have and new != have)
+
+    def _evict(self) -> None:
+        while len(self._states) > self._max:
+            key, state = self._states.popitem(last=False)
+            self._partial.discard(key)
+            keys = self._by_id.get(state.id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_id[state.id]
+            self._evictions += 1
+
+    # -- reading --------------------------------------------------------------
+
+    def _key(self, id_or_key: str) -> str | None:
+        if "/" in id_or_key:
+            return id_or_key
+        keys = self._by_id.get(id_or_key)
+        if not keys:
+            return None
+        if len(keys) > 1:
+            raise KeyError(f"id {id_or_key!r} is held for several tenants; pass tenant/id")
+        return next(iter(keys))
+
+    def state(self, id_or_key: str) -> MemoryState | None:
+        """The replicated state of one memory, or ``None`` when not held (marks it recent)."""
+        key = self._key(id_or_key)
+        if key is None:
+            return None
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+        return state
+
+    def view(self, id_or_key: str) -> MemoryView | None:
+        """The reader's view of one memory (tombstones included: check ``deleted``).
+
+        ``version`` is empty: version tokens are sealed by the gateways, so use
+        the one a gateway answer carried for ``If-Match``.
+        """
+        state = self.state(id_or_key)
+        return None if state is None else materialize(state)
+
+    def views(self, *, include_deleted: bool = False) -> list[MemoryView]:
+        """Views of every held memory, least recently touched first (recency unchanged)."""
+        out = [materialize(s) for s in self._states.values()]
+        return out if include_deleted else [v for v in out if not v.deleted]
+
+    def is_complete(self, id_or_key: str) -> bool:
+        """Whether the entry holds the memory's whole history (see the class docstring)."""
+        key = self._key(id_or_key)
+        return key is not None and key in self._states and key not in self._partial
+
+    def digest(self) -> SetDigest:
+        """The set digest of every held state, comparable with the server's.
+
+        Equal to ``replication.digest.combine`` over the server's
+        ``(key, state_digest(state))`` pairs for the same memories.
+        """
+        return combine((key, state_digest(s)) for key, s in self._states.items())
+
+    def keys(self) -> Iterator[str]:
+        """The held keys, least recently touched first."""
+        return iter(list(self._states))
+
+    @property
+    def max_entries(self) -> int:
+        """The bound on held memories."""
+        return self._max
+
+    @property
+    def evictions(self) -> int:
+        """How many memories were evicted so far."""
+        return self._evictions
+
+    def clear(self) -> None:
+        """Forget everything (the eviction count is kept)."""
+        self._states.clear()
+        self._partial.clear()
+        self._by_id.clear()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, id_or_key: object) -> bool:
+        if not isinstance(id_or_key, str):
+            return False
+        try:
+            key = self._key(id_or_key)
+        except KeyError:
+            return True
+        return key is not None and key in self._states

@@ -1,0 +1,163 @@
+"""What the client reads off the wire: typed answers of the HTTP and stream APIs.
+
+Memories are :class:`replication.state.MemoryView` (the gateways' own reader
+type) and replicated states :class:`replication.state.MemoryState`; these
+structs only wrap them. Decoders are built once and ignore unknown fields, so
+an older client keeps working against a newer gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from replication.schema import MemoryEvent
+from replication.state import MemoryState, MemoryView
+
+__all__ = [
+    "Change",
+    "Frame",
+    "ListPage",
+    "SearchHit",
+    "SyncPage",
+    "WriteResult",
+    "decode_frame",
+    "decode_list",
+    "decode_memory",
+    "decode_search",
+    "decode_sync",
+    "decode_write",
+]
+
+
+class _Written(MemoryView, frozen=True, kw_only=True):
+    degraded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A write's answer: the memory as the writer's gateway computed it.
+
+    ``degraded``: the gateway accepted the write into its local outbox only
+    (202); it is durable there and reaches the log when the log is back.
+    """
+
+    memory: MemoryView
+    degraded: bool
+    session: str
+
+    @property
+    def id(self) -> str:
+        """The memory's id."""
+        return self.memory.id
+
+    @property
+    def version(self) -> str:
+        """The version token to send back as ``If-Match``."""
+        return self.memory.version
+
+
+class ListPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of ``GET /v1/memories``."""
+
+    memories: tuple[MemoryView, ...] = ()
+    next_page_token: str | None = None
+
+
+class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
+    """One ranked search result."""
+
+    memory: MemoryView
+    score: float
+
+
+class _SearchAnswer(msgspec.Struct, frozen=True):
+    results: tuple[SearchHit, ...] = ()
+
+
+class SyncPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of ``GET /v1/sync``: views, their full states, and where to resume."""
+
+    changes: tuple[MemoryView, ...] = ()
+    states: tuple[MemoryState, ...] = ()
+    cursor: str
+    has_more: bool = False
+
+
+class Frame(msgspec.Struct, frozen=True, kw_only=True):
+    """One server → client stream message (WebSocket frame or SSE ``data``).
+
+    ``event`` / ``events`` stay raw so each is decoded and validated by
+    :func:`replication.schema.decode_event`, the gateways' own decoder.
+    """
+
+    op: str
+    event: msgspec.Raw = msgspec.Raw()
+    events: tuple[msgspec.Raw, ...] = ()
+    states: tuple[MemoryState, ...] = ()
+    channels: tuple[str, ...] = ()
+    cursor: str | None = None
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a subscription callback receives: one memory whose cached state changed.
+
+    ``view`` is the memory after the change (``view.deleted`` for a
+    tombstone; ``version`` is empty, see :meth:`LocalCache.view`). ``event``
+    is the event that caused it — for a coalesced batch the latest event of
+    that memory, ``None`` when only a state arrived (batch without an event
+    for it, or a resync snapshot). ``origin`` says which: ``event``,
+    ``batch`` or ``resync``. ``cursor`` is where the stream stood after it.
+    """
+
+    key: str
+    view: MemoryView
+    state: MemoryState
+    event: MemoryEvent | None
+    origin: Literal["event", "batch", "resync"]
+    cursor: str | None
+
+
+_memory = msgspec.json.Decoder(MemoryView)
+_written = msgspec.json.Decoder(_Written)
+_list = msgspec.json.Decoder(ListPage)
+_search = msgspec.json.Decoder(_SearchAnswer)
+_sync = msgspec.json.Decoder(SyncPage)
+_frame = msgspec.json.Decoder(Frame)
+
+
+def decode_memory(body: bytes) -> MemoryView:
+    """A memory answer."""
+    return _memory.decode(body)
+
+
+def decode_write(body: bytes, session: str) -> WriteResult:
+    """A write answer (201/200/202) and the session token it carried."""
+    w = _written.decode(body)
+    fields = {f: getattr(w, f) for f in MemoryView.__struct_fields__}
+    return WriteResult(memory=MemoryView(**fields), degraded=w.degraded, session=session)
+
+
+def decode_list(body: bytes) -> ListPage:
+    """A list page."""
+    return _list.decode(body)
+
+
+def decode_search(body: bytes) -> tuple[SearchHit, ...]:
+    """Search results, best first."""
+    return _search.decode(body).results
+
+
+def decode_sync(body: bytes) -> SyncPage:
+    """A sync page."""
+    return _sync.decode(body)
+
+
+def decode_frame(data: str | bytes) -> Frame:
+    """A stream message."""
+    return _frame.decode(data)
