@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
-from gateway import api, health
-from gateway.keys import METRICS, MODE, RUNTIME, SERVICE, SETTINGS
+from gateway import api, health, subscribe
+from gateway.keys import CONNECTIONS, METRICS, MODE, RUNTIME, SERVICE, SETTINGS, STREAMS
 from gateway.metrics import Metrics
 from gateway.modes import Modes
 from gateway.runtime import Runtime
@@ -31,7 +32,10 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     app[METRICS] = metrics
     app[MODE] = modes
     app[RUNTIME] = Runtime(settings, metrics, modes, store=store)
+    connections: set[web.StreamResponse] = set()
+    app[CONNECTIONS] = connections
     app.add_routes(api.routes())
+    app.add_routes(subscribe.routes())
     app.add_routes(health.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -39,6 +43,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
         try:
             await runtime.start()
             app[SERVICE] = runtime.service
+            app[STREAMS] = runtime.streams
             async with asyncio.TaskGroup() as group:
                 tasks = runtime.spawn(group)
                 try:
@@ -49,5 +54,19 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
         finally:
             await runtime.stop()
 
+    async def going_away(app: web.Application) -> None:
+        """Close live streams with GOING_AWAY (clients resume elsewhere with their cursor)."""
+        live: set[web.StreamResponse] = app[CONNECTIONS]
+        for conn in list(live):
+            if isinstance(conn, web.WebSocketResponse):
+                await conn.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+            else:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await conn.write_eof()
+        for sub in app[STREAMS].fanout.subscriptions() if STREAMS in app else ():
+            sub.closed = "going_away"
+            sub.send_direct(b"")
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(going_away)
     return app

@@ -71,6 +71,9 @@ class DeadLetterSink(Protocol):
 
 # A listener gets each newly applied event, its raw bytes and the state after it.
 Listener = Callable[[MemoryEvent, bytes, MemoryState], Awaitable[None] | None]
+BatchListener = Callable[
+    [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext], Awaitable[None]
+]
 
 
 class Applier:
@@ -99,6 +102,9 @@ class Applier:
         self._batch = batch
         self._poll_ms = poll_ms
         self.listeners: list[Listener] = []
+        # Called once per batch with its events (state after the batch) and the
+        # applied context before the batch (history and fan-out).
+        self.batch_listeners: list[BatchListener] = []
         self.applied_total = 0
         self.last_applied_at = 0.0
 
@@ -182,11 +188,19 @@ class Applier:
             self._metrics.apply_lag.labels(source=self.name).observe(
                 max(0.0, now - physical_ms(event.timestamp)) / 1000
             )
+        frontier = self._tracker.applied
         await self._tracker.note([Dot(e.dot.replica, e.seq) for e, _ in events])
         await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(self._tracker.applied))
         self._metrics.applied.labels(source=self.name).inc(len(events))
         self.applied_total += len(events)
         self.last_applied_at = time.monotonic()
+        if self.batch_listeners:
+            # Every event of the batch, duplicates included: a listener that
+            # missed one (a crash between the store write and the listener)
+            # gets it again when the uncommitted batch is read again.
+            batch = [(e, raw, states[e.key]) for e, raw in events]
+            for batch_listener in self.batch_listeners:
+                await batch_listener(batch, frontier)
         for event, raw in fresh:
             state = changed[event.key]
             for listener in self.listeners:

@@ -12,11 +12,14 @@ if TYPE_CHECKING:
     from gateway.runtime import Runtime
     from gateway.service import MemoryService
     from gateway.settings import Settings
+    from gateway.streams import Streams
 
-__all__ = ["METRICS", "MODE", "RUNTIME", "SERVICE", "SETTINGS"]
+__all__ = ["CONNECTIONS", "METRICS", "MODE", "RUNTIME", "SERVICE", "SETTINGS", "STREAMS"]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 MODE: web.AppKey[Modes] = web.AppKey("modes")
 SERVICE: web.AppKey[MemoryService] = web.AppKey("service")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+STREAMS: web.AppKey[Streams] = web.AppKey("streams")
+CONNECTIONS: web.AppKey[set[web.StreamResponse]] = web.AppKey("connections")

@@ -59,6 +59,13 @@ _ID_PARAM = {
     "required": True,
     "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$"},
 }
+_CHANNELS = {
+    "name": "channels",
+    "in": "query",
+    "required": True,
+    "description": "Comma-separated channel names.",
+    "schema": {"type": "string"},
+}
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -194,6 +201,48 @@ def spec() -> dict[str, Any]:
                 "responses": {"200": _json("SearchResults", "Best first."), **_ERRORS},
             }
         },
+        "/v1/subscribe": {"get": {
+            "summary": "WebSocket stream (eager or lazy) of the subscribed channels",
+            "description": (
+                "Upgrade to WebSocket. Client: {op: subscribe, channels, mode: eager|lazy, "
+                "interval_ms?, since?: cursor} / {op: unsubscribe, channels}. Server: "
+                "{op: subscribed, channels, cursor}, {op: event, event, cursor}, {op: batch, "
+                "events, states, cursor} (lazy, or a slow subscriber coalesced), {op: heartbeat}, "
+                "{op: error, code: bad_request|forbidden|resync_required|slow_consumer, message, "
+                "cursor?}. Cursors are valid in every region. No compression; frames ≤ 64 KiB "
+                "from the client."
+            ),
+            "responses": {"101": {"description": "Switching to WebSocket."}, **_ERRORS},
+        }},
+        "/v1/events": {"get": {
+            "summary": "The same stream as Server-Sent Events",
+            "parameters": [
+                _CHANNELS,
+                {"name": "mode", "in": "query", "schema": {"enum": ["eager", "lazy"]}},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+                 "description": "A cursor: resume after it."},
+            ],
+            "responses": {
+                "200": {"description": "text/event-stream; each message's id is its cursor.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                **_ERRORS,
+            },
+        }},
+        "/v1/sync": {"get": {
+            "summary": "Pull sync: changes since a cursor (tombstones included), or a snapshot",
+            "parameters": [
+                _CHANNELS,
+                {"name": "since", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                {"name": "page_token", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "{changes, states, cursor, has_more, page_token?}",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "410": _error("resync_required: the cursor's history is gone; take a snapshot."),
+                **_ERRORS,
+            },
+        }},
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {
             "description": "Up."}}}},
         "/readyz": {"get": {"summary": "Readiness and degraded modes", "security": [],

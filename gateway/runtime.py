@@ -26,6 +26,8 @@ import structlog
 from gateway.applier import Applier
 from gateway.cache import StateCache
 from gateway.deadletter import KafkaDeadLetters
+from gateway.fanout import Fanout
+from gateway.history import History
 from gateway.journal import Journal
 from gateway.metrics import Metrics
 from gateway.modes import Modes
@@ -33,6 +35,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.service import MemoryService, SeqTracker
 from gateway.settings import Settings
 from gateway.store import MemoryStore, StoreError
+from gateway.streams import Streams
 from replication.clock import HybridClock
 from replication.errors import MemsyncError
 from replication.log import KafkaEventLog, KafkaLogReader, SegmentJanitor
@@ -98,6 +101,8 @@ class Runtime:
     reader: KafkaLogReader = field(init=False)
     janitor: SegmentJanitor = field(init=False)
     dead_letters: KafkaDeadLetters = field(init=False)
+    history: History = field(init=False)
+    streams: Streams = field(init=False)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _epoch: str | None = field(default=None, init=False)
 
@@ -193,6 +198,16 @@ class Runtime:
             metrics=self.metrics,
             batch=s.limits.apply_batch,
         )
+        self.history = History(
+            self.region_dir / "history.sqlite3",
+            self.journal.replica,
+            s.secret_bytes,
+            max_events=s.limits.history_max_events,
+        )
+        await self.history.open()
+        stack.push_async_callback(self.history.close)
+        self.streams = Streams(self.history, Fanout(s.limits.max_subscriptions))
+        self.applier.batch_listeners.append(self.streams.on_batch)
         await self.applier.load_applied()
         pending, _ = await self.journal.counts()
         if pending:  # written while the log was away, before a restart: drain first
@@ -253,6 +268,7 @@ class Runtime:
             "outbox_pending": pending,
             "journal_unacknowledged": logged,
             "applied_events": self.applier.applied_total,
+            "subscriptions": len(self.streams.fanout),
         }
 
     async def _apply_loop(self) -> None:

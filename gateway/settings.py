@@ -84,6 +84,13 @@ class Limits:
     outbox_max_events: int = 1_000_000
     apply_batch: int = 500
     journal_ack_interval: float = 1.0
+    max_subscriptions: int = 20_000
+    subscriber_soft_limit: int = 256  # queued messages before an eager one coalesces
+    subscriber_hard_limit: int = 4_096  # coalesced memories before it is dropped
+    history_max_events: int = 200_000
+    ws_max_msg_bytes: int = 64 * 1024
+    ws_heartbeat: float = 30.0
+    stream_heartbeat: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,16 @@ class Settings:
                 agent_burst=r.as_float("MEMSYNC_AGENT_BURST", d.limits.agent_burst),
                 tenant_rate=r.as_float("MEMSYNC_TENANT_RATE", d.limits.tenant_rate),
                 tenant_burst=r.as_float("MEMSYNC_TENANT_BURST", d.limits.tenant_burst),
+                max_subscriptions=r.as_int("MEMSYNC_MAX_SUBSCRIPTIONS", d.limits.max_subscriptions),
+                subscriber_soft_limit=r.as_int(
+                    "MEMSYNC_SUBSCRIBER_SOFT_LIMIT", d.limits.subscriber_soft_limit
+                ),
+                subscriber_hard_limit=r.as_int(
+                    "MEMSYNC_SUBSCRIBER_HARD_LIMIT", d.limits.subscriber_hard_limit
+                ),
+                history_max_events=r.as_int(
+                    "MEMSYNC_HISTORY_MAX_EVENTS", d.limits.history_max_events
+                ),
             ),
         )
 

@@ -22,10 +22,10 @@ from gateway.settings import HttpSettings, KafkaSettings, Limits, Settings, Stor
 SECRET = "integration-test-secret-0123456789abcdef"
 
 
-def settings_for(data_dir: Path, bootstrap: str, **limits: Any) -> Settings:
+def settings_for(data_dir: Path, bootstrap: str, region: str = "test", **limits: Any) -> Settings:
     """Gateway settings for tests: small segments, small vectors, generous limits."""
     return Settings(
-        region="test",
+        region=region,
         data_dir=data_dir,
         secret=SECRET,
         http=HttpSettings(port=0),
@@ -71,10 +71,16 @@ class Gateway:
     limits: dict[str, Any] = field(default_factory=dict)
     client: TestClient[Any, Any] | None = None
     default_token: str = field(default_factory=token)
+    # When set, every request carries the latest X-Memsync-Session seen (like the SDK).
+    sticky_session: bool = False
+    session: str = ""
+    region: str = "test"
 
     async def start(self) -> Gateway:
         """Start (or restart) the gateway on the same data directory."""
-        app = create_app(settings_for(self.data_dir, self.broker.bootstrap, **self.limits))
+        app = create_app(
+            settings_for(self.data_dir, self.broker.bootstrap, self.region, **self.limits)
+        )
         self.client = TestClient(TestServer(app))
         await self.client.start_server()
         return self
@@ -106,8 +112,12 @@ class Gateway:
         h = {"Authorization": f"Bearer {token_ or self.default_token}"}
         if json is not None or data is not None:
             h["Content-Type"] = "application/json"
+        if self.sticky_session and self.session:
+            h["X-Memsync-Session"] = self.session
         h.update(headers or {})
         resp = await self.client.request(method, path, json=json, data=data, headers=h)
+        if self.sticky_session and "X-Memsync-Session" in resp.headers:
+            self.session = resp.headers["X-Memsync-Session"]
         body = await resp.json() if resp.content_type == "application/json" else await resp.text()
         return resp, body
 

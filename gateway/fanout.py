@@ -1,0 +1,295 @@
+"""Channel fan-out: every applied event to every subscription that may see it, once.
+
+A :class:`Delivery` is built once per applied event and shared by every
+subscriber: the WebSocket/SSE message is encoded once, embedding the event's
+bytes exactly as they came from the log (never re-encoded).
+
+Each :class:`Subscription` has a bounded outbound buffer. **Eager** ones
+queue each message; past ``soft_limit`` queued messages they start
+coalescing like **lazy** ones — one entry per memory, the latest event plus
+the memory's full replicated state, so nothing causally earlier is lost (the
+client joins the state). Past ``hard_limit`` coalesced memories the
+subscription is closed with its resume cursor (``slow_consumer``): a slow
+client never grows gateway memory without bound.
+
+Authorisation (I7) is checked at subscribe time per channel and again per
+event: the index is keyed by ``(tenant, channel)``, and a topic channel
+delivers only memories of users the token may act for, or shared ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from gateway.auth import Claims
+from gateway.errors import ForbiddenError
+from replication import dvv
+from replication.dvv import EMPTY, Dot, DotContext
+from replication.routing import parse_channel
+from replication.state import MemoryState
+
+__all__ = ["Delivery", "Fanout", "Subscription", "authorize_channels"]
+
+_encoder = msgspec.json.Encoder()
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One applied event, ready to send to any number of subscribers."""
+
+    key: str
+    tenant: str
+    user: str
+    shared: bool
+    channels: tuple[str, ...]
+    dot: Dot  # (replica, seq): the event's position in the cursor space
+    raw: bytes
+    state: MemoryState
+    cursor: str
+    _message: bytes | None = None
+    _state_json: bytes | None = None
+
+    @property
+    def message(self) -> bytes:
+        """``{"op": "event", "event": ..., "cursor": ...}``, encoded once."""
+        if self._message is None:
+            self._message = b"".join(
+                (
+                    b'{"op":"event","event":',
+                    self.raw,
+                    b',"cursor":',
+                    _encoder.encode(self.cursor),
+                    b"}",
+                )
+            )
+        return self._message
+
+    @property
+    def state_json(self) -> bytes:
+        """The memory's replicated state as JSON, encoded once."""
+        if self._state_json is None:
+            self._state_json = _encoder.encode(self.state)
+        return self._state_json
+
+
+def authorize_channels(claims: Claims, channels: Iterable[str]) -> tuple[str, ...]:
+    """The channels, checked against the token (:class:`ForbiddenError` names the first bad one).
+
+    ``ValueError`` for a malformed channel name.
+    """
+    out: list[str] = []
+    for name in channels:
+        kind, ident = parse_channel(name)
+        if kind == "user" and not claims.may_act_for(ident):
+            raise ForbiddenError(f"this token may not subscribe to {name!r}")
+        if kind == "tenant" and ident != claims.tenant:
+            raise ForbiddenError(f"this token may not subscribe to {name!r} (another tenant)")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's channels, mode, position and bounded outbound buffer."""
+
+    claims: Claims
+    channels: set[str]
+    mode: str = "eager"
+    interval_ms: int = 100
+    soft_limit: int = 256
+    hard_limit: int = 4096
+    id: int = field(default_factory=lambda: next(_ids))
+    cursor: str = ""
+    skip: DotContext = EMPTY  # dots the client already has (a resumed cursor)
+    closed: str | None = None  # why the server is closing it
+    # (message, cursor, raw event or None for control messages)
+    _queue: deque[tuple[bytes, str | None, bytes | None]] = field(default_factory=deque)
+    _coalesced: dict[str, Delivery] = field(default_factory=dict)
+    _coalescing: bool = False
+    _held: list[Delivery] | None = None  # live deliveries held back during a replay
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    on_close: Callable[[], None] | None = None  # told when the server drops it
+
+    def _close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+            if self.on_close is not None:
+                self.on_close()
+
+    def allows(self, d: Delivery) -> bool:
+        """Whether this subscriber may see a delivery on one of its channels."""
+        if d.tenant != self.claims.tenant:
+            return False
+        for ch in d.channels:
+            if ch in self.channels:
+                if not ch.startswith("topic:"):
+                    return True
+                if d.shared or self.claims.may_act_for(d.user):
+                    return True
+        return False
+
+    def hold(self) -> None:
+        """Hold live deliveries back while a replay is being sent."""
+        self._held = []
+
+    def release(self, replayed: DotContext) -> None:
+        """Stop holding; queue what was held unless the replay already sent it."""
+        held, self._held = self._held or [], None
+        for d in held:
+            if not dvv.contains(replayed, d.dot):
+                self.offer(d)
+
+    def offer(self, d: Delivery) -> None:
+        """Queue a delivery (or coalesce it); never blocks, never grows unbounded."""
+        if self.closed is not None or dvv.contains(self.skip, d.dot):
+            return
+        if self._held is not None:
+            if len(self._held) >= self.hard_limit:
+                self._close("slow_consumer")
+            else:
+                self._held.append(d)
+            self._ready.set()
+            return
+        if self.mode == "lazy" or self._coalescing:
+            self._coalesced[d.key] = d
+            if len(self._coalesced) > self.hard_limit:
+                self._close("slow_consumer")
+        else:
+            self._queue.append((d.message, d.cursor, d.raw))
+            if len(self._queue) > self.soft_limit:
+                self._coalescing = True
+        self.cursor = d.cursor
+        self._ready.set()
+
+    def send_direct(self, message: bytes, cursor: str | None = None) -> None:
+        """Queue a message outside the fan-out (replay, control), in order with events."""
+        self._queue.append((message, cursor, None))
+        if cursor is not None:
+            self.cursor = cursor
+        self._ready.set()
+
+    async def wait(self, within: float | None, *, lazy_due: bool) -> None:
+        """Wait until there is something to send now (or ``within`` seconds).
+
+        Coalesced memories count only when a flush is due (``lazy_due``) or
+        the subscription is an eager one catching up.
+        """
+        if self._queue or self.closed or (self._coalesced and (lazy_due or self._coalescing)):
+            return
+        self._ready.clear()
+        try:
+            async with asyncio.timeout(within):
+                await self._ready.wait()
+        except TimeoutError:
+            return
+
+    def take(self, flush_lazy: bool) -> list[tuple[bytes, str | None]]:
+        """``(message, cursor)`` pairs to send now.
+
+        Consecutive queued events go out as one ``batch`` frame (events only):
+        a subscriber that fell behind catches up in few frames. Coalesced
+        memories follow as one batch with their states.
+        """
+        out: list[tuple[bytes, str | None]] = []
+        run: list[tuple[bytes, str | None, bytes]] = []
+
+        def flush_run() -> None:
+            if len(run) == 1:
+                out.append((run[0][0], run[0][1]))
+            elif run:
+                cursor = run[-1][1]
+                out.append(
+                    (
+                        b'{"op":"batch","events":[' + b",".join(r[2] for r in run)
+                        + b'],"states":[],"cursor":' + _encoder.encode(cursor) + b"}",
+                        cursor,
+                    )
+                )  # fmt: skip
+            run.clear()
+
+        for message, cursor, raw in self._queue:
+            if raw is not None:
+                run.append((message, cursor, raw))
+                if len(run) >= 256:
+                    flush_run()
+            else:
+                flush_run()
+                out.append((message, cursor))
+        flush_run()
+        self._queue.clear()
+        if self._coalesced and (flush_lazy or self._coalescing):
+            batch = list(self._coalesced.values())
+            self._coalesced.clear()
+            self._coalescing = False
+            events = b",".join(d.raw for d in batch)
+            states = b",".join(d.state_json for d in batch)
+            cursor = batch[-1].cursor
+            out.append(
+                (
+                    b'{"op":"batch","events":[' + events + b'],"states":[' + states
+                    + b'],"cursor":' + _encoder.encode(cursor) + b"}",
+                    cursor,
+                )
+            )  # fmt: skip
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Messages and coalesced memories waiting to be sent."""
+        return len(self._queue) + len(self._coalesced) + len(self._held or ())
+
+
+class Fanout:
+    """The ``(tenant, channel) → subscriptions`` index of one gateway."""
+
+    def __init__(self, max_subscriptions: int) -> None:
+        self._index: dict[tuple[str, str], set[Subscription]] = {}
+        self._subs: dict[int, Subscription] = {}
+        self.max_subscriptions = max_subscriptions
+        self.delivered = 0
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def add(self, sub: Subscription) -> None:
+        """Index a subscription under each of its channels."""
+        self._subs[sub.id] = sub
+        for ch in sub.channels:
+            self._index.setdefault((sub.claims.tenant, ch), set()).add(sub)
+
+    def remove(self, sub: Subscription, channels: Iterable[str] | None = None) -> None:
+        """Unindex some (default: all) of a subscription's channels."""
+        names = set(sub.channels if channels is None else channels)
+        for ch in names:
+            subs = self._index.get((sub.claims.tenant, ch))
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._index[(sub.claims.tenant, ch)]
+        sub.channels -= names
+        if channels is None or not sub.channels:
+            self._subs.pop(sub.id, None)
+
+    def publish(self, deliveries: Iterable[Delivery]) -> None:
+        """Offer each delivery to every subscription that may see it, once."""
+        for d in deliveries:
+            targets: set[Subscription] = set()
+            for ch in d.channels:
+                subs = self._index.get((d.tenant, ch))
+                if subs:
+                    targets.update(subs)
+            for sub in targets:
+                if sub.allows(d):
+                    sub.offer(d)
+                    self.delivered += 1
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every live subscription."""
+        return list(self._subs.values())

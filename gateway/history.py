@@ -1,0 +1,280 @@
+"""The region's applied-event history: what a resumed subscription replays.
+
+Every applied event is appended here in apply order with a local index
+(``idx``) and the **cursor** that stands after it. A cursor is portable
+(valid in every region): it holds a causal context over ``(replica, seq)``
+— every event applied before the event's batch, plus the events of its own
+batch up to and including it — and a hint ``(history id, idx)`` that lets
+the same gateway resume by index. Any other gateway resumes by replaying
+every retained event the context does not cover (I6).
+
+The history is bounded (``max_events``, oldest trimmed first) and durable
+(SQLite beside the journal), so a subscription resumes with no gap across a
+gateway restart. The union of trimmed events' dots is kept: a cursor that
+does not cover all of them may have missed one, and gets
+``resync_required`` instead of silent loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from gateway.errors import MemsyncError, UnavailableError
+from replication import dvv
+from replication.dvv import EMPTY, Dot, DotContext
+from replication.token import seal, unseal
+
+__all__ = ["Cursor", "History", "HistoryEntry", "ResyncRequiredError"]
+
+R = TypeVar("R")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    idx INTEGER PRIMARY KEY,
+    replica TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    channels TEXT NOT NULL,
+    body BLOB NOT NULL,
+    cursor BLOB NOT NULL
+);
+"""
+
+
+class ResyncRequiredError(MemsyncError):
+    """The history needed to serve a cursor is gone: resynchronise from a snapshot."""
+
+    status = 410
+    code = "resync_required"
+
+
+class Cursor(msgspec.Struct, frozen=True, array_like=True):
+    """A position in the stream of applied events (see the module docstring)."""
+
+    context: DotContext
+    history: str = ""
+    idx: int = 0
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One applied event as the history keeps it."""
+
+    idx: int
+    dot: Dot
+    tenant: str
+    channels: tuple[str, ...]
+    body: bytes
+    cursor: Cursor
+
+
+_cursor_codec = msgspec.msgpack.Decoder(Cursor)
+_ctx_codec = msgspec.msgpack.Decoder(DotContext)
+
+
+class History:
+    """Durable, bounded, applied-order event history of one gateway."""
+
+    def __init__(self, path: Path, history_id: str, key: bytes, *, max_events: int) -> None:
+        self._path = path
+        self.id = history_id
+        self._key = key
+        self._max = max_events
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        self._next_idx = 1
+        self._oldest = 1
+        self.trimmed: DotContext = EMPTY
+        self.head = Cursor(EMPTY, history_id, 0)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the history and load its bounds."""
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        if "trimmed" in meta:
+            self.trimmed = _ctx_codec.decode(meta["trimmed"])
+        lo, hi = db.execute("SELECT MIN(idx), MAX(idx) FROM events").fetchone()
+        self._oldest = int(lo or meta_int(meta, "next_idx", 1))
+        self._next_idx = max(int(hi or 0) + 1, meta_int(meta, "next_idx", 1))
+        if hi is not None:
+            row = db.execute("SELECT cursor FROM events WHERE idx = ?", (hi,)).fetchone()
+            self.head = _cursor_codec.decode(row[0])
+        elif "head" in meta:
+            self.head = _cursor_codec.decode(meta["head"])
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self._run(self._close_sync)
+        self._pool.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _run(self, fn: Callable[..., R], *args: object) -> R:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except sqlite3.Error as exc:
+            raise UnavailableError(f"event history failed: {exc}", retry_after=1.0) from exc
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise UnavailableError("event history is closed", retry_after=1.0)
+        return self._db
+
+    # -- cursors -------------------------------------------------------------
+
+    def encode_cursor(self, cursor: Cursor) -> str:
+        """The opaque token of a cursor."""
+        return seal(cursor, self._key, "cursor")
+
+    def decode_cursor(self, token: str) -> Cursor:
+        """A cursor from its token (:class:`InvalidTokenError` if not genuine)."""
+        return unseal(token.strip(), self._key, "cursor", Cursor)
+
+    # -- appending -----------------------------------------------------------
+
+    def stamp(
+        self, batch: Sequence[tuple[Dot, str, tuple[str, ...], bytes]], frontier: DotContext
+    ) -> list[HistoryEntry]:
+        """Give a batch of applied events their indexes and cursors (in memory).
+
+        ``frontier`` is the applied context before the batch; each event's
+        cursor adds the batch's dots up to and including its own.
+        """
+        ctx = frontier
+        out = []
+        for dot, tenant, channels, body in batch:
+            ctx = dvv.add(ctx, dot)
+            idx = self._next_idx
+            self._next_idx += 1
+            out.append(HistoryEntry(idx, dot, tenant, channels, body, Cursor(ctx, self.id, idx)))
+        if out:
+            self.head = out[-1].cursor
+        return out
+
+    async def append(self, entries: Sequence[HistoryEntry]) -> None:
+        """Persist stamped entries, trimming the oldest past the bound."""
+        if entries:
+            await self._run(self._append_sync, list(entries))
+
+    def _append_sync(self, entries: list[HistoryEntry]) -> None:
+        db = self._conn
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.idx,
+                        e.dot.replica,
+                        e.dot.counter,
+                        e.tenant,
+                        " ".join(e.channels),
+                        e.body,
+                        msgspec.msgpack.encode(e.cursor),
+                    )
+                    for e in entries
+                ],
+            )
+            cut = self._next_idx - self._max
+            if cut > self._oldest:
+                trimmed = self.trimmed
+                for replica, seq in db.execute(
+                    "SELECT replica, seq FROM events WHERE idx < ?", (cut,)
+                ):
+                    trimmed = dvv.add(trimmed, Dot(replica, seq))
+                db.execute("DELETE FROM events WHERE idx < ?", (cut,))
+                self.trimmed = trimmed
+                self._oldest = cut
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('trimmed', ?)",
+                    (msgspec.msgpack.encode(trimmed),),
+                )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_idx', ?)", (str(self._next_idx),))
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('head', ?)",
+                (msgspec.msgpack.encode(self.head),),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- replay --------------------------------------------------------------
+
+    def _start_idx(self, cursor: Cursor) -> int:
+        """Where replay starts; :class:`ResyncRequiredError` if history is missing."""
+        if cursor.history == self.id and cursor.idx >= self._oldest - 1:
+            return cursor.idx + 1
+        if not dvv.is_subset(self.trimmed, cursor.context):
+            raise ResyncRequiredError(
+                "the events after this cursor are no longer kept here: resynchronise "
+                "(GET /v1/sync without 'since') and subscribe with the new cursor"
+            )
+        return self._oldest
+
+    async def replay(
+        self,
+        cursor: Cursor,
+        wants: Callable[[str, tuple[str, ...]], bool],
+        limit: int,
+    ) -> tuple[list[HistoryEntry], Cursor, bool]:
+        """Retained events after ``cursor`` that ``wants(tenant, channels)``.
+
+        Returns the entries (at most ``limit``), the cursor after the last
+        event scanned, and whether more may follow.
+        """
+        start = self._start_idx(cursor)
+        rows: list[tuple[int, str, int, str, str, bytes, bytes]] = await self._run(
+            lambda: self._conn.execute(
+                "SELECT idx, replica, seq, tenant, channels, body, cursor FROM events "
+                "WHERE idx >= ? ORDER BY idx LIMIT ?",
+                (start, max(limit * 8, 1000)),
+            ).fetchall()
+        )
+        out: list[HistoryEntry] = []
+        last = cursor
+        more = False
+        for idx, replica, seq, tenant, channels, body, raw_cursor in rows:
+            dot = Dot(replica, seq)
+            after = _cursor_codec.decode(raw_cursor)
+            if not dvv.contains(cursor.context, dot):
+                chans = tuple(channels.split())
+                if wants(tenant, chans):
+                    if len(out) >= limit:
+                        more = True
+                        break
+                    out.append(HistoryEntry(idx, dot, tenant, chans, bytes(body), after))
+            last = Cursor(dvv.join(cursor.context, after.context), self.id, idx)
+        else:
+            more = len(rows) == max(limit * 8, 1000)
+        return out, last, more
+
+
+def meta_int(meta: dict[str, bytes], name: str, default: int) -> int:
+    """An integer stored in the meta table."""
+    raw = meta.get(name)
+    return int(raw) if raw is not None else default

@@ -1,0 +1,212 @@
+"""Live streams of one gateway: history + fan-out, and the pump behind each connection.
+
+The applier hands every batch of newly applied events to :meth:`Streams.on_batch`,
+which stamps them into the durable history (so a cursor handed out can
+always be resumed — the history is written *before* anything is sent) and
+publishes them to the fan-out. A :class:`Pump` owns one WebSocket or SSE
+connection's :class:`~gateway.fanout.Subscription` and is the only task
+that writes to it: replays, live events, lazy batches and heartbeats go
+out in order through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+import structlog
+
+from gateway.fanout import Delivery, Fanout, Subscription
+from gateway.history import Cursor, History, ResyncRequiredError
+from replication import dvv
+from replication.dvv import Dot, DotContext
+from replication.routing import parse_channel
+from replication.schema import MemoryEvent
+from replication.state import MemoryState
+
+__all__ = ["Pump", "Streams", "channel_allows"]
+
+_log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+
+Send = Callable[[bytes, str | None], Awaitable[None]]
+
+
+def channel_allows(
+    sub: Subscription, tenant: str, channels: Sequence[str], only: set[str] | None = None
+) -> bool:
+    """Whether ``sub`` may see an event routed to ``channels`` (history replay).
+
+    The event's user and ``shared`` flag are read back from its channels
+    (``user:{id}:memories``; ``tenant:{id}:shared`` only when shared).
+    """
+    if tenant != sub.claims.tenant:
+        return False
+    wanted = only if only is not None else sub.channels
+    user = ""
+    shared = False
+    for ch in channels:
+        kind, ident = parse_channel(ch)
+        if kind == "user":
+            user = ident
+        elif kind == "tenant":
+            shared = True
+    return any(
+        ch in wanted and (not ch.startswith("topic:") or shared or sub.claims.may_act_for(user))
+        for ch in channels
+    )
+
+
+class Streams:
+    """History and fan-out of one gateway."""
+
+    def __init__(self, history: History, fanout: Fanout) -> None:
+        self.history = history
+        self.fanout = fanout
+
+    async def on_batch(
+        self, batch: Sequence[tuple[MemoryEvent, bytes, MemoryState]], frontier: DotContext
+    ) -> None:
+        """Record and publish the events of a batch the history does not hold yet.
+
+        Cursors are positions in this history: their context is everything it
+        recorded before, plus the batch up to the event (``frontier`` is not
+        needed for that, and the history stays consistent with itself).
+        """
+        seen = self.history.head.context
+        fresh = []
+        for e, raw, state in batch:
+            dot = Dot(e.dot.replica, e.seq)
+            if not dvv.contains(seen, dot) and not dvv.contains(self.history.trimmed, dot):
+                fresh.append((e, raw, state))
+                seen = dvv.add(seen, dot)
+        if not fresh:
+            return
+        entries = self.history.stamp(
+            [
+                (Dot(e.dot.replica, e.seq), e.memory.tenant_id, e.channels, raw)
+                for e, raw, _ in fresh
+            ],
+            self.history.head.context,
+        )
+        await self.history.append(entries)
+        self.fanout.publish(
+            Delivery(
+                key=e.key,
+                tenant=e.memory.tenant_id,
+                user=e.memory.user_id,
+                shared=e.memory.shared,
+                channels=e.channels,
+                dot=entry.dot,
+                raw=raw,
+                state=state,
+                cursor=self.history.encode_cursor(entry.cursor),
+            )
+            for (e, raw, state), entry in zip(fresh, entries, strict=True)
+        )
+
+    def head_token(self) -> str:
+        """The cursor of "now": everything applied so far."""
+        return self.history.encode_cursor(self.history.head)
+
+
+def _event_message(raw: bytes, cursor: str) -> bytes:
+    return b'{"op":"event","event":' + raw + b',"cursor":' + _encoder.encode(cursor) + b"}"
+
+
+def control(op: str, **fields: object) -> bytes:
+    """A control message (``subscribed``, ``error``, ``heartbeat``)."""
+    return _encoder.encode({"op": op, **fields})
+
+
+class Pump:
+    """Sends one subscription's messages over one connection, in order."""
+
+    def __init__(
+        self,
+        streams: Streams,
+        sub: Subscription,
+        send: Send,
+        *,
+        heartbeat_s: float = 15.0,
+        replay_page: int = 500,
+    ) -> None:
+        self.streams = streams
+        self.sub = sub
+        self._send = send
+        self._heartbeat_s = heartbeat_s
+        self._replay_page = replay_page
+        self._replays: asyncio.Queue[tuple[Cursor, set[str]]] = asyncio.Queue(maxsize=16)
+        self._last_flush = time.monotonic()
+        self.sent_cursor = ""  # the cursor of the last message actually sent
+
+    async def send(self, message: bytes, cursor: str | None) -> None:
+        """Send one message and remember its cursor."""
+        await self._send(message, cursor)
+        if cursor:
+            self.sent_cursor = cursor
+
+    def request_replay(self, cursor: Cursor, channels: set[str]) -> None:
+        """Replay what ``cursor`` has not seen on ``channels`` before further live events."""
+        self.sub.hold()
+        self.sub.skip = dvv.join(self.sub.skip, cursor.context)
+        self._replays.put_nowait((cursor, channels))
+        self.sub.send_direct(b"", None)  # wake the pump
+
+    async def run(self) -> str:
+        """Pump until the subscription is closed; why it closed."""
+        sub = self.sub
+        last_sent = time.monotonic()
+        while sub.closed is None:
+            now = time.monotonic()
+            interval = sub.interval_ms / 1000
+            next_flush = self._last_flush + interval
+            due = now >= next_flush
+            wait = self._heartbeat_s - (now - last_sent)
+            if sub.mode == "lazy" or sub.pending:
+                wait = min(wait, max(0.0, next_flush - now))
+            await sub.wait(max(0.0, wait), lazy_due=due)
+            while not self._replays.empty():
+                await self._replay(*self._replays.get_nowait())
+            now = time.monotonic()
+            flush = now >= self._last_flush + interval
+            if flush:
+                self._last_flush = now
+            for message, cursor in sub.take(flush_lazy=flush):
+                if message:
+                    await self.send(message, cursor)
+                    last_sent = time.monotonic()
+            if time.monotonic() - last_sent >= self._heartbeat_s:
+                await self.send(control("heartbeat"), None)
+                last_sent = time.monotonic()
+        return sub.closed
+
+    async def _replay(self, cursor: Cursor, channels: set[str]) -> None:
+        sub = self.sub
+        replayed: DotContext = dvv.EMPTY
+        history = self.streams.history
+        try:
+            while True:
+                entries, cursor, more = await history.replay(
+                    cursor,
+                    lambda tenant, chans: channel_allows(sub, tenant, chans, channels),
+                    self._replay_page,
+                )
+                for entry in entries:
+                    token = history.encode_cursor(entry.cursor)
+                    await self.send(_event_message(entry.body, token), token)
+                    replayed = dvv.add(replayed, entry.dot)
+                if not more:
+                    break
+        except ResyncRequiredError as exc:
+            sub.release(replayed)
+            await self.send(control("error", code=exc.code, message=exc.message), None)
+            return
+        token = history.encode_cursor(cursor)
+        sub.cursor = token
+        sub.release(replayed)
+        await self.send(
+            control("subscribed", channels=sorted(channels), cursor=token, replayed=True), token
+        )

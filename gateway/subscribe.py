@@ -1,0 +1,359 @@
+"""Subscriptions over WebSocket (``/v1/subscribe``) and SSE (``/v1/events``), and pull sync.
+
+WebSocket protocol (API.md): client → ``{"op": "subscribe", "channels",
+"mode": "eager"|"lazy", "interval_ms"?, "since"?}`` / ``{"op":
+"unsubscribe", "channels"}``; server → ``subscribed``, ``event``,
+``batch`` (lazy, or a slow eager subscriber coalesced: latest event and
+full state per memory), ``heartbeat``, ``error`` (codes ``bad_request``,
+``forbidden``, ``resync_required``, ``slow_consumer`` with its resume
+cursor). Compression is off (permessage-deflate costs ~110 KiB per
+connection); frames are bounded by ``max_msg_size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+
+import msgspec
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from gateway.api import _claims, json_response
+from gateway.errors import BadRequestError, ForbiddenError, MemsyncError, OverloadedError
+from gateway.fanout import Subscription, authorize_channels
+from gateway.history import ResyncRequiredError
+from gateway.keys import CONNECTIONS, SERVICE, SETTINGS, STREAMS
+from gateway.store import ListQuery
+from gateway.streams import Pump, channel_allows, control
+from replication.errors import InvalidTokenError
+from replication.token import seal, unseal
+
+__all__ = ["routes"]
+
+_log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+Channels = Annotated[
+    list[Annotated[str, msgspec.Meta(max_length=400)]], msgspec.Meta(max_length=64)
+]
+
+
+class SubscribeOp(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="subscribe", tag_field="op"
+):
+    """``{"op": "subscribe", ...}``."""
+
+    channels: Channels
+    mode: Literal["eager", "lazy"] = "eager"
+    interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 100
+    since: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+
+
+class UnsubscribeOp(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="unsubscribe", tag_field="op"
+):
+    """``{"op": "unsubscribe", "channels": [...]}``."""
+
+    channels: Channels
+
+
+_ops = msgspec.json.Decoder(SubscribeOp | UnsubscribeOp)
+
+
+def _new_subscription(request: web.Request) -> tuple[Subscription, Any]:
+    claims = _claims(request)
+    claims.require("subscribe")
+    streams = request.app[STREAMS]
+    limits = request.app[SETTINGS].limits
+    if len(request.app[CONNECTIONS]) >= limits.max_subscriptions:
+        raise OverloadedError("this gateway holds its maximum of subscriptions", retry_after=5.0)
+    sub = Subscription(
+        claims=claims,
+        channels=set(),
+        soft_limit=limits.subscriber_soft_limit,
+        hard_limit=limits.subscriber_hard_limit,
+    )
+    return sub, streams
+
+
+async def subscribe_ws(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/subscribe``: the WebSocket stream."""
+    sub, streams = _new_subscription(request)
+    limits = request.app[SETTINGS].limits
+    ws = web.WebSocketResponse(
+        heartbeat=limits.ws_heartbeat, max_msg_size=limits.ws_max_msg_bytes, compress=False
+    )
+    request.app[CONNECTIONS].add(ws)  # counted before the first await: no burst gets past
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        request.app[CONNECTIONS].discard(ws)
+        raise
+
+    async def send(message: bytes, cursor: str | None) -> None:
+        await ws.send_frame(message, WSMsgType.TEXT)
+
+    pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
+    pumping = asyncio.create_task(pump.run(), name=f"pump-{sub.id}")
+    reading = asyncio.create_task(_read_ops(request, ws, sub, pump), name=f"ops-{sub.id}")
+
+    # Dropped for being slow: stop the pump even while it waits on a full socket.
+    def drop() -> None:
+        pumping.cancel()
+
+    sub.on_close = drop
+    try:
+        await asyncio.wait({pumping, reading}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        streams.fanout.remove(sub)
+        reading.cancel()
+        if not pumping.done():
+            sub.closed = sub.closed or "client_closed"
+            sub.send_direct(b"")
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(pumping, 5.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        if sub.closed == "slow_consumer" and not ws.closed:
+            error = control(
+                "error",
+                code="slow_consumer",
+                message="this subscriber fell too far behind; reconnect with the cursor",
+                cursor=pump.sent_cursor,
+            )
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(ws.send_frame(error, WSMsgType.TEXT), 10.0)
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(
+                    ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"slow consumer"), 5.0
+                )
+        request.app[CONNECTIONS].discard(ws)
+    return ws
+
+
+async def _read_ops(
+    request: web.Request, ws: web.WebSocketResponse, sub: Subscription, pump: Pump
+) -> None:
+    """Handle client operations until the client goes away."""
+    async for msg in ws:
+        if msg.type != WSMsgType.TEXT:
+            continue
+        try:
+            _handle_op(request, sub, pump, msg.data.encode())
+        except (MemsyncError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            code = exc.code if isinstance(exc, MemsyncError) else "bad_request"
+            message = exc.message if isinstance(exc, MemsyncError) else str(exc)
+            sub.send_direct(control("error", code=code, message=message))
+
+
+def _handle_op(request: web.Request, sub: Subscription, pump: Pump, raw: bytes) -> None:
+    op = _ops.decode(raw)
+    streams = request.app[STREAMS]
+    try:
+        channels = authorize_channels(sub.claims, op.channels)
+    except ForbiddenError as exc:
+        sub.send_direct(control("error", code="forbidden", message=exc.message))
+        return
+    if isinstance(op, UnsubscribeOp):
+        streams.fanout.remove(sub, channels)
+        sub.send_direct(control("unsubscribed", channels=list(channels)))
+        return
+    new = set(channels) - sub.channels
+    sub.mode = op.mode
+    sub.interval_ms = op.interval_ms
+    sub.channels |= new
+    streams.fanout.add(sub)
+    if op.since is not None:
+        cursor = streams.history.decode_cursor(op.since)
+        pump.request_replay(cursor, new or set(channels))
+    else:
+        head = streams.head_token()
+        sub.send_direct(control("subscribed", channels=sorted(sub.channels), cursor=head), head)
+
+
+async def events_sse(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events?channels=a,b[&mode=lazy&interval_ms=N]``: Server-Sent Events."""
+    sub, streams = _new_subscription(request)
+    names = [c for c in request.query.get("channels", "").split(",") if c]
+    if not names:
+        raise BadRequestError("query parameter 'channels' is required (comma-separated)")
+    try:
+        channels = authorize_channels(sub.claims, names)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from exc
+    mode = request.query.get("mode", "eager")
+    if mode not in ("eager", "lazy"):
+        raise BadRequestError("query parameter 'mode' must be 'eager' or 'lazy'")
+    since = request.headers.get("Last-Event-ID") or request.query.get("since")
+    cursor = streams.history.decode_cursor(since) if since else None
+    sub.mode = mode
+    sub.channels = set(channels)
+    limits = request.app[SETTINGS].limits
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    request.app[CONNECTIONS].add(resp)
+    try:
+        await resp.prepare(request)
+    except BaseException:
+        request.app[CONNECTIONS].discard(resp)
+        raise
+
+    async def send(message: bytes, cursor: str | None) -> None:
+        head = b"id: " + cursor.encode() + b"\n" if cursor else b""
+        await resp.write(head + b"data: " + message + b"\n\n")
+
+    pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
+    streams.fanout.add(sub)
+    if cursor is not None:
+        pump.request_replay(cursor, set(channels))
+    else:
+        head = streams.head_token()
+        sub.send_direct(control("subscribed", channels=sorted(channels), cursor=head), head)
+    try:
+        reason = await pump.run()
+        if reason == "slow_consumer":
+            message = "this subscriber fell too far behind; reconnect with Last-Event-ID"
+            await send(
+                control("error", code="slow_consumer", cursor=pump.sent_cursor, message=message),
+                None,
+            )
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        streams.fanout.remove(sub)
+        request.app[CONNECTIONS].discard(resp)
+    return resp
+
+
+async def sync(request: web.Request) -> web.Response:
+    """``GET /v1/sync?channels=a,b&since=CURSOR&limit=N``: pull-based sync."""
+    claims = _claims(request)
+    claims.require("read")
+    names = [c for c in request.query.get("channels", "").split(",") if c]
+    if not names:
+        raise BadRequestError("query parameter 'channels' is required (comma-separated)")
+    try:
+        channels = authorize_channels(claims, names)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from exc
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequestError("query parameter 'limit' must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequestError("query parameter 'limit' must be between 1 and 1000")
+    streams = request.app[STREAMS]
+    service = request.app[SERVICE]
+    sub = Subscription(claims=claims, channels=set(channels))
+    since = request.query.get("since")
+    if since:
+        cursor = streams.history.decode_cursor(since)
+        try:
+            entries, after, more = await streams.history.replay(
+                cursor, lambda tenant, chans: channel_allows(sub, tenant, chans), limit
+            )
+        except ResyncRequiredError as exc:
+            return json_response({"error": {"code": exc.code, "message": exc.message}}, 410)
+        keys = list(dict.fromkeys(_key_of(e.body) for e in entries))
+        token = streams.history.encode_cursor(after)
+        return await _changes(service, keys, token, more)
+    return await _snapshot(request, sub, limit)
+
+
+_key_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _key_of(body: bytes) -> str:
+    memory = _key_decoder.decode(body)["memory"]
+    return f"{memory['tenant_id']}/{memory['id']}"
+
+
+async def _changes(service: Any, keys: list[str], cursor: str, more: bool) -> web.Response:
+    found = await service.store.get_many(keys)
+    states = [found[k] for k in keys if k in found]
+    for state in states:
+        service.remember(state)
+    return json_response(
+        {
+            "changes": [service.view(s) for s in states],
+            "states": states,
+            "cursor": cursor,
+            "has_more": more,
+        }
+    )
+
+
+async def _snapshot(request: web.Request, sub: Subscription, limit: int) -> web.Response:
+    """Every live memory of the channels, paged by ``page_token``; the cursor of its start."""
+    streams = request.app[STREAMS]
+    service = request.app[SERVICE]
+    page = request.query.get("page_token")
+    start_cursor, index, offset = streams.head_token(), 0, None
+    if page:
+        try:
+            start_cursor, index, offset = _unseal_page(request, page)
+        except InvalidTokenError as exc:
+            raise BadRequestError(
+                "query parameter 'page_token' is not one this gateway issued"
+            ) from exc
+    channels = sorted(sub.channels)
+    states: list[Any] = []
+    while index < len(channels) and len(states) < limit:
+        kind, ident = channels[index].split(":")[:2]
+        if kind == "system":
+            index, offset = index + 1, None
+            continue
+        users: tuple[str, ...] | None = None
+        if kind == "user":
+            users = (ident,)
+        elif kind == "topic" and not sub.claims.all_users:
+            users = sub.claims.users
+        query = ListQuery(
+            tenant_id=sub.claims.tenant,
+            user_ids=users,
+            topic=ident if kind == "topic" else None,
+            limit=limit - len(states),
+            offset=offset,
+        )
+        page_states, offset = await service.store.list_page(query)
+        if kind == "tenant":
+            page_states = [s for s in page_states if service.view(s).shared]
+        states.extend(page_states)
+        if offset is None:
+            index += 1
+    more = index < len(channels)
+    token = _seal_page(request, start_cursor, index, offset) if more else None
+    return json_response(
+        {
+            "changes": [service.view(s) for s in states],
+            "states": states,
+            "cursor": start_cursor,
+            "has_more": more,
+            "page_token": token,
+        }
+    )
+
+
+def _seal_page(request: web.Request, cursor: str, index: int, offset: str | None) -> str:
+    return seal((cursor, index, offset), request.app[SETTINGS].secret_bytes, "sync-page")
+
+
+def _unseal_page(request: web.Request, token: str) -> tuple[str, int, str | None]:
+    return unseal(
+        token, request.app[SETTINGS].secret_bytes, "sync-page", tuple[str, int, str | None]
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    """The streaming and sync routes."""
+    return [
+        web.get("/v1/subscribe", subscribe_ws),
+        web.get("/v1/events", events_sse),
+        web.get("/v1/sync", sync),
+    ]

@@ -1,0 +1,96 @@
+"""Fan-out: once per subscriber, authorised per channel, bounded when slow."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.auth import Claims
+from gateway.fanout import Delivery, Fanout, Subscription
+from replication.dvv import Dot
+from replication.testing import Replica
+
+
+def _claims(users: tuple[str, ...] = ("*",), tenant: str = "t1") -> Claims:
+    return Claims(sub="a", tenant=tenant, users=users, scope=frozenset({"subscribe"}), exp=0)
+
+
+def _delivery(n: int, *, user: str = "u1", topics: tuple[str, ...] = (), shared: bool = False,
+              key: str | None = None) -> Delivery:  # fmt: skip
+    r = Replica("r1")
+    event = r.write(key or f"m{n}", "fact", "create", user=user, content=f"c{n}")
+    assert event is not None
+    channels = (f"user:{user}:memories", *(["tenant:t1:shared"] if shared else []),
+                *(f"topic:{t}:updates" for t in topics))  # fmt: skip
+    return Delivery(
+        key=event.key, tenant="t1", user=user, shared=shared, channels=channels,
+        dot=Dot("r1", n), raw=b'{"n":%d}' % n, state=r.states[event.key], cursor=f"c{n}",
+    )  # fmt: skip
+
+
+def test_an_event_on_several_subscribed_channels_is_offered_once() -> None:
+    fan = Fanout(10)
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories", "topic:tea:updates",
+                                                   "tenant:t1:shared"})  # fmt: skip
+    fan.add(sub)
+    fan.publish([_delivery(1, topics=("tea",), shared=True)])
+    assert len(sub.take(flush_lazy=True)) == 1
+
+
+def test_topic_channel_hides_other_users_private_memories() -> None:
+    fan = Fanout(10)
+    sub = Subscription(claims=_claims(users=("alice",)), channels={"topic:tea:updates"})
+    fan.add(sub)
+    fan.publish([_delivery(1, user="bob", topics=("tea",))])
+    assert sub.take(flush_lazy=True) == []
+    fan.publish([_delivery(2, user="bob", topics=("tea",), shared=True)])
+    assert len(sub.take(flush_lazy=True)) == 1
+
+
+def test_other_tenants_never_see_an_event() -> None:
+    fan = Fanout(10)
+    other = Subscription(claims=_claims(tenant="t2"), channels={"user:u1:memories"})
+    fan.add(other)
+    fan.publish([_delivery(1)])
+    assert other.take(flush_lazy=True) == []
+
+
+def test_slow_eager_subscriber_coalesces_then_is_dropped() -> None:
+    closed: list[str] = []
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, soft_limit=3,
+                       hard_limit=5, on_close=lambda: closed.append("x"))  # fmt: skip
+    for n in range(1, 5):
+        sub.offer(_delivery(n))
+    assert sub.pending == 4  # queued past the soft limit: now coalescing
+    sub.offer(_delivery(5, key="m1"))  # same memory as #1: coalesces into one entry
+    sub.offer(_delivery(6, key="m1"))
+    assert sub.closed is None
+    for n in range(7, 14):
+        sub.offer(_delivery(n))
+    assert sub.closed == "slow_consumer"
+    assert closed == ["x"]
+    assert sub.pending <= 4 + 6  # bounded: queue + coalesced never past the limits
+
+
+def test_lazy_batch_carries_the_latest_event_and_state_per_memory() -> None:
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy")
+    sub.offer(_delivery(1, key="m"))
+    sub.offer(_delivery(2, key="m"))
+    sub.offer(_delivery(3, key="n"))
+    assert sub.take(flush_lazy=False) == []
+    ((message, cursor),) = sub.take(flush_lazy=True)
+    batch = json.loads(message)
+    assert batch["op"] == "batch"
+    assert batch["events"] == [{"n": 2}, {"n": 3}]
+    assert len(batch["states"]) == 2
+    assert cursor == "c3"
+
+
+def test_held_deliveries_skip_what_the_replay_sent() -> None:
+    from replication import dvv
+
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"})
+    sub.hold()
+    sub.offer(_delivery(1))
+    sub.offer(_delivery(2))
+    sub.release(dvv.context_of([Dot("r1", 1)]))
+    assert [c for _, c in sub.take(flush_lazy=True)] == ["c2"]
