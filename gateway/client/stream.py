@@ -222,7 +222,7 @@ class Subscription:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_reconnectable),
             wait=wait_exponential_jitter(
-                initial=opts.initial_backoff, max=opts.max_backoff, jitter=opts.jitter
+                multiplier=opts.initial_backoff, max=opts.max_backoff, jitter=opts.jitter
             ),
             stop=stop_never if opts.max_attempts is None else stop_after_attempt(opts.max_attempts),
             before_sleep=self._before_sleep,

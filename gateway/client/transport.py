@@ -152,7 +152,7 @@ class Transport:
         self.policy = policy
         self._auth = {"Authorization": f"Bearer {token}"}
         self._backoff = wait_exponential_jitter(
-            initial=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
+            multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.jitter
         )
 
     @property
