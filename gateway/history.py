@@ -17,17 +17,16 @@ does not cover all of them may have missed one, and gets
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
-from gateway.errors import MemsyncError, UnavailableError
+from gateway.errors import MemsyncError
+from gateway.sqlite_thread import SqliteThread
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.token import seal, unseal
@@ -85,12 +84,10 @@ class History:
     """Durable, bounded, applied-order event history of one gateway."""
 
     def __init__(self, path: Path, history_id: str, key: bytes, *, max_events: int) -> None:
-        self._path = path
         self.id = history_id
         self._key = key
         self._max = max_events
-        self._db: sqlite3.Connection | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        self._sql = SqliteThread(path, "event history", synchronous="NORMAL", schema=_SCHEMA)
         self._next_idx = 1
         self._oldest = 1
         self.trimmed: DotContext = EMPTY
@@ -100,15 +97,11 @@ class History:
 
     async def open(self) -> None:
         """Open (or create) the history and load its bounds."""
-        await self._run(self._open_sync)
+        await self._sql.open()
+        await self._run(self._load)
 
-    def _open_sync(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        self._db = db
+    def _load(self) -> None:
+        db = self._conn
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "trimmed" in meta:
             self.trimmed = _ctx_codec.decode(meta["trimmed"])
@@ -123,26 +116,14 @@ class History:
 
     async def close(self) -> None:
         """Close the database."""
-        await self._run(self._close_sync)
-        self._pool.shutdown(wait=True)
-
-    def _close_sync(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        await self._sql.close()
 
     async def _run(self, fn: Callable[..., R], *args: object) -> R:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, fn, *args)
-        except sqlite3.Error as exc:
-            raise UnavailableError(f"event history failed: {exc}", retry_after=1.0) from exc
+        return await self._sql.run(fn, *args)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise UnavailableError("event history is closed", retry_after=1.0)
-        return self._db
+        return self._sql.conn
 
     # -- cursors -------------------------------------------------------------
 

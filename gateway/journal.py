@@ -22,7 +22,6 @@ import asyncio
 import secrets
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +29,7 @@ from typing import TypeVar
 import structlog
 
 from gateway.errors import UnavailableError
+from gateway.sqlite_thread import SqliteThread
 
 __all__ = ["Journal", "JournalRow"]
 
@@ -76,8 +76,7 @@ class Journal:
     def __init__(self, path: Path, region: str) -> None:
         self._path = path
         self._region = region
-        self._db: sqlite3.Connection | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._sql = SqliteThread(path, "journal", synchronous="FULL", schema=_SCHEMA)
         # Last counter per memory with unpruned rows; a memory without any has
         # all its events applied everywhere, so its state's clock knows them.
         self._live: dict[str, int] = {}
@@ -93,16 +92,12 @@ class Journal:
 
     async def open(self) -> None:
         """Open (or create) the journal and load identity and sequence."""
-        await self._run(self._open_sync)
+        await self._sql.open()
+        await self._run(self._load)
         _log.info("journal.opened", path=str(self._path), replica=self.replica, seq=self._seq)
 
-    def _open_sync(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        self._db = db
+    def _load(self) -> None:
+        db = self._conn
         rows = dict(db.execute("SELECT name, value FROM meta").fetchall())
         replica = rows.get("replica")
         if replica is None:
@@ -121,26 +116,14 @@ class Journal:
         if self._queue:
             await self._flush()
         await self.flush_logged()
-        await self._run(self._close_sync)
-        self._pool.shutdown(wait=True)
-
-    def _close_sync(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        await self._sql.close()
 
     async def _run(self, fn: Callable[..., R], *args: object) -> R:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, fn, *args)
-        except sqlite3.Error as exc:
-            raise UnavailableError(f"journal failed: {exc}", retry_after=1.0) from exc
+        return await self._sql.run(fn, *args)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise UnavailableError("journal is closed", retry_after=1.0)
-        return self._db
+        return self._sql.conn
 
     # -- identity and counters ----------------------------------------------
 
