@@ -24,7 +24,7 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 from gateway.errors import ValidationError as MemsyncValidationError
-from gateway.keys import METRICS, MODE, SERVICE, SETTINGS
+from gateway.keys import METRICS, MODE, SERVICE, TOKENS
 from gateway.requests import decode_create, decode_patch, decode_search
 from gateway.service import WriteResult
 from replication.limits import ID_PATTERN
@@ -113,7 +113,7 @@ def _claims(request: web.Request) -> auth.Claims:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise UnauthorizedError("missing bearer token: send 'Authorization: Bearer <token>'")
-    return auth.verify(token.strip(), request.app[SETTINGS].secret_bytes)
+    return request.app[TOKENS].verify(token.strip())
 
 
 def _memory_id(request: web.Request) -> str:

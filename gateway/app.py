@@ -9,7 +9,17 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, web
 
 from gateway import api, health, subscribe
-from gateway.keys import CONNECTIONS, METRICS, MODE, RUNTIME, SERVICE, SETTINGS, STREAMS
+from gateway.auth import TokenCache
+from gateway.keys import (
+    CONNECTIONS,
+    METRICS,
+    MODE,
+    RUNTIME,
+    SERVICE,
+    SETTINGS,
+    STREAMS,
+    TOKENS,
+)
 from gateway.metrics import Metrics
 from gateway.modes import Modes
 from gateway.runtime import Runtime
@@ -29,6 +39,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     metrics = Metrics(settings.region)
     modes = Modes(metrics)
     app[SETTINGS] = settings
+    app[TOKENS] = TokenCache(settings.secret_bytes)
     app[METRICS] = metrics
     app[MODE] = modes
     app[RUNTIME] = Runtime(settings, metrics, modes, store=store)

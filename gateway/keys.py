@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.auth import TokenCache
     from gateway.metrics import Metrics
     from gateway.modes import Modes
     from gateway.runtime import Runtime
@@ -14,7 +15,16 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
     from gateway.streams import Streams
 
-__all__ = ["CONNECTIONS", "METRICS", "MODE", "RUNTIME", "SERVICE", "SETTINGS", "STREAMS"]
+__all__ = [
+    "CONNECTIONS",
+    "METRICS",
+    "MODE",
+    "RUNTIME",
+    "SERVICE",
+    "SETTINGS",
+    "STREAMS",
+    "TOKENS",
+]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
@@ -23,3 +33,4 @@ SERVICE: web.AppKey[MemoryService] = web.AppKey("service")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 STREAMS: web.AppKey[Streams] = web.AppKey("streams")
 CONNECTIONS: web.AppKey[set[web.StreamResponse]] = web.AppKey("connections")
+TOKENS: web.AppKey[TokenCache] = web.AppKey("tokens")
