@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -50,6 +51,15 @@ _log = structlog.get_logger("replication.log")
 _EPOCH_WAIT_MS = 200  # bounded wait for the marker a reader has not seen yet
 
 
+@dataclasses.dataclass
+class _Pending:
+    """Records fetched from one partition and not returned yet (see ``_take``)."""
+
+    fetched_at: int  # wall ms of the fetch response that brought them
+    records: list[LogRecord] = dataclasses.field(default_factory=list)
+    verified: bool = False
+
+
 class KafkaLogReader:
     """Reads every segment of ``log`` in segment order, committing as ``group_id``.
 
@@ -58,7 +68,9 @@ class KafkaLogReader:
     Segment topics are discovered by listing topics every ``refresh_ms``; the
     next segment is assigned as soon as it exists. Partition *p* of a segment
     is fetched only once partition *p* of every earlier live segment is
-    caught up, so one key's records come out in order across a roll. A
+    caught up, and what it brings is returned only once a later fetch showed
+    those caught up still, so one key's records come out in order across a
+    roll. Every assigned partition is sought to a known offset. A
     settled segment whose partitions are all caught up (by a fetch made after
     the seal was seen) is *drained*: no longer fetched, and unassigned once
     what was read from it is committed. Topics that vanish (janitor, broker
@@ -100,9 +112,12 @@ class KafkaLogReader:
         self._retired: set[int] = set()
         self._sealed_seen: dict[int, float] = {}  # segment → wall ms the seal was seen
         self._returned: dict[TopicPartition, int] = {}  # next offset after returned records
+        self._seeked: dict[TopicPartition, int] = {}  # where each partition was last sought
+        self._pending: dict[TopicPartition, _Pending] = {}  # fetched, not returned yet
         self._committed: dict[TopicPartition, int] = {}  # as asked by the caller
         self._held: set[TopicPartition] = set()  # committed one below _committed
         self._next_refresh = 0.0
+        self._stale = False  # the assignment lags the segments (a reassignment failed)
         self._epoch_tp = TopicPartition(f"{log}.epoch", 0)
         self._epoch_present = False
         self._epoch: bytes | None = None
@@ -175,6 +190,9 @@ class KafkaLogReader:
             if time.monotonic() >= self._next_refresh:
                 await self._refresh()
             gated = await self._gate()
+            ready = self._take(limit)
+            if ready:
+                return ready
             now = time.monotonic()
             wait = max(0.0, min(deadline, self._next_refresh) - now)
             if gated:
@@ -187,14 +205,16 @@ class KafkaLogReader:
             else:
                 with _translated("read"):
                     batch = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=limit)
-            records = self._convert(batch)
+            self._hold(batch)
+            records = self._take(limit)
             if self._epoch_changed:
                 await self._reset("epoch_changed")
             if records or time.monotonic() >= deadline:
                 return records
 
-    def _convert(self, batch: Mapping[TopicPartition, list[Any]]) -> list[LogRecord]:
-        records: list[LogRecord] = []
+    def _hold(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        """Convert fetched records and hold them until :meth:`_take` releases them."""
+        consumer, _ = self._require()
         for tp, messages in batch.items():
             if tp == self._epoch_tp:
                 self._observe_epoch(messages)
@@ -202,7 +222,13 @@ class KafkaLogReader:
             segment = parse_topic(self._log_name, tp.topic)
             if segment is None or not messages:
                 continue
-            records.extend(
+            # The fetch response that brought these (a partition with buffered
+            # records is not fetched again): its time, at the latest.
+            fetched_at = consumer.last_poll_timestamp(tp) or int(time.time() * 1000)
+            pending = self._pending.setdefault(tp, _Pending(fetched_at))
+            pending.fetched_at = max(pending.fetched_at, fetched_at)
+            pending.verified = False
+            pending.records.extend(
                 LogRecord(
                     m.topic,
                     segment,
@@ -215,9 +241,61 @@ class KafkaLogReader:
                 )
                 for m in messages
             )
-            self._returned[tp] = messages[-1].offset + 1
-        records.sort(key=lambda r: (r.partition, r.segment, r.offset))
-        return records
+
+    def _take(self, limit: int) -> list[LogRecord]:
+        """Up to ``limit`` held records that may be returned now, in order per partition.
+
+        Partition *p* of segment *s* is read while partition *p* of an earlier
+        segment may still receive records (until that one is sealed), so a
+        gate checked before the fetch cannot keep a key's records in order: a
+        record of *s* fetched right after an earlier record of its key reached
+        the earlier segment (after the gate last saw that one's highwater)
+        would come out first. Records of *s* are therefore returned only once
+        partition *p* of every earlier live segment was fetched again by a
+        later fetch (every record of the key appended before them is below that
+        highwater) and returned up to that highwater.
+        """
+        out: list[LogRecord] = []
+        for tp in sorted(self._pending, key=lambda t: (t.partition, t.topic)):
+            if len(out) >= limit:
+                break
+            pending = self._pending[tp]
+            if not pending.verified:
+                pending.verified = self._follows(tp, pending.fetched_at)
+                if not pending.verified:
+                    continue
+            chunk = pending.records[: limit - len(out)]
+            del pending.records[: len(chunk)]
+            out.extend(chunk)
+            self._returned[tp] = chunk[-1].offset + 1
+            if not pending.records:
+                del self._pending[tp]
+        out.sort(key=lambda r: (r.partition, r.segment, r.offset))
+        return out
+
+    def _follows(self, tp: TopicPartition, fetched_at: int) -> bool:
+        """Whether everything before ``tp``'s records fetched at ``fetched_at`` was returned."""
+        consumer, _ = self._require()
+        segment = parse_topic(self._log_name, tp.topic)
+        for s, partitions in self._live.items():
+            if segment is None or s >= segment or tp.partition >= partitions:
+                continue
+            earlier = self._tp(s, tp.partition)
+            highwater = consumer.highwater(earlier)
+            polled = consumer.last_poll_timestamp(earlier)
+            if (
+                earlier in self._pending
+                or highwater is None
+                or polled is None
+                or polled <= fetched_at  # the same fetch may have read it first
+                or self._delivered(earlier) < highwater
+            ):
+                return False
+        return True
+
+    def _delivered(self, tp: TopicPartition) -> int:
+        """The offset after what was returned from ``tp`` (where it was sought if nothing)."""
+        return self._returned.get(tp, self._seeked.get(tp, 0))
 
     def _observe_epoch(self, messages: list[Any]) -> None:
         first = next((m.value for m in messages if m.offset == 0), None)
@@ -239,6 +317,8 @@ class KafkaLogReader:
         self._drained.clear()
         self._sealed_seen.clear()
         self._returned.clear()
+        self._seeked.clear()
+        self._pending.clear()
         self._committed.clear()
         self._held.clear()
         self._retired.clear()
@@ -298,7 +378,7 @@ class KafkaLogReader:
             if segment is None:
                 continue
             highwater = consumer.highwater(tp)
-            position = await self._position(tp) if highwater is not None else None
+            position = self._delivered(tp) if highwater is not None else None
             out.append(
                 PartitionPosition(
                     tp.topic, segment, tp.partition, position, highwater, segment in self._drained
@@ -343,7 +423,7 @@ class KafkaLogReader:
             self._sealed_seen.pop(s, None)
         for s in added:
             self._live[s] = live[s]
-        if vanished or added or epoch_added:
+        if vanished or added or epoch_added or self._stale:
             await self._reassign()
         if has_epoch:
             # Re-read the marker's first record every refresh: a broker that
@@ -365,8 +445,11 @@ class KafkaLogReader:
 
         ``release`` is committed right before the assignment changes, with no
         await in between: once committed, the janitor may delete the segment.
+        Every assigned partition is sought to a known offset (see
+        :meth:`_starts`); until this succeeds, every refresh tries again.
         """
         consumer, _ = self._require()
+        self._stale = True
         retiring = set(retiring)
         segments = {**self._live, **{s: len(ends) for s, ends in self._drained.items()}}
         segments = {s: n for s, n in segments.items() if s not in retiring}
@@ -374,19 +457,7 @@ class KafkaLogReader:
         keep = set(wanted)
         if self._epoch_present:
             wanted.append(self._epoch_tp)
-        # assign() forgets every position and the fetcher then waits for
-        # committed-offset lookups (~250 ms on Tansu): carry known positions
-        # over, and start segments that are not current yet at 0 (empty).
-        seek = {tp: o for tp, o in self._returned.items() if tp in keep}
-        assigned = consumer.assignment()
-        for tp in assigned & keep:
-            if tp not in seek and consumer.highwater(tp) is not None:
-                seek[tp] = await self._position(tp)
-        current = segment_of(self._clock(), self._segment_ms)
-        for tp in keep - assigned:
-            segment = parse_topic(self._log_name, tp.topic)
-            if segment is not None and segment > current:
-                seek[tp] = 0
+        seek = await self._starts(keep)
         if release:
             with _translated("release"):
                 await consumer.commit(dict(release))
@@ -396,12 +467,54 @@ class KafkaLogReader:
         self._held &= keep
         self._returned = {tp: o for tp, o in self._returned.items() if tp in keep}
         self._committed = {tp: o for tp, o in self._committed.items() if tp in keep}
+        self._seeked = seek
+        self._pending.clear()  # fetched again from where the caller stopped
         consumer.assign(wanted)
         for tp, offset in seek.items():
             consumer.seek(tp, offset)
+        if self._epoch_present:
+            consumer.seek(self._epoch_tp, 0)  # re-read each refresh anyway
+        self._stale = False
         self._bound.info(
             "segments_assigned", live=sorted(self._live), drained=sorted(self._drained)
         )
+
+    async def _starts(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset to read each of ``tps`` from once assigned.
+
+        ``assign()`` forgets every position. A partition left without one makes
+        aiokafka look up its committed offset, one partition per round trip
+        (~100-250 ms each on Tansu), and it sends no fetch to the broker (the
+        only node) until every such lookup is done. Under load, with paused
+        partitions of later segments (never fetched) forgetting their positions
+        at every reassignment, those lookups stopped finishing between two
+        reassignments (one per roll): nothing was fetched any more, so no
+        segment drained and the live segments piled up. So every partition is
+        sought: to what was returned from it, else to where it was last
+        sought, to 0 for a segment that is not current yet (empty), else
+        to the group's committed offset, looked up here concurrently (0 when
+        none: a segment topic starts at 0).
+        """
+        consumer, _ = self._require()
+        current = segment_of(self._clock(), self._segment_ms)
+        starts: dict[TopicPartition, int] = {}
+        unknown: list[TopicPartition] = []
+        for tp in tps:
+            if tp in self._returned:
+                starts[tp] = self._returned[tp]
+            elif tp in self._seeked:
+                starts[tp] = self._seeked[tp]
+            elif (parse_topic(self._log_name, tp.topic) or 0) > current:
+                starts[tp] = 0
+            else:
+                unknown.append(tp)
+        if unknown:
+            with _translated("committed"):
+                async with asyncio.timeout(self._request_timeout_ms / 1000):
+                    committed = await asyncio.gather(*(consumer.committed(tp) for tp in unknown))
+            for tp, offset in zip(unknown, committed, strict=True):
+                starts[tp] = offset if offset is not None else 0
+        return starts
 
     async def _caught_up(self, tp: TopicPartition) -> bool:
         consumer, _ = self._require()
@@ -412,10 +525,11 @@ class KafkaLogReader:
         if position > highwater:
             self._bound.warning("partition_recreated", topic=tp.topic, partition=tp.partition)
             self._returned.pop(tp, None)
-            with _translated("seek"):
-                await consumer.seek_to_beginning(tp)
+            self._pending.pop(tp, None)
+            self._seeked[tp] = 0  # a segment topic starts at 0
+            consumer.seek(tp, 0)
             return False
-        return bool(position >= highwater)
+        return bool(self._delivered(tp) >= highwater)
 
     async def _gate(self) -> bool:
         """Pause what must wait for earlier segments; detect drained segments.
@@ -436,7 +550,9 @@ class KafkaLogReader:
             drained = settled
             for p in range(self._live[s]):
                 tp = self._tp(s, p)
-                (pause if p in behind else resume).append(tp)
+                # Held records are dropped from the fetcher's buffer when paused;
+                # the position stays after them, so nothing more is fetched.
+                (pause if p in behind or tp in self._pending else resume).append(tp)
                 caught = p not in behind and await self._caught_up(tp)
                 if not caught:
                     behind.add(p)

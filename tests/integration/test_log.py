@@ -211,6 +211,13 @@ async def test_janitor_deletes_a_consumed_segment_only_when_every_group_passed_i
             await mirror.commit(part[:-1])
             assert 1000 not in await janitor.run_once()
             await mirror.commit(part)
+        open_topics = {topic_name("t.events", 1002), topic_name("t.events", 1003)}
+
+        async def open_created() -> bool:
+            # The producer's keeper creates them on its next tick (every 75 ms).
+            return open_topics <= set(await _topics(broker))
+
+        await eventually(open_created)
         assert await janitor.run_once() == [1000]
         topics = set(await _topics(broker))
     assert topic_name("t.events", 1000) not in topics
@@ -388,3 +395,112 @@ async def test_deleted_segments_stay_deleted_while_clients_keep_running(
     assert len(deleted) >= 6
     assert live.isdisjoint(deleted)
     assert max_live <= 4
+
+
+async def test_sealed_segments_drain_and_are_deleted_under_continuous_appends(
+    broker: TansuBroker,
+) -> None:
+    """Regression: under sustained appends the reader stopped draining sealed segments.
+
+    Every reassignment (one per roll) forgot the position of partitions never
+    fetched yet (paused behind an earlier segment), and aiokafka then looked up
+    committed offsets one partition per round trip while fetching nothing at
+    all. Under load those lookups stopped finishing between two rolls: no
+    segment drained any more, the live segments piled up and nothing was read.
+    Here appenders write to every partition of the current segment the whole
+    time while a reader reads and commits like the applier and the janitor
+    deletes what it passed: each sealed segment must be deleted soon after it
+    settles, few segments may be live at any time, and every record is read
+    with each key's records in order (a record of the next segment fetched
+    right after an earlier record of its key reached the previous one used to
+    come out first).
+    """
+    clock = clock_at(1000)
+    first, last = 1000, 1010  # ten rolls
+    janitor = SegmentJanitor(
+        broker.bootstrap,
+        log="t.events",
+        groups=["applier"],
+        segment_ms=SEGMENT_MS,
+        grace_ms=GRACE_MS,
+        request_timeout_ms=1500,
+        clock=clock,
+    )
+    appenders, keys = 6, 48
+    sent: dict[bytes, list[bytes]] = {b"k%d" % k: [] for k in range(keys)}
+    read: list[LogRecord] = []
+    deleted: set[int] = set()
+    max_live = 0
+    writing = asyncio.Event()
+    writing.set()
+
+    def deadline(segment: int) -> int:
+        # Settled at end + 2 grace; allow two more segment lengths to drain and delete.
+        return segment_start(segment + 1, SEGMENT_MS) + 2 * GRACE_MS + 2 * SEGMENT_MS
+
+    async def check_topics() -> set[int]:
+        nonlocal max_live
+        live = set(segments_of("t.events", await _topics(broker)))
+        assert not live & deleted, f"deleted segments came back: {sorted(live & deleted)}"
+        late = [s for s in live if deadline(s) < clock.now_ms]
+        assert not late, f"segments {late} not deleted by segment time {clock.now_ms}"
+        max_live = max(max_live, len(live))
+        assert len(live) <= 5, f"live segments: {sorted(live)}"
+        return live
+
+    async with (
+        event_log(broker, clock=clock) as log,
+        log_reader(broker, "applier", clock=clock) as reader,
+    ):
+
+        async def append(n: int) -> None:
+            mine = [b"k%d" % k for k in range(n, keys, appenders)]
+            step = 0
+            while writing.is_set():
+                batch = [OutgoingRecord(k, b"%s-%d" % (k, step)) for k in mine]
+                await log.append_many(batch)
+                for r in batch:
+                    sent[r.key].append(r.value)
+                step += 1
+
+        async def consume() -> None:
+            # Like gateway.applier.Applier.run: read a batch, apply, commit.
+            while True:
+                records = await reader.read(100, 100)
+                if records:
+                    read.extend(records)
+                    await reader.commit(records)
+
+        async def clean() -> None:
+            while True:
+                deleted.update(await janitor.run_once())
+                await asyncio.sleep(0.05)
+
+        async with asyncio.TaskGroup() as tasks:
+            background = [tasks.create_task(consume()), tasks.create_task(clean())]
+            writers = [tasks.create_task(append(n)) for n in range(appenders)]
+            try:
+                # Segment time runs at wall speed, checked every 30 ms.
+                while clock.now_ms < segment_start(last, SEGMENT_MS):
+                    await asyncio.sleep(0.03)
+                    clock.now_ms += 30
+                    await check_topics()
+                writing.clear()
+                await asyncio.gather(*writers)
+                total = sum(len(v) for v in sent.values())
+
+                async def everything_read_and_passed_deleted() -> bool:
+                    await check_topics()
+                    return len(read) >= total and set(range(first, last - 1)) <= deleted
+
+                await eventually(everything_read_and_passed_deleted, within=10)
+            finally:
+                for task in background:
+                    task.cancel()
+    assert set(range(first, last - 1)) <= deleted
+    assert max_live <= 5
+    assert {r.partition for r in read} == set(range(4))
+    assert len({r.segment for r in read}) >= 8
+    for key, values in sent.items():
+        got = [r.value for r in read if r.key == key]
+        assert list(dict.fromkeys(got)) == values, f"{key!r}: records lost or out of order"
