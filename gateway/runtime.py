@@ -105,6 +105,7 @@ class Runtime:
     streams: Streams = field(init=False)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _epoch: str | None = field(default=None, init=False)
+    _ticks: int = field(default=0, init=False)
 
     @property
     def _open_store(self) -> MemoryStore:
@@ -312,6 +313,13 @@ class Runtime:
             await self._maintain()
 
     async def _maintain(self) -> None:
+        self._ticks += 1
+        maintain = getattr(self._open_store, "maintain", None)
+        if maintain is not None and self._ticks % 10 == 0:
+            try:
+                await maintain()
+            except StoreError as exc:
+                _log.warning("store.maintenance_failed", error=str(exc))
         try:
             await self._open_store.count()
             self.modes.set("store_unavailable", False)

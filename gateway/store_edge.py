@@ -269,6 +269,14 @@ class QdrantEdgeStore:
         op = UpdateOperation.upsert_points([point])
         await self._call("put meta", lambda s: s.update(op))
 
+    async def maintain(self) -> None:
+        """Flush the shard (checkpoints its write-ahead log; called periodically).
+
+        Qdrant Edge runs no background work: without flushes its WAL, and the
+        memory that goes with it, grows with every upsert.
+        """
+        await self._call("flush", lambda s: s.flush())
+
     # --- internals ---
 
     def _open_shard(self) -> EdgeShard:
