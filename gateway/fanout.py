@@ -137,7 +137,8 @@ class Subscription:
 
     def hold(self) -> None:
         """Hold live deliveries back while a replay is being sent."""
-        self._held = []
+        if self._held is None:
+            self._held = []
 
     def release(self, replayed: DotContext) -> None:
         """Stop holding; queue what was held unless the replay already sent it."""

@@ -11,13 +11,13 @@ out in order through it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 import structlog
 
+from gateway.errors import BadRequestError
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History, ResyncRequiredError
 from replication import dvv
@@ -29,6 +29,7 @@ from replication.state import MemoryState
 __all__ = ["Pump", "Streams", "channel_allows"]
 
 _log = structlog.get_logger(__name__)
+_MAX_REPLAYS = 16
 _encoder = msgspec.json.Encoder()
 
 Send = Callable[[bytes, str | None], Awaitable[None]]
@@ -138,7 +139,8 @@ class Pump:
         self._send = send
         self._heartbeat_s = heartbeat_s
         self._replay_page = replay_page
-        self._replays: asyncio.Queue[tuple[Cursor, set[str]]] = asyncio.Queue(maxsize=16)
+        self._replays: list[tuple[Cursor, set[str]]] = []  # at most _MAX_REPLAYS
+        self._replayed: DotContext = dvv.EMPTY  # sent by replays whose hold is not released
         self._last_flush = time.monotonic()
         self.sent_cursor = ""  # the cursor of the last message actually sent
 
@@ -150,9 +152,11 @@ class Pump:
 
     def request_replay(self, cursor: Cursor, channels: set[str]) -> None:
         """Replay what ``cursor`` has not seen on ``channels`` before further live events."""
+        if len(self._replays) >= _MAX_REPLAYS:
+            raise BadRequestError("too many resumes in flight on this connection; wait for them")
         self.sub.hold()
         self.sub.skip = dvv.join(self.sub.skip, cursor.context)
-        self._replays.put_nowait((cursor, channels))
+        self._replays.append((cursor, channels))
         self.sub.send_direct(b"", None)  # wake the pump
 
     async def run(self) -> str:
@@ -168,8 +172,8 @@ class Pump:
             if sub.mode == "lazy" or sub.pending:
                 wait = min(wait, max(0.0, next_flush - now))
             await sub.wait(max(0.0, wait), lazy_due=due)
-            while not self._replays.empty():
-                await self._replay(*self._replays.get_nowait())
+            while self._replays:
+                await self._replay(*self._replays.pop(0))
             now = time.monotonic()
             flush = now >= self._last_flush + interval
             if flush:
@@ -183,9 +187,17 @@ class Pump:
                 last_sent = time.monotonic()
         return sub.closed
 
+    def _finish_replay(self, replayed: DotContext) -> None:
+        """Release held live events once no other replay is waiting."""
+        if self._replays:
+            self._replayed = replayed
+        else:
+            self._replayed = dvv.EMPTY
+            self.sub.release(replayed)
+
     async def _replay(self, cursor: Cursor, channels: set[str]) -> None:
         sub = self.sub
-        replayed: DotContext = dvv.EMPTY
+        replayed: DotContext = self._replayed
         history = self.streams.history
         try:
             while True:
@@ -201,12 +213,12 @@ class Pump:
                 if not more:
                     break
         except ResyncRequiredError as exc:
-            sub.release(replayed)
+            self._finish_replay(replayed)
             await self.send(control("error", code=exc.code, message=exc.message), None)
             return
         token = history.encode_cursor(cursor)
         sub.cursor = token
-        sub.release(replayed)
+        self._finish_replay(replayed)
         await self.send(
             control("subscribed", channels=sorted(channels), cursor=token, replayed=True), token
         )
