@@ -383,3 +383,36 @@ async def test_sdk_cache_equals_the_server_after_a_random_workload(gw: Gateway) 
 
         await eventually(converged, within=20, what="the SDK cache to equal the server")
         await sub.close()
+
+
+async def test_bad_subscription_input_gets_clear_errors(gw: Gateway) -> None:
+    ws = await _ws(gw)
+    for raw, code in (
+        ("{not json", "bad_request"),
+        ('{"op": "subscribe", "channels": ["nonsense"]}', "bad_request"),
+        ('{"op": "subscribe", "channels": ["user:alice:memories"], "colour": 1}', "bad_request"),
+        (
+            '{"op": "subscribe", "channels": ["user:alice:memories"], "since": "v1.x.y"}',
+            "bad_token",
+        ),
+        ('{"op": "dance", "channels": []}', "bad_request"),
+    ):
+        await ws.send_str(raw)
+        reply = await _recv(ws)
+        assert (reply["op"], reply["code"]) == ("error", code), (raw, reply)
+    reply = await _subscribe(ws, channels=["user:alice:memories"])
+    assert reply["op"] == "subscribed"  # the connection survived every bad message
+    await ws.close()
+    for query, status in (
+        ("", 400),
+        ("?channels=user:alice:memories&since=garbage", 400),
+        ("?channels=user:alice:memories&limit=0", 400),
+        ("?channels=bogus", 400),
+        ("?channels=user:bob:memories", 200),
+    ):
+        resp, body = await gw.request("GET", f"/v1/sync{query}")
+        assert resp.status == status, (query, body)
+    resp, body = await gw.request(
+        "GET", "/v1/sync?channels=tenant:globex:shared", token_=token(users=("alice",))
+    )
+    assert resp.status == 403, body
