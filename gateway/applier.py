@@ -31,7 +31,7 @@ from replication.merge import apply
 from replication.schema import MemoryEvent, decode_event
 from replication.state import MemoryState
 
-__all__ = ["APPLIED_META", "Applier", "DeadLetterSink", "Listener", "Reader", "Record"]
+__all__ = ["APPLIED_META", "Applier", "DeadLetterSink", "Reader", "Record"]
 
 _log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class Record(Protocol):
 class Reader(Protocol):
     """What the applier needs of a log reader."""
 
-    async def read(self, max_records: int, timeout_ms: int) -> Sequence[Any]:
+    async def read(self, max_records: int, timeout_ms: int) -> Sequence[Record]:
         """The next records (possibly none)."""
 
     async def commit(self, records: Sequence[Any]) -> None:
@@ -65,12 +65,10 @@ class Reader(Protocol):
 class DeadLetterSink(Protocol):
     """Where poisoned records go."""
 
-    async def send(self, record: Any, reason: str) -> None:
+    async def send(self, record: Record, reason: str) -> None:
         """Keep the record and why it was rejected."""
 
 
-# A listener gets each newly applied event, its raw bytes and the state after it.
-Listener = Callable[[MemoryEvent, bytes, MemoryState], Awaitable[None] | None]
 BatchListener = Callable[
     [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext], Awaitable[None]
 ]
@@ -101,7 +99,6 @@ class Applier:
         self._metrics = metrics
         self._batch = batch
         self._poll_ms = poll_ms
-        self.listeners: list[Listener] = []
         # Called once per batch with its events (state after the batch) and the
         # applied context before the batch (history and fan-out).
         self.batch_listeners: list[BatchListener] = []
@@ -201,10 +198,4 @@ class Applier:
             batch = [(e, raw, states[e.key]) for e, raw in events]
             for batch_listener in self.batch_listeners:
                 await batch_listener(batch, frontier)
-        for event, raw in fresh:
-            state = changed[event.key]
-            for listener in self.listeners:
-                result = listener(event, raw, state)
-                if result is not None:
-                    await result
         return [e for e, _ in fresh]

@@ -314,10 +314,9 @@ class Runtime:
 
     async def _maintain(self) -> None:
         self._ticks += 1
-        maintain = getattr(self._open_store, "maintain", None)
-        if maintain is not None and self._ticks % 10 == 0:
+        if self._ticks % 10 == 0:
             try:
-                await maintain()
+                await self._open_store.maintain()
             except StoreError as exc:
                 _log.warning("store.maintenance_failed", error=str(exc))
         try:

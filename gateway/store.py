@@ -131,6 +131,9 @@ class MemoryStore(Protocol):
     async def scan(self, offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:
         """Every state, in pages (cache warming, digests, anti-entropy)."""
 
+    async def maintain(self) -> None:
+        """Periodic upkeep (the gateway calls it every ~10 s); may do nothing."""
+
     async def count(self) -> int:
         """How many memories (deleted included) the store holds."""
 

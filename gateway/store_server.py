@@ -290,6 +290,9 @@ class QdrantServerStore:
         """Every memory (deleted included, metadata excluded), in point-id order."""
         return await self._scroll(_MEMORY, offset, limit)
 
+    async def maintain(self) -> None:
+        """Nothing to do: a Qdrant server optimises and flushes by itself."""
+
     async def count(self) -> int:
         """How many memories (deleted included) the collection holds."""
         result = await self._call(

@@ -28,6 +28,7 @@ from gateway.keys import CONNECTIONS, SERVICE, SETTINGS, STREAMS
 from gateway.store import ListQuery
 from gateway.streams import Pump, channel_allows, control
 from replication.errors import InvalidTokenError
+from replication.state import materialize
 from replication.token import seal, unseal
 
 __all__ = ["routes"]
@@ -323,7 +324,7 @@ async def _snapshot(request: web.Request, sub: Subscription, limit: int) -> web.
         )
         page_states, offset = await service.store.list_page(query)
         if kind == "tenant":
-            page_states = [s for s in page_states if service.view(s).shared]
+            page_states = [s for s in page_states if materialize(s).shared]
         states.extend(page_states)
         if offset is None:
             index += 1

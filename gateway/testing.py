@@ -142,6 +142,9 @@ class InMemoryStore:
         """Every state, in point-id order."""
         return self._page(list(self._states.values()), offset, limit)
 
+    async def maintain(self) -> None:
+        """Nothing to do in memory."""
+
     async def count(self) -> int:
         """How many memories (deleted included) the store holds."""
         return len(self._states)
