@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from gateway import api, health, subscribe
+from gateway import api, health, replication_api, subscribe
 from gateway.auth import TokenCache
 from gateway.keys import (
     CONNECTIONS,
@@ -48,6 +48,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     app.add_routes(api.routes())
     app.add_routes(subscribe.routes())
     app.add_routes(health.routes())
+    app.add_routes(replication_api.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]

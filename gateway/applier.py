@@ -22,12 +22,14 @@ import structlog
 
 from gateway.metrics import Metrics
 from gateway.service import MemoryService, SeqTracker
+from gateway.state_digest import RunningDigest
 from gateway.store import MemoryStore
 from replication import dvv
 from replication.clock import physical_ms
 from replication.dvv import Dot, DotContext
 from replication.errors import ClockDriftError, MemsyncError
-from replication.merge import apply
+from replication.heartbeat import is_heartbeat
+from replication.merge import apply, join
 from replication.schema import MemoryEvent, decode_event
 from replication.state import MemoryState
 
@@ -50,6 +52,8 @@ class Record(Protocol):
     def offset(self) -> int: ...
     @property
     def value(self) -> bytes: ...
+    @property
+    def headers(self) -> tuple[tuple[str, bytes], ...]: ...
 
 
 class Reader(Protocol):
@@ -72,10 +76,17 @@ class DeadLetterSink(Protocol):
 BatchListener = Callable[
     [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext], Awaitable[None]
 ]
+HeartbeatListener = Callable[[str, bytes, tuple[tuple[str, bytes], ...]], None]
 
 
 class Applier:
-    """Consumes one log and merges it into the region's state."""
+    """Consumes one log and merges it into the region's state.
+
+    A region runs one applier per log (its own and each peer's mirrored log)
+    and anti-entropy repairs through one more; they share ``lock``, so one
+    memory's read-merge-write never interleaves with another's and listeners
+    see batches one at a time, each with the frontier it was applied on.
+    """
 
     def __init__(
         self,
@@ -89,8 +100,12 @@ class Applier:
         metrics: Metrics,
         batch: int = 500,
         poll_ms: int = 100,
+        lock: asyncio.Lock | None = None,
+        digest: RunningDigest | None = None,
     ) -> None:
         self.name = name
+        self.lock = lock or asyncio.Lock()
+        self.digest = digest
         self._reader = reader
         self._store = store
         self._service = service
@@ -102,6 +117,8 @@ class Applier:
         # Called once per batch with its events (state after the batch) and the
         # applied context before the batch (history and fan-out).
         self.batch_listeners: list[BatchListener] = []
+        self.heartbeat_listeners: list[HeartbeatListener] = []
+        self.event_counters: list[Callable[[str, int], None]] = []
         self.applied_total = 0
         self.last_applied_at = 0.0
 
@@ -133,8 +150,43 @@ class Applier:
 
     async def apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
         """Merge a batch into the store; the events that changed something."""
+        async with self.lock:
+            return await self._apply_batch(records)
+
+    async def merge_states(self, remote: Sequence[MemoryState]) -> int:
+        """Join whole states from a peer (anti-entropy's state repair).
+
+        The join is the same semilattice the events build, so this never
+        undoes anything; it only adds what the peer knew. Subscribers are not
+        told (no event carries the change); reads and syncs see it. Returns
+        how many memories changed.
+        """
+        async with self.lock:
+            keys = [s.key for s in remote]
+            local = await self._store.get_many(keys)
+            changed = []
+            for state in remote:
+                before = local.get(state.key)
+                after = state if before is None else join(before, state)
+                if after != before:
+                    changed.append(after)
+                    local[state.key] = after
+                    if self.digest is not None:
+                        self.digest.replace(before, after)
+            if changed:
+                await self._store.put_many(changed)
+                for state in changed:
+                    self._service.remember(state)
+            return len(changed)
+
+    async def _apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
         events: list[tuple[MemoryEvent, bytes]] = []
+        beats = []
         for record in records:
+            headers = getattr(record, "headers", ())
+            if headers and is_heartbeat(headers):
+                beats.append(record)
+                continue
             try:
                 events.append((decode_event(record.value), record.value))
             except MemsyncError as exc:
@@ -148,6 +200,9 @@ class Applier:
                     reason=exc.message,
                 )
                 await self._dlq.send(record, exc.message)
+        for record in beats:
+            for heartbeat_listener in self.heartbeat_listeners:
+                heartbeat_listener(self.name, record.value, tuple(record.headers))
         if not events:
             return []
         keys = list(dict.fromkeys(e.key for e, _ in events))
@@ -161,6 +216,7 @@ class Applier:
                 missing.append(key)
         if missing:
             states.update(await self._store.get_many(missing))
+        originals = dict(states)
         changed: dict[str, MemoryState] = {}
         fresh: list[tuple[MemoryEvent, bytes]] = []
         for event, raw in events:
@@ -174,8 +230,10 @@ class Applier:
             fresh.append((event, raw))
         if changed:
             await self._store.put_many(list(changed.values()))
-            for state in changed.values():
+            for key, state in changed.items():
                 self._service.remember(state)
+                if self.digest is not None:
+                    self.digest.replace(originals.get(key), state)
         now = time.time() * 1000
         for event, _ in events:
             try:
@@ -191,6 +249,8 @@ class Applier:
         self._metrics.applied.labels(source=self.name).inc(len(events))
         self.applied_total += len(events)
         self.last_applied_at = time.monotonic()
+        for count in self.event_counters:
+            count(self.name, len(events))
         if self.batch_listeners:
             # Every event of the batch, duplicates included: a listener that
             # missed one (a crash between the store write and the listener)

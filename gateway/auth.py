@@ -21,7 +21,7 @@ from replication.limits import ID_PATTERN
 
 __all__ = ["SCOPES", "Claims", "TokenCache", "mint", "verify"]
 
-SCOPES = ("read", "write", "subscribe", "admin")
+SCOPES = ("read", "write", "subscribe", "admin", "replicate")
 _ID = re.compile(ID_PATTERN)
 
 

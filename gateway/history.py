@@ -31,7 +31,7 @@ from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.token import seal, unseal
 
-__all__ = ["Cursor", "History", "HistoryEntry", "ResyncRequiredError"]
+__all__ = ["Cursor", "History", "HistoryEntry", "Missing", "ResyncRequiredError"]
 
 R = TypeVar("R")
 
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL,
     cursor BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_dot ON events (replica, seq);
 """
 
 
@@ -204,6 +205,62 @@ class History:
             db.execute("ROLLBACK")
             raise
 
+    # -- anti-entropy --------------------------------------------------------
+
+    async def missing(self, since: DotContext, upto: DotContext, limit: int) -> Missing:
+        """Events this history holds that ``upto`` names and ``since`` does not.
+
+        ``since`` is what a peer has applied, ``upto`` what it knows this
+        region had applied a while ago: the events no log brought it. Looked
+        up by ``(replica, seq)`` ranges, so the cost is the answer's size.
+        """
+        wanted: list[tuple[str, int, int]] = []
+        for replica, high in upto.vv.items():
+            low = since.vv.get(replica, 0)
+            if high > low:
+                wanted.append((replica, low, high))
+        loose = [d for d in upto.cloud if not dvv.contains(since, d)]
+        return await self._run(self._missing_sync, since, wanted, loose, limit)
+
+    def _missing_sync(
+        self,
+        since: DotContext,
+        ranges: list[tuple[str, int, int]],
+        loose: list[Dot],
+        limit: int,
+    ) -> Missing:
+        db = self._conn
+        out: list[bytes] = []
+        complete = True
+        for replica, low, high in ranges:
+            rows = db.execute(
+                "SELECT seq, body FROM events WHERE replica = ? AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (replica, low, high, limit - len(out) + 1),
+            ).fetchall()
+            fresh = [
+                bytes(body) for seq, body in rows if not dvv.contains(since, Dot(replica, seq))
+            ]
+            if len(out) + len(fresh) > limit:
+                out.extend(fresh[: limit - len(out)])
+                return Missing(out, complete, True)
+            out.extend(fresh)
+            held = sum(1 for d in since.cloud if d.replica == replica and low < d.counter <= high)
+            if len(fresh) < high - low - held:
+                complete = False  # some were trimmed from this history
+        for dot in loose:
+            row = db.execute(
+                "SELECT body FROM events WHERE replica = ? AND seq = ? LIMIT 1",
+                (dot.replica, dot.counter),
+            ).fetchone()
+            if row is None:
+                complete = False
+                continue
+            if len(out) >= limit:
+                return Missing(out, complete, True)
+            out.append(bytes(row[0]))
+        return Missing(out, complete, False)
+
     # -- replay --------------------------------------------------------------
 
     def _start_idx(self, cursor: Cursor) -> int:
@@ -253,6 +310,14 @@ class History:
         else:
             more = len(rows) == max(limit * 8, 1000)
         return out, last, more
+
+
+class Missing(msgspec.Struct, frozen=True):
+    """What :meth:`History.missing` found."""
+
+    events: list[bytes]
+    complete: bool  # every wanted event was still here (else some were trimmed)
+    more: bool  # the limit cut the answer short
 
 
 def meta_int(meta: dict[str, bytes], name: str, default: int) -> int:

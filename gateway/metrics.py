@@ -79,6 +79,46 @@ class Metrics:
             "Journalled events re-published after the broker lost its log.",
             registry=r,
         )
+        self.replication_lag = Gauge(
+            "memsync_replication_lag_seconds",
+            "Replication lag from each peer region, measured by its heartbeats.",
+            ["source"],
+            registry=r,
+        )
+        self.replication_lag_events = Gauge(
+            "memsync_replication_lag_events",
+            "The mirror link's source backlog, as stamped on the last heartbeat.",
+            ["source"],
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "memsync_heartbeats_total", "Heartbeats applied, by source region.", ["source"],
+            registry=r,
+        )  # fmt: skip
+        self.antientropy_passes = Counter(
+            "memsync_antientropy_passes_total",
+            "Anti-entropy comparisons with a peer, by result.",
+            ["peer", "result"],
+            registry=r,
+        )
+        self.antientropy_repaired = Counter(
+            "memsync_antientropy_repaired_events_total",
+            "Events anti-entropy fetched from a peer because no log delivered them.",
+            ["peer"],
+            registry=r,
+        )
+        self.antientropy_missing = Gauge(
+            "memsync_antientropy_missing_events",
+            "Events a peer had applied a pass ago that this region still lacked.",
+            ["peer"],
+            registry=r,
+        )
+        self.antientropy_repaired_states = Counter(
+            "memsync_antientropy_repaired_states_total",
+            "Memories repaired by state (digest comparison) when no event history covered them.",
+            ["peer"],
+            registry=r,
+        )
         self.mode = Gauge(
             "memsync_degraded", "1 while a degraded mode is in effect.", ["mode"], registry=r
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from gateway.antientropy import AntiEntropy
 from gateway.applier import Applier
 from gateway.cache import StateCache
 from gateway.deadletter import KafkaDeadLetters
@@ -32,13 +34,24 @@ from gateway.journal import Journal
 from gateway.metrics import Metrics
 from gateway.modes import Modes
 from gateway.ratelimit import RateLimiter
+from gateway.replication_status import ReplicationStatus
 from gateway.service import MemoryService, SeqTracker
 from gateway.settings import Settings
+from gateway.state_digest import RunningDigest
 from gateway.store import MemoryStore, StoreError
 from gateway.streams import Streams
 from replication.clock import HybridClock
 from replication.errors import MemsyncError
-from replication.log import KafkaEventLog, KafkaLogReader, SegmentJanitor
+from replication.heartbeat import (
+    HEARTBEAT_KEY,
+    KIND_HEADER,
+    KIND_HEARTBEAT,
+    Heartbeat,
+    encode_heartbeat,
+    mirror_group,
+    mirrored_log,
+)
+from replication.log import KafkaEventLog, KafkaLogReader, OutgoingRecord, SegmentJanitor
 
 __all__ = ["Runtime", "applier_group", "build_store"]
 
@@ -103,9 +116,22 @@ class Runtime:
     dead_letters: KafkaDeadLetters = field(init=False)
     history: History = field(init=False)
     streams: Streams = field(init=False)
+    replication: ReplicationStatus = field(init=False)
+    remote: dict[str, tuple[KafkaLogReader, Applier, SegmentJanitor]] = field(
+        default_factory=dict, init=False
+    )
+    apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    digest: RunningDigest = field(default_factory=RunningDigest, init=False)
+    antientropy: AntiEntropy = field(init=False)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _epoch: str | None = field(default=None, init=False)
     _ticks: int = field(default=0, init=False)
+    _beats: int = field(default=0, init=False)
+
+    @property
+    def open_store(self) -> MemoryStore:
+        """The store (once started)."""
+        return self._open_store
 
     @property
     def _open_store(self) -> MemoryStore:
@@ -182,23 +208,39 @@ class Runtime:
         stack.push_async_callback(self.reader.stop)
         self.dead_letters = KafkaDeadLetters(k.bootstrap)
         stack.push_async_callback(self.dead_letters.stop)
+        rep = s.replication
         self.janitor = SegmentJanitor(
             k.bootstrap,
             log=k.log,
             groups=[applier_group(s.region), *k.extra_groups],
+            held_groups=[mirror_group(s.region, peer) for peer in rep.peer_names],
+            hold_ms=rep.mirror_hold_ms,
             segment_ms=k.segment_ms,
             grace_ms=k.grace_ms,
         )
-        self.applier = Applier(
-            name="local",
-            reader=self.reader,
-            store=store,
-            service=self.service,
-            tracker=tracker,
-            dead_letters=self.dead_letters,
-            metrics=self.metrics,
-            batch=s.limits.apply_batch,
+        self.replication = ReplicationStatus(
+            s.region, rep.peer_names, interval_ms=rep.heartbeat_ms, alert_ms=rep.lag_alert_ms
         )
+        self.applier = self._applier("local", self.reader, tracker)
+        for peer in rep.peer_names:
+            log = mirrored_log(peer, k.log)
+            reader = KafkaLogReader(
+                k.bootstrap,
+                log=log,
+                group_id=applier_group(s.region),
+                segment_ms=k.segment_ms,
+                grace_ms=k.grace_ms,
+                fetch_max_wait_ms=k.fetch_max_wait_ms,
+            )
+            stack.push_async_callback(reader.stop)
+            janitor = SegmentJanitor(
+                k.bootstrap,
+                log=log,
+                groups=[applier_group(s.region)],
+                segment_ms=k.segment_ms,
+                grace_ms=k.grace_ms,
+            )
+            self.remote[peer] = (reader, self._applier(peer, reader, tracker), janitor)
         self.history = History(
             self.region_dir / "history.sqlite3",
             self.journal.replica,
@@ -208,14 +250,54 @@ class Runtime:
         await self.history.open()
         stack.push_async_callback(self.history.close)
         self.streams = Streams(self.history, Fanout(s.limits.max_subscriptions))
-        self.applier.batch_listeners.append(self.streams.on_batch)
+        for applier in self.appliers:
+            applier.batch_listeners.append(self.streams.on_batch)
         await self.applier.load_applied()
+        await self._build_digest()
+        self.antientropy = AntiEntropy(
+            region=s.region,
+            peers=list(rep.peers),
+            appliers={peer: applier for peer, (_, applier, _) in self.remote.items()},
+            tracker=tracker,
+            digest=self.digest,
+            metrics=self.metrics,
+            secret=s.secret_bytes,
+            batch=rep.antientropy_batch,
+        )
         pending, _ = await self.journal.counts()
         if pending:  # written while the log was away, before a restart: drain first
             self.service.outbox_busy = True
         self._gauges()
         await self._warm_cache()
         _log.info("gateway.opened", region=s.region, replica=self.journal.replica)
+
+    def _applier(self, name: str, reader: KafkaLogReader, tracker: SeqTracker) -> Applier:
+        applier = Applier(
+            name=name,
+            reader=reader,
+            store=self._open_store,
+            service=self.service,
+            tracker=tracker,
+            dead_letters=self.dead_letters,
+            metrics=self.metrics,
+            batch=self.settings.limits.apply_batch,
+            lock=self.apply_lock,
+            digest=self.digest,
+        )
+        applier.heartbeat_listeners.append(self._on_heartbeat)
+        applier.event_counters.append(self.replication.events)
+        return applier
+
+    @property
+    def appliers(self) -> list[Applier]:
+        """The region's own applier, then one per peer's mirrored log."""
+        return [self.applier, *(applier for _, applier, _ in self.remote.values())]
+
+    def _on_heartbeat(
+        self, source: str, value: bytes, headers: tuple[tuple[str, bytes], ...]
+    ) -> None:
+        self.replication.heartbeat(source, value, headers)
+        self.metrics.heartbeats.labels(source).inc()
 
     def spawn(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         """Start the background work in ``group``; the caller cancels the tasks."""
@@ -224,6 +306,18 @@ class Runtime:
             group.create_task(_supervised("outbox", self._drain_loop), name="outbox"),
             group.create_task(_supervised("maintenance", self._maintenance_loop), name="maint"),
         ]
+        for peer, (reader, applier, _) in self.remote.items():
+            loop = functools.partial(self._remote_apply_loop, reader, applier)
+            tasks.append(
+                group.create_task(_supervised(f"applier:{peer}", loop), name=f"applier:{peer}")
+            )
+        if self.remote:
+            tasks.append(
+                group.create_task(_supervised("heartbeats", self._heartbeat_loop), name="beats")
+            )
+            interval = self.settings.replication.antientropy_interval
+            loop = functools.partial(self.antientropy.run, interval)
+            tasks.append(group.create_task(_supervised("antientropy", loop), name="antientropy"))
         self.started = True
         return tasks
 
@@ -240,8 +334,32 @@ class Runtime:
             "Cache hits / lookups since start.",
             lambda: cache.hits / max(1, cache.hits + cache.misses),
         )
+        status = self.replication
+        for peer in status.peers:
+            m.replication_lag.labels(peer).set_function(
+                functools.partial(lambda p: (status.lag_ms(p) or 0.0) / 1000, peer)
+            )
+            m.replication_lag_events.labels(peer).set_function(
+                functools.partial(lambda p: float(status.lag_events(p) or 0), peer)
+            )
         m.gauge_fn("memsync_cache_bytes", "Estimated bytes in the cache.", lambda: cache.size_bytes)
         m.gauge_fn("memsync_cache_entries", "Memories in the cache.", lambda: len(cache))
+
+    async def _build_digest(self) -> None:
+        """The running state digest, from one scan of the store."""
+        store = self._open_store
+        offset: str | None = None
+        started = time.perf_counter()
+        while True:
+            states, offset = await store.scan(offset, 1000)
+            self.digest.add_all(states)
+            if offset is None:
+                break
+        _log.info(
+            "gateway.digest_built",
+            memories=self.digest.count,
+            seconds=round(time.perf_counter() - started, 3),
+        )
 
     async def _warm_cache(self) -> None:
         """Fill the cache from the store, up to its byte budget."""
@@ -284,6 +402,37 @@ class Runtime:
                 await self.reader.stop()
                 await asyncio.sleep(1.0)
         await self.applier.run()
+
+    async def _remote_apply_loop(self, reader: KafkaLogReader, applier: Applier) -> None:
+        """Apply a peer's mirrored log (created by its link; waits for the broker)."""
+        while True:
+            try:
+                await reader.start()
+                break
+            except MemsyncError as exc:
+                _log.info("applier.waiting_for_log", applier=applier.name, error=exc.message)
+                await reader.stop()
+                await asyncio.sleep(1.0)
+        await applier.run()
+
+    async def _heartbeat_loop(self) -> None:
+        """Append a heartbeat to every partition of this region's log (MM2's connector)."""
+        interval = self.settings.replication.heartbeat_ms / 1000
+        headers = ((KIND_HEADER, KIND_HEARTBEAT),)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.log.started:
+                continue
+            self._beats += 1
+            value = encode_heartbeat(Heartbeat(self.settings.region, _wall_ms(), self._beats))
+            records = [
+                OutgoingRecord(HEARTBEAT_KEY, value, headers, partition)
+                for partition in range(self.log.partitions)
+            ]
+            try:
+                await self.log.append_many(records)
+            except MemsyncError as exc:
+                _log.debug("heartbeat.skipped", error=exc.message)
 
     async def _drain_loop(self) -> None:
         while True:
@@ -357,6 +506,14 @@ class Runtime:
             self.metrics.segments_deleted.inc(len(deleted))
             pruned = await self.journal.prune_below(max(deleted) + 1)
             _log.info("log.segments_deleted", segments=deleted, journal_pruned=pruned)
+        for peer, (_, _, janitor) in self.remote.items():
+            try:
+                gone = await janitor.run_once(_wall_ms())
+            except MemsyncError as exc:
+                _log.info("janitor.skipped", log=peer, error=exc.message)
+                continue
+            self.metrics.segments_deleted.inc(len(gone))
+
         pending, logged = await self.journal.counts()
         self.metrics.outbox_pending.set(pending)
         self.metrics.journal_logged.set(logged)

@@ -19,6 +19,8 @@ __all__ = [
     "HttpSettings",
     "KafkaSettings",
     "Limits",
+    "Peer",
+    "ReplicationSettings",
     "Settings",
     "SettingsError",
     "StoreSettings",
@@ -47,6 +49,49 @@ class KafkaSettings:
     # Consumer groups a segment waits for before deletion, besides this
     # region's applier (mirror links add theirs).
     extra_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another region: its name and (for anti-entropy) its gateway's URL."""
+
+    name: str
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicationSettings:
+    """Links from the other regions, heartbeats and anti-entropy."""
+
+    peers: tuple[Peer, ...] = ()
+    heartbeat_ms: int = 1_000
+    lag_alert_ms: int = 5_000
+    # How long a segment of this region's log waits for a mirror link that
+    # has not passed it; past that anti-entropy must repair (None: forever).
+    mirror_hold_ms: int | None = 15 * 60 * 1000
+    antientropy_interval: float = 5.0
+    antientropy_batch: int = 500
+
+    @property
+    def peer_names(self) -> list[str]:
+        """The other regions' names."""
+        return [p.name for p in self.peers]
+
+
+def parse_peers(text: str) -> tuple[Peer, ...]:
+    """Peers from ``"eu-west=http://host:port,ap-south"`` (the URL is optional)."""
+    peers = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, url = part.partition("=")
+        name, url = name.strip(), url.strip()
+        if not _REGION.match(name):
+            raise ValueError(f"peer region {name!r}")
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError(f"peer URL {url!r}")
+        peers.append(Peer(name, url.rstrip("/")))
+    return tuple(peers)
 
 
 @dataclass(frozen=True)
@@ -106,6 +151,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: Limits = field(default_factory=Limits)
+    replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     log_level: str = "info"
 
     @property
@@ -142,12 +188,21 @@ class Settings:
             raise SettingsError("MEMSYNC_KAFKA_PARTITIONS must be ≥ 1")
         if self.kafka.segment_ms < 1000:
             raise SettingsError("MEMSYNC_KAFKA_SEGMENT_MS must be ≥ 1000")
+        names = self.replication.peer_names
+        if self.region in names or len(set(names)) != len(names):
+            raise SettingsError(
+                f"MEMSYNC_PEERS={','.join(names)!r}: list each other region once, "
+                f"not this one ({self.region!r})"
+            )
+        if self.replication.heartbeat_ms < 100:
+            raise SettingsError("MEMSYNC_HEARTBEAT_MS must be ≥ 100")
         return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Settings from ``MEMSYNC_*`` variables over the defaults."""
         d = cls()
+        dr = d.replication
         r = _Reader(env)
         return cls(
             region=r.as_str("MEMSYNC_REGION", d.region),
@@ -203,11 +258,26 @@ class Settings:
                     "MEMSYNC_HISTORY_MAX_EVENTS", d.limits.history_max_events
                 ),
             ),
+            replication=ReplicationSettings(
+                peers=r.parse("MEMSYNC_PEERS", (), parse_peers, "a list like eu-west=http://h:p,…"),
+                heartbeat_ms=r.as_int("MEMSYNC_HEARTBEAT_MS", dr.heartbeat_ms),
+                lag_alert_ms=r.as_int("MEMSYNC_LAG_ALERT_MS", dr.lag_alert_ms),
+                mirror_hold_ms=r.parse(
+                    "MEMSYNC_MIRROR_HOLD_MS", dr.mirror_hold_ms, _hold, "milliseconds or 'forever'"
+                ),
+                antientropy_interval=r.as_float(
+                    "MEMSYNC_ANTIENTROPY_INTERVAL", dr.antientropy_interval
+                ),
+            ),
         )
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _hold(text: str) -> int | None:
+    return None if text == "forever" else int(text)
 
 
 class _Reader:
@@ -222,6 +292,9 @@ class _Reader:
             return parse(raw)
         except ValueError:
             raise SettingsError(f"{name}={raw!r} is not {what}") from None
+
+    def parse(self, name: str, default: T, fn: Callable[[str], T], what: str) -> T:
+        return self._get(name, default, fn, what)
 
     def as_str(self, name: str, default: str) -> str:
         return self._get(name, default, lambda s: s, "a string")

@@ -20,6 +20,7 @@ from replication.segments import (
     DEFAULT_SEGMENT_MS,
     GroupProgress,
     deletable,
+    is_expired,
     is_sealed,
     open_segments,
     segment_passed,
@@ -43,6 +44,12 @@ class SegmentJanitor:
     deleting a topic a reader still has assigned would make its consumer name
     it in a metadata request, and the broker re-create it. The current and
     the next segment are never deleted.
+
+    ``held_groups`` (mirror links) are waited for only ``hold_ms`` after a
+    segment ended: a link that is down for longer must not make the bundled
+    broker keep every record (it has no retention), so past the hold the
+    segment goes once the required ``groups`` passed it, and anti-entropy
+    repairs what the link then misses. ``hold_ms=None`` waits for ever.
     """
 
     def __init__(
@@ -50,6 +57,8 @@ class SegmentJanitor:
         bootstrap: str,
         *,
         groups: Sequence[str],
+        held_groups: Sequence[str] = (),
+        hold_ms: int | None = None,
         log: str = DEFAULT_LOG,
         segment_ms: int = DEFAULT_SEGMENT_MS,
         grace_ms: int = DEFAULT_GRACE_MS,
@@ -58,6 +67,8 @@ class SegmentJanitor:
     ) -> None:
         self._bootstrap = bootstrap
         self._groups = tuple(groups)
+        self._held = tuple(g for g in held_groups if g not in self._groups)
+        self._hold_ms = hold_ms
         self._log_name = log
         self._segment_ms = segment_ms
         self._grace_ms = grace_ms
@@ -79,7 +90,7 @@ class SegmentJanitor:
         now = self._clock() if now_ms is None else now_ms
         admin = _Admin(self._bootstrap, self._request_timeout_ms)
         probe = self._consumer(None)
-        groups = {g: self._consumer(g) for g in self._groups}
+        groups = {g: self._consumer(g) for g in (*self._groups, *self._held)}
         try:
             await admin.start()
             with _translated("janitor start"):
@@ -104,9 +115,17 @@ class SegmentJanitor:
                         committed = {tp.partition: await consumer.committed(tp) for tp in ends}
                     if _released({tp.partition: e for tp, e in ends.items()}, committed):
                         progress[g].add(s)
-            doomed = deletable(
-                sealed, self._groups, [GroupProgress(g, frozenset(p)) for g, p in progress.items()]
-            )
+            passed = [GroupProgress(g, frozenset(p)) for g, p in progress.items()]
+            doomed = deletable(sealed, (*self._groups, *self._held), passed)
+            if self._held and self._hold_ms is not None:
+                hold = self._hold_ms
+                expired = [s for s in sealed if is_expired(s, now, self._segment_ms, hold)]
+                overdue = sorted(set(deletable(expired, self._groups, passed)) - set(doomed))
+                if overdue:
+                    self._bound.warning(
+                        "segments_expired_unmirrored", segments=overdue, held=self._held
+                    )
+                doomed = sorted({*doomed, *overdue})
             if doomed:
                 await admin.delete([topic_name(self._log_name, s) for s in doomed])
                 self._bound.info("segments_deleted", segments=doomed)

@@ -62,13 +62,20 @@ __all__ = [
     "LogRecord",
     "OutgoingRecord",
     "PartitionPosition",
+    "Routes",
     "SegmentJanitor",
+    "parse_routes",
+    "route_client",
     "wall_ms",
 ]
 
 DEFAULT_LOG = "memsync.events"
 Headers = Sequence[tuple[str, bytes]]
 WallClock = Callable[[], int]
+# Advertised broker address ("host:port", or "*" for every broker) → the
+# address to connect to instead: how a mirror link reaches a remote broker
+# through a fault proxy (see :func:`route_client`).
+Routes = Mapping[str, str]
 
 _log = structlog.get_logger(__name__)
 _TOPIC_EXISTS = 36
@@ -97,6 +104,52 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def parse_routes(text: str) -> dict[str, str]:
+    """Routes from ``"advertised=connect,..."`` (``"*=host:port"`` for every broker)."""
+    routes: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        advertised, sep, target = part.partition("=")
+        host, colon, port = target.rpartition(":")
+        if not sep or not advertised or not colon or not host or not port.isdigit():
+            raise ValueError(
+                f"bad route {part!r}: expected ADVERTISED_HOST:PORT=CONNECT_HOST:PORT "
+                "or *=CONNECT_HOST:PORT"
+            )
+        routes[advertised.strip()] = target.strip()
+    return routes
+
+
+def route_client(client: Any, routes: Routes | None) -> None:
+    """Make an aiokafka client connect to brokers through ``routes``.
+
+    A Kafka client learns broker addresses from metadata and connects to what
+    the broker *advertises*, so a bootstrap address pointing at a proxy only
+    carries the first request. This rewrites each advertised address at the
+    one place aiokafka reads it (``ClusterMetadata.broker_metadata``, used for
+    every broker and coordinator connection) — client-side address
+    translation, like a DNS override. Bootstrap addresses are used as given.
+    Call it before the client starts.
+    """
+    if not routes:
+        return
+    cluster = client.cluster
+    original = cluster.broker_metadata
+
+    def routed(broker_id: Any) -> Any:
+        broker = original(broker_id)
+        if broker is None or cluster.is_bootstrap(broker_id):
+            return broker
+        target = routes.get(f"{broker.host}:{broker.port}") or routes.get("*")
+        if target is None:
+            return broker
+        host, _, port = target.rpartition(":")
+        return broker._replace(host=host, port=int(port))
+
+    cluster.broker_metadata = routed
+
+
 class Appended(msgspec.Struct, frozen=True):
     """Where an appended record landed."""
 
@@ -112,6 +165,9 @@ class OutgoingRecord(msgspec.Struct, frozen=True):
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    # A fixed partition (a mirror link preserves the source's; heartbeats go
+    # to every partition); ``None`` partitions by key.
+    partition: int | None = None
 
 
 class LogRecord(msgspec.Struct, frozen=True):
@@ -195,11 +251,14 @@ def _retrying(deadline_s: float) -> AsyncRetrying:
 class _Admin:
     """Topic administration with retries and per-topic error codes checked."""
 
-    def __init__(self, bootstrap: str, request_timeout_ms: int) -> None:
+    def __init__(
+        self, bootstrap: str, request_timeout_ms: int, routes: Routes | None = None
+    ) -> None:
         self._timeout_s = request_timeout_ms / 1000
         self._client = AIOKafkaAdminClient(
             bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms
         )
+        route_client(self._client._client, routes)
 
     async def start(self) -> None:
         with _translated("admin start"):
@@ -238,6 +297,11 @@ class _Admin:
 # -- producer -------------------------------------------------------------------------
 
 
+def _fixed(partition: int | None, partitions: int) -> int | None:
+    """A fixed partition if it exists in this log, else ``None`` (partition by key)."""
+    return partition if partition is not None and 0 <= partition < partitions else None
+
+
 class KafkaEventLog:
     """Appends records to the current segment of ``log`` with ``acks="all"``.
 
@@ -261,6 +325,7 @@ class KafkaEventLog:
         idempotent: bool = False,
         linger_ms: int = 0,
         max_reappends: int = 3,
+        routes: Routes | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -275,6 +340,7 @@ class KafkaEventLog:
         self._idempotent = idempotent
         self._linger_ms = linger_ms
         self._max_reappends = max_reappends
+        self._routes = routes
         self._producer: AIOKafkaProducer | None = None
         self._admin: _Admin | None = None
         self._created: set[int] = set()
@@ -295,7 +361,7 @@ class KafkaEventLog:
 
     async def start(self) -> None:
         """Connect and create the open segments; raises :class:`LogUnavailableError`."""
-        self._admin = _Admin(self._bootstrap, self._request_timeout_ms)
+        self._admin = _Admin(self._bootstrap, self._request_timeout_ms, self._routes)
         self._named = None
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
@@ -305,6 +371,7 @@ class KafkaEventLog:
             linger_ms=self._linger_ms,
             retry_backoff_ms=50,
         )
+        route_client(self._producer.client, self._routes)
         try:
             await self._admin.start()
             with _translated("producer start"):
@@ -332,6 +399,11 @@ class KafkaEventLog:
                 await producer.stop()
         if admin is not None:
             await admin.close()
+
+    @property
+    def partitions(self) -> int:
+        """Partitions of every segment."""
+        return self._partitions
 
     @property
     def started(self) -> bool:
@@ -457,7 +529,13 @@ class KafkaEventLog:
             with self._naming(topic):
                 await self._ensure(segment)
                 futures = [
-                    await producer.send(topic, r.value, key=r.key, headers=list(r.headers))
+                    await producer.send(
+                        topic,
+                        r.value,
+                        key=r.key,
+                        headers=list(r.headers),
+                        partition=_fixed(r.partition, self._partitions),
+                    )
                     for r in records
                 ]
                 results: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
@@ -501,6 +579,7 @@ class KafkaEventLog:
             fetch_max_wait_ms=5,
             request_timeout_ms=self._request_timeout_ms,
         )
+        route_client(consumer._client, self._routes)
         try:
             await consumer.start()
             tp = TopicPartition(topic, 0)

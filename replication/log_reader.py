@@ -29,9 +29,11 @@ from replication.log import (
     DEFAULT_LOG,
     LogRecord,
     PartitionPosition,
+    Routes,
     WallClock,
     _Admin,
     _translated,
+    route_client,
     wall_ms,
 )
 from replication.log_errors import LogError, LogUnavailableError
@@ -91,6 +93,7 @@ class KafkaLogReader:
         refresh_ms: int = 250,
         request_timeout_ms: int = 5_000,
         clock: WallClock = wall_ms,
+        routes: Routes | None = None,
     ) -> None:
         if fetch_max_wait_ms < 1:
             raise ValueError("fetch_max_wait_ms must be ≥ 1 (0 never delivers on Tansu)")
@@ -105,6 +108,7 @@ class KafkaLogReader:
         self._gate_poll_s = max(0.01, 2 * fetch_max_wait_ms / 1000)
         self._request_timeout_ms = request_timeout_ms
         self._clock = clock
+        self._routes = routes
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: _Admin | None = None
         self._live: dict[int, int] = {}  # segment → partitions, still fetched
@@ -126,7 +130,7 @@ class KafkaLogReader:
 
     async def start(self) -> None:
         """Connect and discover the existing segments."""
-        self._admin = _Admin(self._bootstrap, self._request_timeout_ms)
+        self._admin = _Admin(self._bootstrap, self._request_timeout_ms, self._routes)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
@@ -136,6 +140,7 @@ class KafkaLogReader:
             request_timeout_ms=self._request_timeout_ms,
             retry_backoff_ms=50,
         )
+        route_client(self._consumer._client, self._routes)
         try:
             await self._admin.start()
             with _translated("reader start"):

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_SEGMENT_MS",
     "GroupProgress",
     "deletable",
+    "is_expired",
     "is_sealed",
     "is_settled",
     "open_segments",
@@ -119,6 +120,17 @@ def is_settled(segment: int, now_ms: int, segment_ms: int, grace_ms: int) -> boo
     it saw the seal) has seen every record the segment will ever keep.
     """
     return is_sealed(segment, now_ms - grace_ms, segment_ms, grace_ms)
+
+
+def is_expired(segment: int, now_ms: int, segment_ms: int, hold_ms: int) -> bool:
+    """Whether ``segment`` ended more than ``hold_ms`` ago.
+
+    Past that, a segment no longer waits for *held* consumers (mirror links
+    that are down): it is deleted once the required ones passed it, and
+    anti-entropy repairs what a held consumer then misses.
+    """
+    _check(segment_ms)
+    return now_ms > segment_end(segment, segment_ms) + hold_ms
 
 
 def open_segments(now_ms: int, segment_ms: int) -> tuple[int, int]:

@@ -1,0 +1,216 @@
+"""A replication link: one source region's log, mirrored into a target region.
+
+The MirrorMaker 2 pattern (DESIGN §4): consume the source region's *own* log
+(``memsync.events``), produce to the target's ``<source>.memsync.events``, so
+a link never forwards what another link brought in and links never loop, in
+any topology. The link runs next to the target (it consumes remotely, produces
+locally), and reaches the source broker through ``source_routes`` (the fault
+proxy in ``memsync up``; see :func:`replication.log.route_client`).
+
+- **Order and partitions**: records are read per partition in order across
+  the source's segment rolls (:class:`~replication.log_reader.KafkaLogReader`)
+  and written to the same partition of the target log.
+- **At-least-once**: source offsets are committed (group
+  ``memsync-mirror-<source>-<target>``, on the source broker) only after the
+  target acknowledged the batch with ``acks=all``; a batch that fails is sent
+  again until it lands, never skipped. The target's applier deduplicates (I5).
+- **Retention by acknowledgement**: the source region's janitor counts the
+  link's group as a consumer a segment waits for (up to its hold).
+- **Outages**: either broker may vanish or restart empty; the link keeps
+  retrying with backoff and resumes from its committed offsets (from the
+  start of the source's new segments after a source restarted empty).
+- **Headers**: origin region and origin position on every record, the time it
+  was mirrored, and on heartbeats the link's backlog in events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from replication.heartbeat import (
+    LINK_LAG_HEADER,
+    MIRRORED_AT_HEADER,
+    ORIGIN_HEADER,
+    ORIGIN_REGION_HEADER,
+    is_heartbeat,
+    mirror_group,
+    mirrored_log,
+)
+from replication.log import DEFAULT_LOG, KafkaEventLog, LogRecord, OutgoingRecord, Routes
+from replication.log_errors import LogError
+from replication.log_reader import KafkaLogReader
+from replication.segments import DEFAULT_GRACE_MS, DEFAULT_SEGMENT_MS
+
+__all__ = ["LinkStatus", "MirrorLink"]
+
+_log = structlog.get_logger("replication.mirror")
+
+
+@dataclass
+class LinkStatus:
+    """What a link has done, for logs, metrics and tests."""
+
+    state: str = "starting"  # starting | running | retrying | stopped
+    mirrored: int = 0  # records the target acknowledged (events and heartbeats)
+    heartbeats: int = 0
+    batches: int = 0
+    lag_events: int = 0  # the source backlog at the last read
+    last_error: str = ""
+    last_mirrored_at: float = 0.0  # wall seconds
+    retries: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class MirrorLink:
+    """Mirrors ``source``'s log into ``target``'s ``<source>.<log>`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        target: str,
+        source_bootstrap: str,
+        target_bootstrap: str,
+        source_routes: Routes | None = None,
+        log: str = DEFAULT_LOG,
+        partitions: int = 8,
+        segment_ms: int = DEFAULT_SEGMENT_MS,
+        grace_ms: int = DEFAULT_GRACE_MS,
+        fetch_max_wait_ms: int = 5,
+        batch: int = 500,
+        request_timeout_ms: int = 3_000,
+    ) -> None:
+        if source == target:
+            raise ValueError(f"a link needs two different regions, got {source!r} twice")
+        self.source = source
+        self.target = target
+        self.group = mirror_group(source, target)
+        self.status = LinkStatus()
+        self._batch = batch
+        self._reader = KafkaLogReader(
+            source_bootstrap,
+            group_id=self.group,
+            log=log,
+            segment_ms=segment_ms,
+            grace_ms=grace_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            request_timeout_ms=request_timeout_ms,
+            routes=source_routes,
+        )
+        self._writer = KafkaEventLog(
+            target_bootstrap,
+            log=mirrored_log(source, log),
+            partitions=partitions,
+            segment_ms=segment_ms,
+            grace_ms=grace_ms,
+            request_timeout_ms=request_timeout_ms,
+        )
+        self._origin = source.encode()
+        self._bound = _log.bind(source=source, target=target)
+
+    @property
+    def name(self) -> str:
+        """``source->target``, as ``cluster.json`` names links."""
+        return f"{self.source}->{self.target}"
+
+    async def run(self) -> None:
+        """Mirror until cancelled; every failure is retried with backoff."""
+        try:
+            await self._connect()
+            backoff = 0.05
+            while True:
+                try:
+                    records = await self._reader.read(self._batch, 200)
+                except LogError as exc:
+                    backoff = await self._retry("read", exc, backoff)
+                    continue
+                if not records:
+                    continue
+                self.status.lag_events = sum((await self._reader.lag()).values())
+                while True:
+                    try:
+                        await self._writer.append_many(self._outgoing(records))
+                        break
+                    except LogError as exc:
+                        backoff = await self._retry("write", exc, backoff)
+                        if not self._writer.started:
+                            await self._start_writer()
+                while True:
+                    try:
+                        await self._reader.commit(records)
+                        break
+                    except LogError as exc:
+                        # Not committed: the batch comes again after a restart
+                        # (at-least-once); keep trying so the janitor sees progress.
+                        backoff = await self._retry("commit", exc, backoff)
+                backoff = 0.05
+                self._note(records)
+        finally:
+            self.status.state = "stopped"
+            await self._reader.stop()
+            await self._writer.stop()
+
+    async def _connect(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._reader.start()
+                break
+            except LogError as exc:
+                await self._reader.stop()
+                backoff = await self._retry("connect source", exc, backoff)
+        await self._start_writer()
+        self.status.state = "running"
+        self._bound.info("mirror.started", group=self.group)
+
+    async def _start_writer(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._writer.start()
+            except LogError as exc:
+                await self._writer.stop()
+                backoff = await self._retry("connect target", exc, backoff)
+            else:
+                return
+
+    async def _retry(self, what: str, exc: LogError, backoff: float) -> float:
+        self.status.state = "retrying"
+        self.status.retries += 1
+        if self.status.last_error != exc.message:
+            self._bound.warning("mirror.retry", step=what, error=exc.message, backoff=backoff)
+        self.status.last_error = exc.message
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, 2.0)
+
+    def _outgoing(self, records: Sequence[LogRecord]) -> list[OutgoingRecord]:
+        now = str(int(time.time() * 1000)).encode()
+        lag = str(self.status.lag_events).encode()
+        out = []
+        for r in records:
+            headers = [
+                *(h for h in r.headers if h[0] not in (ORIGIN_REGION_HEADER, ORIGIN_HEADER)),
+                (ORIGIN_REGION_HEADER, self._origin),
+                (ORIGIN_HEADER, f"{r.topic}/{r.partition}/{r.offset}".encode()),
+                (MIRRORED_AT_HEADER, now),
+            ]
+            if is_heartbeat(r.headers):
+                headers.append((LINK_LAG_HEADER, lag))
+            out.append(OutgoingRecord(r.key or b"", r.value, tuple(headers), r.partition))
+        return out
+
+    def _note(self, records: Sequence[LogRecord]) -> None:
+        status = self.status
+        if status.state != "running":
+            self._bound.info("mirror.resumed", after_retries=status.retries)
+        status.state = "running"
+        status.last_error = ""
+        status.mirrored += len(records)
+        status.heartbeats += sum(1 for r in records if is_heartbeat(r.headers))
+        status.batches += 1
+        status.last_mirrored_at = time.time()
