@@ -10,7 +10,7 @@ tests exercise the topology users run:
   listen address and its clients translate the broker's advertised address to
   the same proxy (:func:`replication.log.route_client`), so no connection
   bypasses it;
-- per directed pair a second proxy ``source->target/http`` in front of the
+- per directed pair a second proxy ``source->target.http`` in front of the
   source's gateway, which the target's anti-entropy calls: cutting both
   proxies of a pair in both directions is a full partition of two regions
   (:func:`partition_names`).
@@ -23,7 +23,7 @@ every experiment.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from chaos.collection import ProxyCollection
@@ -74,7 +74,7 @@ class LinkPlan:
     @property
     def http_name(self) -> str:
         """The anti-entropy proxy's name."""
-        return f"{self.name}/http"
+        return f"{self.name}.http"
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def plan_cluster(
     return ClusterPlan(rs, tuple(links))
 
 
-def _zeros() -> Iterable[int]:
+def _zeros() -> Iterator[int]:
     while True:
         yield 0
 

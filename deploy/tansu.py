@@ -172,7 +172,12 @@ class TansuBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("ab") as out:
                 self._proc = subprocess.Popen(  # noqa: S603, ASYNC220 - fixed argv; fork/exec only
-                    command, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+                    command,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # stopped by its owner, not by a terminal's Ctrl-C
                 )
         else:
             self._proc = subprocess.Popen(  # noqa: S603, ASYNC220 - fixed argv; fork/exec only
@@ -181,6 +186,7 @@ class TansuBroker:
                 stderr=subprocess.DEVNULL,
                 env=env,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         try:
             async with asyncio.timeout(ready_within):

@@ -18,6 +18,10 @@ __all__ = ["main"]
 _EPILOG = """\
 examples:
   memsync up --regions solo --data-dir ./memsync-data --insecure-dev
+  memsync up --regions us-east,eu-west,ap-south --insecure-dev
+  memsync mirror --source-region us-east --target-region eu-west \
+      --source-kafka toxiproxy:19092 --source-route '*=toxiproxy:19092' \
+      --target-kafka kafka-eu-west:9092
   memsync gateway --region us-east --kafka 127.0.0.1:9092 --port 8700 --data-dir ./data/us-east
   memsync token --tenant acme --user alice --scope read,write,subscribe
 
@@ -94,12 +98,29 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_mirror(args: argparse.Namespace) -> int:
-    print(
-        "memsync mirror: replication links between regions are not built yet; "
-        "run one region with 'memsync up --regions solo'",
-        file=sys.stderr,
+    from gateway.logs import configure_logging
+    from replication.log import parse_routes
+    from replication.mirror_main import run_link
+
+    settings = Settings.from_env(dict(os.environ))
+    configure_logging(settings.log_level, region=args.target_region)
+    if not args.source_region or not args.target_region:
+        raise SettingsError("--source-region and --target-region are both required")
+    if not args.source_kafka or not args.target_kafka:
+        raise SettingsError("--source-kafka and --target-kafka are both required (host:port)")
+    k = settings.kafka
+    return run_link(
+        source=args.source_region,
+        target=args.target_region,
+        source_bootstrap=args.source_kafka,
+        target_bootstrap=args.target_kafka,
+        source_routes=parse_routes(args.source_route or ""),
+        partitions=k.partitions,
+        segment_ms=k.segment_ms,
+        grace_ms=k.grace_ms,
+        fetch_max_wait_ms=k.fetch_max_wait_ms,
+        request_timeout_ms=k.request_timeout_ms,
     )
-    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,9 +166,24 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--insecure-dev", action="store_true", help="allow a missing/short secret")
     gw.set_defaults(fn=_cmd_gateway)
 
-    mirror = sub.add_parser("mirror", help="run one replication link (not built yet)")
-    mirror.add_argument("--source-region")
-    mirror.add_argument("--target-region")
+    mirror = sub.add_parser(
+        "mirror",
+        help="run one replication link (source region's log → target region)",
+        description="Mirror the source region's own log (memsync.events) into the target "
+        "region's <source>.memsync.events, MirrorMaker 2 style: partitions kept, source "
+        "offsets committed only after the target acknowledged, resumes after any outage. "
+        "Run it next to the target; reach the source through a proxy with --source-route. "
+        "Segment settings come from MEMSYNC_KAFKA_* and must match the regions'.",
+    )
+    mirror.add_argument("--source-region", help="the region whose writes are mirrored")
+    mirror.add_argument("--target-region", help="the region they are mirrored into")
+    mirror.add_argument("--source-kafka", help="source bootstrap host:port (e.g. the proxy)")
+    mirror.add_argument("--target-kafka", help="target bootstrap host:port")
+    mirror.add_argument(
+        "--source-route",
+        help="reach source brokers elsewhere than they advertise: "
+        "ADVERTISED=CONNECT[,…] or *=CONNECT (e.g. *=toxiproxy:19092)",
+    )
     mirror.set_defaults(fn=_cmd_mirror)
 
     tok = sub.add_parser(

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 __all__ = ["configure_logging"]
 
 
-def configure_logging(level: str = "info", **context: str) -> None:
+def configure_logging(level: str = "info", stream: TextIO | None = None, **context: str) -> None:
     """Configure structlog (and stdlib logging through it) for one process."""
+    out = stream or sys.stderr
     lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(
+        level=max(lvl, logging.WARNING), stream=out, format="%(message)s", force=True
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -23,7 +27,7 @@ def configure_logging(level: str = "info", **context: str) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(**context)

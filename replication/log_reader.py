@@ -121,6 +121,7 @@ class KafkaLogReader:
         self._committed: dict[TopicPartition, int] = {}  # as asked by the caller
         self._held: set[TopicPartition] = set()  # committed one below _committed
         self._next_refresh = 0.0
+        self.contact_at = 0.0  # monotonic time of the last topic listing that succeeded
         self._stale = False  # the assignment lags the segments (a reassignment failed)
         self._epoch_tp = TopicPartition(f"{log}.epoch", 0)
         self._epoch_present = False
@@ -406,6 +407,7 @@ class KafkaLogReader:
         except LogUnavailableError as exc:
             self._bound.warning("segment_refresh_failed", error=exc.message)
             return
+        self.contact_at = time.monotonic()
         has_epoch = self._epoch_tp.topic in topics
         if self._epoch_present and not has_epoch:
             self._epoch_present = False

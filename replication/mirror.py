@@ -49,13 +49,14 @@ from replication.segments import DEFAULT_GRACE_MS, DEFAULT_SEGMENT_MS
 __all__ = ["LinkStatus", "MirrorLink"]
 
 _log = structlog.get_logger("replication.mirror")
+_SILENCE_S = 3.0  # no successful contact with the source for this long: disconnected
 
 
 @dataclass
 class LinkStatus:
     """What a link has done, for logs, metrics and tests."""
 
-    state: str = "starting"  # starting | running | retrying | stopped
+    state: str = "starting"  # starting | running | retrying | disconnected | stopped
     mirrored: int = 0  # records the target acknowledged (events and heartbeats)
     heartbeats: int = 0
     batches: int = 0
@@ -130,6 +131,7 @@ class MirrorLink:
                     backoff = await self._retry("read", exc, backoff)
                     continue
                 if not records:
+                    self._check_contact()
                     continue
                 self.status.lag_events = sum((await self._reader.lag()).values())
                 while True:
@@ -154,6 +156,18 @@ class MirrorLink:
             self.status.state = "stopped"
             await self._reader.stop()
             await self._writer.stop()
+
+    def _check_contact(self) -> None:
+        """An idle read does not fail when the source is unreachable: notice it."""
+        silent = time.monotonic() - self._reader.contact_at
+        if silent > _SILENCE_S and self.status.state == "running":
+            self.status.state = "disconnected"
+            self.status.last_error = f"no answer from the source for {silent:.1f} s"
+            self._bound.warning("mirror.disconnected", silent_s=round(silent, 1))
+        elif silent <= _SILENCE_S and self.status.state == "disconnected":
+            self.status.state = "running"
+            self.status.last_error = ""
+            self._bound.info("mirror.reconnected")
 
     async def _connect(self) -> None:
         backoff = 0.1

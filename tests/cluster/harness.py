@@ -78,14 +78,23 @@ class Cluster:
     plan: ClusterPlan | None = None
     proxy: ToxiproxyServer | None = None
     links: list[MirrorLink] = dataclasses.field(default_factory=list)
+    brokers: dict[str, TansuBroker] = dataclasses.field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     async def start(self) -> Cluster:
-        """Start everything; returns once every gateway answers."""
-        brokers = {
+        """Start everything; returns once every gateway answers (stops all if one fails)."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> Cluster:
+        self.brokers = {
             n: TansuBroker(cluster_id=f"memsync-{n}", log_path=self.root / n / "broker.log")
             for n in self.names
         }
+        brokers = self.brokers
         await asyncio.gather(*(b.start() for b in brokers.values()))
         ports = {n: free_port() for n in self.names}
         self.proxy = ToxiproxyServer(seed=7)
@@ -132,8 +141,8 @@ class Cluster:
             await r.stop()
         if self.proxy is not None:
             await self.proxy.stop()
-        for r in self.regions.values():
-            await r.broker.stop(grace=1.0)
+        for broker in self.brokers.values():
+            await broker.stop(grace=1.0)
 
     async def partition(self, a: str, b: str, *, enabled: bool = False) -> None:
         """Cut (or heal, ``enabled=True``) every proxy between regions ``a`` and ``b``."""
