@@ -461,6 +461,25 @@ class Runtime:
             await asyncio.sleep(interval)
             await self._maintain()
 
+    async def _clean_logs(self) -> None:
+        """Delete segments every consumer passed; prune the journal below them."""
+        try:
+            deleted = await self.janitor.run_once(_wall_ms())
+        except MemsyncError as exc:
+            _log.info("janitor.skipped", error=exc.message)
+            deleted = []
+        if deleted:
+            self.metrics.segments_deleted.inc(len(deleted))
+            pruned = await self.journal.prune_below(max(deleted) + 1)
+            _log.info("log.segments_deleted", segments=deleted, journal_pruned=pruned)
+        for peer, (_, _, janitor) in self.remote.items():
+            try:
+                gone = await janitor.run_once(_wall_ms())
+            except MemsyncError as exc:
+                _log.info("janitor.skipped", log=peer, error=exc.message)
+                continue
+            self.metrics.segments_deleted.inc(len(gone))
+
     async def _maintain(self) -> None:
         self._ticks += 1
         if self._ticks % 10 == 0:
@@ -497,23 +516,11 @@ class Runtime:
         self.modes.set("log_unavailable", not self.service.log_available)
         if self.service.log_available:
             self.service.poke_outbox()
-        try:
-            deleted = await self.janitor.run_once(_wall_ms())
-        except MemsyncError as exc:
-            _log.info("janitor.skipped", error=exc.message)
-            deleted = []
-        if deleted:
-            self.metrics.segments_deleted.inc(len(deleted))
-            pruned = await self.journal.prune_below(max(deleted) + 1)
-            _log.info("log.segments_deleted", segments=deleted, journal_pruned=pruned)
-        for peer, (_, _, janitor) in self.remote.items():
-            try:
-                gone = await janitor.run_once(_wall_ms())
-            except MemsyncError as exc:
-                _log.info("janitor.skipped", log=peer, error=exc.message)
-                continue
-            self.metrics.segments_deleted.inc(len(gone))
-
+        # Segments seal once per segment_ms: looking twice per segment is
+        # enough (each pass connects a client per consumer group).
+        k, interval = self.settings.kafka, self.settings.limits.journal_ack_interval
+        if self._ticks % max(1, int(k.segment_ms / 2000 / interval)) == 0:
+            await self._clean_logs()
         pending, logged = await self.journal.counts()
         self.metrics.outbox_pending.set(pending)
         self.metrics.journal_logged.set(logged)

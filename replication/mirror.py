@@ -85,6 +85,7 @@ class MirrorLink:
         fetch_max_wait_ms: int = 5,
         batch: int = 500,
         request_timeout_ms: int = 3_000,
+        commit_interval_ms: int = 200,
     ) -> None:
         if source == target:
             raise ValueError(f"a link needs two different regions, got {source!r} twice")
@@ -93,6 +94,7 @@ class MirrorLink:
         self.group = mirror_group(source, target)
         self.status = LinkStatus()
         self._batch = batch
+        self._commit_s = commit_interval_ms / 1000
         self._reader = KafkaLogReader(
             source_bootstrap,
             group_id=self.group,
@@ -120,38 +122,50 @@ class MirrorLink:
         return f"{self.source}->{self.target}"
 
     async def run(self) -> None:
-        """Mirror until cancelled; every failure is retried with backoff."""
+        """Mirror until cancelled; every failure is retried with backoff.
+
+        Source offsets are committed at most every ``commit_interval`` (and
+        when idle), not after every batch: a commit is a round trip to the
+        remote broker, and waiting for it would add that round trip to the
+        next batch's latency. Only what the target acknowledged is ever
+        committed; what was not committed is mirrored again after a restart.
+        """
         try:
             await self._connect()
             backoff = 0.05
+            uncommitted: list[LogRecord] = []
+            last_commit = time.monotonic()
             while True:
                 try:
                     records = await self._reader.read(self._batch, 200)
                 except LogError as exc:
                     backoff = await self._retry("read", exc, backoff)
                     continue
-                if not records:
+                if records:
+                    self.status.lag_events = sum((await self._reader.lag()).values())
+                    while True:
+                        try:
+                            await self._writer.append_many(self._outgoing(records))
+                            break
+                        except LogError as exc:
+                            backoff = await self._retry("write", exc, backoff)
+                            if not self._writer.started:
+                                await self._start_writer()
+                    backoff = 0.05
+                    self._note(records)
+                    uncommitted.extend(records)
+                else:
                     self._check_contact()
-                    continue
-                self.status.lag_events = sum((await self._reader.lag()).values())
-                while True:
+                now = time.monotonic()
+                if uncommitted and (not records or now - last_commit >= self._commit_s):
                     try:
-                        await self._writer.append_many(self._outgoing(records))
-                        break
+                        await self._reader.commit(uncommitted)
                     except LogError as exc:
-                        backoff = await self._retry("write", exc, backoff)
-                        if not self._writer.started:
-                            await self._start_writer()
-                while True:
-                    try:
-                        await self._reader.commit(records)
-                        break
-                    except LogError as exc:
-                        # Not committed: the batch comes again after a restart
-                        # (at-least-once); keep trying so the janitor sees progress.
+                        # Kept for the next attempt; the janitor waits meanwhile.
                         backoff = await self._retry("commit", exc, backoff)
-                backoff = 0.05
-                self._note(records)
+                    else:
+                        uncommitted = []
+                        last_commit = now
         finally:
             self.status.state = "stopped"
             await self._reader.stop()

@@ -1,0 +1,424 @@
+"""Cross-region benchmark: a write in one region until a subscriber in another has it.
+
+    python -m loadtests.region_bench [--quick] [--keep-dir]
+
+Runs ``memsync up --regions us-east,eu-west`` (two brokers, two gateway
+processes, the fault proxy and two mirror links, each through its proxy) in
+a temporary directory and measures, in one run:
+
+a. **floor** — raw produce → mirror → consume: a producer appends to a
+   scratch log on us-east's broker, a mirror link (the product's, through a
+   proxy of its own on the same fault proxy) copies it to eu-west's broker,
+   a raw reader there consumes it; 500 messages/s, each carrying its send
+   time. Measured without and with the 50 ms latency toxic on that proxy;
+b. **propagation** — ``POST /v1/memories`` to us-east open loop at 500
+   writes/s (fixed timetable) while one WebSocket subscriber in eu-west
+   (eager, ``user:u1:memories``) receives every event: latency from the
+   write request being *sent* (its time travels in the content) to the
+   subscriber reading it. Without toxics, then with a 50 ms ``latency``
+   toxic (downstream) on the us-east→eu-west link's proxy;
+c. **convergence after a partition** — every proxy between the regions is
+   disabled (both links and both anti-entropy paths); both regions take
+   writes for 30 s (10,000 in all); then the proxies are enabled, and the
+   time until each region's subscriber has received every write the other
+   region took is the convergence time.
+
+One clock on one machine, so send and receive times compare directly. The
+machine is shared by everything (brokers, gateways, links, proxy, client):
+figures are pessimistic for a real deployment and noisy; compare against
+the floor of the same run. ``--quick`` (< 90 s) shortens every phase.
+Progress on stderr; tables and JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.logs import configure_logging
+from loadtests.gateway_bench import log, open_loop, run_main
+from loadtests.report import emit, summarize
+from replication.log import KafkaEventLog, OutgoingRecord
+from replication.log_reader import KafkaLogReader
+from replication.mirror import MirrorLink
+
+__all__ = ["Plan", "main"]
+
+USER = "u1"
+CHANNEL = f"user:{USER}:memories"
+REGIONS = ("us-east", "eu-west")
+LINK = "us-east->eu-west"
+TARGET_P99_MS = 60.0
+TARGET_TOXIC_P99_MS = 120.0
+TARGET_CONVERGE_S = 5.0
+LATENCY_TOXIC = {"name": "wan", "type": "latency", "stream": "downstream",
+                 "attributes": {"latency": 50, "jitter": 0}}  # fmt: skip
+PAD = "x" * 200
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how fast each phase runs."""
+
+    rate: float = 500.0
+    seconds: float = 20.0
+    partition_s: float = 30.0
+    partition_events: int = 10_000
+    warmup_s: float = 3.0
+
+
+DEFAULT = Plan()
+QUICK = Plan(seconds=8.0, partition_s=10.0, partition_events=3_000, warmup_s=2.0)
+
+
+class Cluster:
+    """``memsync up`` as a subprocess (its own session) in ``workdir``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Cluster:
+        from deploy.tansu import free_port
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
+        env.update({"MEMSYNC_AGENT_RATE": "100000", "MEMSYNC_AGENT_BURST": "100000",
+                    "MEMSYNC_TENANT_RATE": "100000", "MEMSYNC_TENANT_BURST": "100000"})  # fmt: skip
+        out = (self.workdir / "up.out").open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our own CLI, started once
+            [sys.executable, "-m", "gateway.cli", "up", "--regions", ",".join(REGIONS),
+             "--data-dir", str(self.workdir / "data"), "--base-port", str(free_port()),
+             "--toxiproxy-port", str(free_port()), "--insecure-dev"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+        out.close()
+        cluster_file = self.workdir / "data" / "cluster.json"
+        deadline = time.monotonic() + 120
+        while not cluster_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"memsync up failed; see {self.workdir / 'up.out'}")
+            await asyncio.sleep(0.1)
+        self.info = json.loads(cluster_file.read_text())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.to_thread(self.proc.wait, 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def url(self, region: str) -> str:
+        return next(r["url"] for r in self.info["regions"] if r["name"] == region)
+
+    def kafka(self, region: str) -> str:
+        return next(r["kafka"] for r in self.info["regions"] if r["name"] == region)
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.info['toxiproxy']}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.info['token']}"}
+
+
+class Subscriber:
+    """One eager WebSocket subscription; notes when each tagged write arrived."""
+
+    def __init__(self, http: aiohttp.ClientSession, cluster: Cluster, region: str) -> None:
+        self._http = http
+        self._url = cluster.url(region)
+        self._headers = cluster.headers
+        self.arrivals: dict[str, dict[int, tuple[float, float]]] = {}  # tag → seq → (sent, got)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 30)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def count(self, tag: str) -> int:
+        return len(self.arrivals.get(tag, {}))
+
+    def latencies_ms(self, tag: str) -> list[float]:
+        return [(got - sent) * 1000 for sent, got in self.arrivals.get(tag, {}).values()]
+
+    async def _run(self) -> None:
+        async with self._http.ws_connect(
+            f"{self._url}/v1/subscribe", headers=self._headers, compress=0, max_msg_size=0
+        ) as ws:
+            await ws.send_json({"op": "subscribe", "channels": [CHANNEL], "mode": "eager"})
+            async for msg in ws:
+                now = time.time()
+                data = json.loads(msg.data)
+                op = data.get("op")
+                if op == "subscribed":
+                    self._ready.set()
+                events = [data["event"]] if op == "event" else data.get("events", [])
+                for event in events:
+                    self._note(event["memory"].get("content", ""), now)
+
+    def _note(self, content: str, now: float) -> None:
+        if not content.startswith("RB|"):
+            return
+        _, tag, seq, sent, _ = content.split("|", 4)
+        self.arrivals.setdefault(tag, {}).setdefault(int(seq), (int(sent) / 1e6, now))
+
+
+class Writer:
+    """``POST /v1/memories`` for user ``u1`` in one region."""
+
+    def __init__(self, http: aiohttp.ClientSession, cluster: Cluster, region: str) -> None:
+        self._http = http
+        self._url = f"{cluster.url(region)}/v1/memories"
+        self._headers = {**cluster.headers, "Content-Type": "application/json"}
+        self.statuses: dict[int, int] = {}
+
+    async def write(self, tag: str, seq: int) -> int:
+        content = f"RB|{tag}|{seq}|{int(time.time() * 1e6)}|{PAD}"
+        body = {"id": f"rb-{tag}-{seq}", "user_id": USER, "kind": "fact", "content": content}
+        try:
+            async with self._http.post(
+                self._url, data=json.dumps(body).encode(), headers=self._headers
+            ) as resp:
+                await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            status = 0
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        return status
+
+
+async def _toxics(http: aiohttp.ClientSession, api: str, proxy: str, add: bool) -> None:
+    if add:
+        async with http.post(f"{api}/proxies/{proxy}/toxics", json=LATENCY_TOXIC) as resp:
+            resp.raise_for_status()
+    else:
+        async with http.delete(f"{api}/proxies/{proxy}/toxics/wan") as resp:
+            resp.raise_for_status()
+
+
+async def _wait_count(sub: Subscriber, tag: str, expected: int, within: float) -> float:
+    """Seconds until ``sub`` has ``expected`` writes of ``tag`` (polled every 10 ms)."""
+    started = time.monotonic()
+    while sub.count(tag) < expected and time.monotonic() - started < within:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+# -- phases ---------------------------------------------------------------------------
+
+
+async def measure_floor(
+    http: aiohttp.ClientSession, cluster: Cluster, plan: Plan, toxic: bool
+) -> dict[str, Any]:
+    """Raw produce (us-east) → mirror link through a proxy → raw consume (eu-west)."""
+    name = f"floor-{'toxic' if toxic else 'plain'}"
+    async with http.post(
+        f"{cluster.api}/proxies",
+        json={"name": name, "listen": "127.0.0.1:0", "upstream": cluster.kafka("us-east")},
+    ) as resp:
+        resp.raise_for_status()
+        listen = (await resp.json())["listen"]
+    if toxic:
+        await _toxics(http, cluster.api, name, add=True)
+    log_name = f"bench.{name}"
+    producer = KafkaEventLog(cluster.kafka("us-east"), log=log_name, partitions=8)
+    link = MirrorLink(
+        source="floor", target="eu-west", source_bootstrap=listen,
+        target_bootstrap=cluster.kafka("eu-west"), source_routes={"*": listen},
+        log=log_name, partitions=8,
+    )  # fmt: skip
+    reader = KafkaLogReader(cluster.kafka("eu-west"), group_id=f"bench-{name}",
+                            log=f"floor.{log_name}")  # fmt: skip
+    await producer.start()
+    link_task = asyncio.create_task(link.run())
+    got: dict[int, float] = {}
+    sent: dict[int, float] = {}
+
+    async def consume() -> None:
+        await reader.start()
+        while True:
+            for r in await reader.read(500, 100):
+                got.setdefault(int(r.key or b"0"), time.time())
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await asyncio.sleep(1.0)  # segments exist, link assigned
+
+        async def op(i: int) -> int:
+            sent[i] = time.time()
+            await producer.append_many([OutgoingRecord(str(i).encode(), PAD.encode())])
+            return 200
+
+        count = int(plan.rate * plan.seconds)
+        await open_loop(plan.rate, count, op, lambda *_: None, workers=64)
+        deadline = time.monotonic() + 30
+        while len(got) < count and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    finally:
+        for task in (consumer, link_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await reader.stop()
+        await producer.stop()
+        async with http.delete(f"{cluster.api}/proxies/{name}"):
+            pass
+    warm = int(plan.rate * plan.warmup_s)
+    lat = [(got[i] - sent[i]) * 1000 for i in sent if i in got and i >= warm]
+    return {"phase": f"floor: produce→mirror→consume{' +50ms toxic' if toxic else ''}",
+            **summarize(lat), "sent": len(sent), "received": len(got)}  # fmt: skip
+
+
+async def measure_propagation(
+    http: aiohttp.ClientSession, cluster: Cluster, plan: Plan, sub: Subscriber, toxic: bool
+) -> dict[str, Any]:
+    """HTTP write in us-east → WebSocket subscriber in eu-west, 500 writes/s."""
+    tag = "toxic" if toxic else "plain"
+    if toxic:
+        await _toxics(http, cluster.api, LINK, add=True)
+    writer = Writer(http, cluster, "us-east")
+    count = int(plan.rate * plan.seconds)
+    try:
+        await open_loop(plan.rate, count, lambda i: writer.write(tag, i), lambda *_: None,
+                        workers=64)  # fmt: skip
+        acked = writer.statuses.get(201, 0)
+        await _wait_count(sub, tag, acked, 30)
+    finally:
+        if toxic:
+            await _toxics(http, cluster.api, LINK, add=False)
+    warm = int(plan.rate * plan.warmup_s)
+    lat = [ms for seq, ms in zip(sub.arrivals.get(tag, {}), sub.latencies_ms(tag), strict=True)
+           if seq >= warm]  # fmt: skip
+    target = TARGET_TOXIC_P99_MS if toxic else TARGET_P99_MS
+    row = summarize(lat)
+    return {"phase": f"write us-east → subscriber eu-west{' +50ms toxic' if toxic else ''}",
+            **row, "sent": count, "received": sub.count(tag), "acked": acked,
+            "target_p99": target, "meets": "yes" if row["p99"] <= target else "NO"}  # fmt: skip
+
+
+async def measure_partition(
+    http: aiohttp.ClientSession, cluster: Cluster, plan: Plan, subs: dict[str, Subscriber]
+) -> dict[str, Any]:
+    """Both sides write through a partition; time to converge after the heal."""
+    names = [f"{a}->{b}{s}" for a in REGIONS for b in REGIONS if a != b for s in ("", ".http")]
+    for name in names:
+        async with http.post(f"{cluster.api}/proxies/{name}", json={"enabled": False}) as resp:
+            resp.raise_for_status()
+    per_side = plan.partition_events // 2
+    rate = per_side / plan.partition_s
+    writers = {r: Writer(http, cluster, r) for r in REGIONS}
+    log(f"partition: {per_side} writes on each side at {rate:.0f}/s for {plan.partition_s:.0f} s")
+    await asyncio.gather(*(
+        open_loop(rate, per_side, lambda i, r=r: writers[r].write(f"part-{r}", i),
+                  lambda *_: None, workers=32)
+        for r in REGIONS
+    ))  # fmt: skip
+    acked = {r: writers[r].statuses.get(201, 0) for r in REGIONS}
+    other = {"us-east": "eu-west", "eu-west": "us-east"}
+    leaked = {r: subs[r].count(f"part-{other[r]}") for r in REGIONS}
+    healed = time.monotonic()
+    async with http.post(f"{cluster.api}/reset") as resp:
+        resp.raise_for_status()
+    waits = await asyncio.gather(*(
+        _wait_count(subs[r], f"part-{other[r]}", acked[other[r]], 120) for r in REGIONS
+    ))  # fmt: skip
+    converge = max(waits)
+    return {
+        "phase": f"converge after a {plan.partition_s:.0f} s partition",
+        "backlog_events": sum(acked.values()),
+        "seen_across_during_partition": sum(leaked.values()),
+        "converged_s": round(converge, 3),
+        "per_region_s": {r: round(w, 3) for r, w in zip(REGIONS, waits, strict=True)},
+        "received": {r: subs[r].count(f"part-{other[r]}") for r in REGIONS},
+        "since_heal_s": round(time.monotonic() - healed, 3),
+        "target_s": TARGET_CONVERGE_S,
+        "meets": "yes" if converge <= TARGET_CONVERGE_S else "NO",
+    }
+
+
+async def run_bench(plan: Plan, workdir: Path) -> int:
+    log("starting memsync up --regions us-east,eu-west")
+    async with (
+        Cluster(workdir) as cluster,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http,
+    ):
+        log(f"cluster up: {cluster.info['regions']}")
+        subs = {r: Subscriber(http, cluster, r) for r in REGIONS}
+        for sub in subs.values():
+            await sub.start()
+        await asyncio.sleep(2.0)  # links assigned, heartbeats flowing
+        rows: list[dict[str, Any]] = []
+        for toxic in (False, True):
+            log(f"floor{' with the 50 ms toxic' if toxic else ''}")
+            rows.append(await measure_floor(http, cluster, plan, toxic))
+            log(f"propagation{' with the 50 ms toxic' if toxic else ''} at {plan.rate:.0f}/s")
+            rows.append(await measure_propagation(http, cluster, plan, subs["eu-west"], toxic))
+        emit(
+            "cross-region propagation (ms)",
+            rows,
+            ["phase", "count", "median", "p90", "p99", "max", "received", "target_p99", "meets"],
+            meta={"plan": plan.__dict__, "regions": REGIONS},
+        )
+        part = await measure_partition(http, cluster, plan, subs)
+        emit(
+            "convergence after a partition",
+            [part],
+            ["phase", "backlog_events", "seen_across_during_partition", "converged_s",
+             "target_s", "meets"],
+            meta={"detail": part},
+        )  # fmt: skip
+        async with http.get(f"{cluster.url('eu-west')}/v1/replication",
+                            headers=cluster.headers) as resp:  # fmt: skip
+            log(f"eu-west /v1/replication: {await resp.text()}")
+        for sub in subs.values():
+            await sub.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.region_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="short phases (< 90 s in all)")
+    parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else DEFAULT
+    configure_logging("warning")  # the in-process floor link logs to stderr, not the tables
+    workdir = Path(tempfile.mkdtemp(prefix="memsync-region-bench-"))
+    log(f"working in {workdir}")
+    try:
+        return run_main(lambda: run_bench(plan, workdir))
+    finally:
+        if not args.keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
