@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.replication_api import MissingRequest, StatesRequest
+from gateway.replication_status import LinkView
 from gateway.requests import CreateRequest, PatchRequest, SearchRequest
 from replication.state import MemoryView
 
@@ -110,9 +112,11 @@ def _write_op(summary: str, body: str | None, ok: str, params: list[Any]) -> dic
 @cache
 def spec() -> dict[str, Any]:
     """The OpenAPI document (built once)."""
-    (create, patch, search, memory), components = msgspec.json.schema_components(
-        [CreateRequest, PatchRequest, SearchRequest, MemoryView], ref_template=_REF
-    )
+    (create, patch, search, memory, *_), components = msgspec.json.schema_components(
+        [CreateRequest, PatchRequest, SearchRequest, MemoryView, LinkView, MissingRequest,
+         StatesRequest],
+        ref_template=_REF,
+    )  # fmt: skip
     components["Memory"] = components.pop("MemoryView")
     memory_ref = {"$ref": _REF.format(name="Memory")}
     components["Error"] = {
@@ -243,6 +247,41 @@ def spec() -> dict[str, Any]:
                 **_ERRORS,
             },
         }},
+        "/v1/replication": {"get": {
+            "summary": "Incoming replication links: lag (time, events) and state",
+            "description": (
+                "One entry per peer region whose link brings events here, measured by the "
+                "peer's heartbeats when applied. state: waiting (no heartbeat yet), "
+                "replicating, lagging (lag_ms above MEMSYNC_LAG_ALERT_MS)."
+            ),
+            "responses": {"200": {"description": "{region, links: [LinkView]}", "content": {
+                "application/json": {"schema": {"type": "object", "properties": {
+                    "region": {"type": "string"},
+                    "links": {"type": "array", "items": {"$ref": _REF.format(name="LinkView")}},
+                }}}}}, **_ERRORS},
+        }},
+        "/v1/replication/context": {"get": {
+            "summary": "Anti-entropy (gateways only, 'replicate' scope): applied events, digest",
+            "responses": {"200": {"description": "{region, applied, count, buckets}",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **_ERRORS},
+        }},
+        "/v1/replication/missing": {"post": {
+            "summary": "Anti-entropy: events held here that a peer lacks ('replicate' scope)",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": _REF.format(name="MissingRequest")}}}},
+            "responses": {"200": {"description": "{events: [MemoryEvent], complete, has_more}",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **_ERRORS},
+        }},
+        "/v1/replication/states": {"post": {
+            "summary": "Anti-entropy: whole states of memories in digest buckets ('replicate')",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": _REF.format(name="StatesRequest")}}}},
+            "responses": {"200": {"description": "{states: [base64 msgpack], next}",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **_ERRORS},
+        }},
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {
             "description": "Up."}}}},
         "/readyz": {"get": {"summary": "Readiness and degraded modes", "security": [],
@@ -260,7 +299,7 @@ def spec() -> dict[str, Any]:
         "info": {
             "title": "memsync gateway",
             "version": "0.1.0",
-            "description": "Real-time memory sync for fleets of AI agents (one region).",
+            "description": "Real-time memory sync for fleets of AI agents (one region's gateway).",
         },
         "security": bearer,
         "paths": paths,

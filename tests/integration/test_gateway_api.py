@@ -305,7 +305,8 @@ async def test_openapi_describes_every_route(gw: Gateway) -> None:
     resp, spec = await gw.request("GET", "/openapi.json")
     assert resp.status == 200
     assert spec["openapi"].startswith("3.1")
-    for path in ("/v1/memories", "/v1/memories/{id}", "/v1/search", "/readyz", "/metrics"):
+    for path in ("/v1/memories", "/v1/memories/{id}", "/v1/search", "/readyz", "/metrics",
+                 "/v1/replication", "/v1/replication/missing"):  # fmt: skip
         assert path in spec["paths"]
     assert "Memory" in spec["components"]["schemas"]
 

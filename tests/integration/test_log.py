@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,8 +19,9 @@ from replication.log import (
     LogRecord,
     OutgoingRecord,
     SegmentJanitor,
+    parse_routes,
 )
-from replication.log_errors import LogUnavailableError
+from replication.log_errors import LogError, LogUnavailableError
 from replication.segments import segment_start, segments_of, topic_name
 
 SEGMENT_MS = 300
@@ -504,3 +506,74 @@ async def test_sealed_segments_drain_and_are_deleted_under_continuous_appends(
     for key, values in sent.items():
         got = [r.value for r in read if r.key == key]
         assert list(dict.fromkeys(got)) == values, f"{key!r}: records lost or out of order"
+
+
+async def test_a_held_group_is_waited_for_only_until_the_hold_expires(broker: TansuBroker) -> None:
+    clock = clock_at(1000)
+    janitor = SegmentJanitor(
+        broker.bootstrap, log="t.events", groups=["applier"], held_groups=["mirror"],
+        hold_ms=5 * SEGMENT_MS, segment_ms=SEGMENT_MS, grace_ms=GRACE_MS,
+        request_timeout_ms=1500, clock=clock,
+    )  # fmt: skip
+    async with event_log(broker, clock=clock) as log:
+        await log.append_many([OutgoingRecord(b"k%d" % i, b"x") for i in range(40)])
+        async with log_reader(broker, "applier", clock=clock) as applier:
+            await applier.commit(await read_until(applier, 40))  # every partition has some
+        # Sealed, passed by the applier, not by the (down) mirror: kept …
+        clock.now_ms = segment_start(1002, SEGMENT_MS) + GRACE_MS + 1
+        assert 1000 not in await janitor.run_once()
+        # … until the hold is over; then anti-entropy must repair the mirror.
+        clock.now_ms = segment_start(1001 + 5, SEGMENT_MS) + GRACE_MS + 1
+        assert 1000 in await janitor.run_once()
+
+
+async def test_routes_send_every_connection_through_the_given_address(
+    broker: TansuBroker,
+) -> None:
+    # A forwarder stands in for the fault proxy; the broker advertises itself,
+    # so without the route only the bootstrap request would pass through it.
+    connections = 0
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        w.close()
+
+    async def forward(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        br, bw = await asyncio.open_connection("127.0.0.1", broker.port)
+        await asyncio.gather(pipe(cr, bw), pipe(br, cw))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", 0)
+    proxy = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with event_log(broker) as log:
+            await log.append_many([OutgoingRecord(b"k%d" % i, b"x") for i in range(5)])
+        reader = KafkaLogReader(
+            proxy, group_id="routed", log="t.events", segment_ms=SEGMENT_MS, grace_ms=GRACE_MS,
+            request_timeout_ms=1500, routes=parse_routes(f"*={proxy}"),
+        )  # fmt: skip
+        await reader.start()
+        try:
+            got = await read_until(reader, 5)
+            await reader.commit(got)
+        finally:
+            await reader.stop()
+        assert len(got) == 5
+        assert connections >= 2  # bootstrap, then the broker's own address, routed
+        server.close()
+        await server.wait_closed()
+        before = connections
+        reader = KafkaLogReader(
+            proxy, group_id="routed", log="t.events", segment_ms=SEGMENT_MS, grace_ms=GRACE_MS,
+            request_timeout_ms=800, routes=parse_routes(f"*={proxy}"),
+        )  # fmt: skip
+        with pytest.raises(LogError):
+            await reader.start()  # the proxy is gone: nothing reaches the broker directly
+        await reader.stop()
+        assert connections == before
+    finally:
+        server.close()

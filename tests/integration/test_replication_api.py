@@ -1,0 +1,89 @@
+"""The replication endpoints on one gateway: status, contexts, missing events, states."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from deploy.tansu import TansuBroker
+from replication.state import decode_state
+from tests.integration.harness import Gateway, eventually, token
+
+REPLICATE = token(tenant="memsync.cluster", users=(), scope=("replicate",))
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, broker: TansuBroker) -> AsyncIterator[Gateway]:
+    g = await Gateway(tmp_path / "region", broker).start()
+    try:
+        yield g
+    finally:
+        await g.stop()
+
+
+async def _applied(gw: Gateway) -> dict[str, object]:
+    resp, body = await gw.request("GET", "/v1/replication/context", token_=REPLICATE)
+    assert resp.status == 200, body
+    return dict(body)
+
+
+async def test_status_context_missing_and_states(gw: Gateway) -> None:
+    resp, body = await gw.request("GET", "/v1/replication")
+    assert (resp.status, body) == (200, {"region": "test", "links": []})
+    for i in range(5):
+        resp, made = await gw.request(
+            "POST", "/v1/memories", json={"id": f"r{i}", "user_id": "u", "kind": "fact"}
+        )
+        assert resp.status == 201, made
+
+    async def all_applied() -> bool:
+        return int((await _applied(gw))["count"]) == 5  # type: ignore[call-overload]
+
+    await eventually(all_applied, what="five memories applied")
+    ctx = await _applied(gw)
+    assert ctx["region"] == "test"
+    assert len(ctx["buckets"]) == 256  # type: ignore[arg-type]
+    resp, found = await gw.request(
+        "POST", "/v1/replication/missing",
+        json={"since": [{}, []], "upto": ctx["applied"], "limit": 3}, token_=REPLICATE,
+    )  # fmt: skip
+    assert resp.status == 200, found
+    assert (len(found["events"]), found["complete"], found["has_more"]) == (3, True, True)
+    assert {e["memory"]["id"] for e in found["events"]} <= {f"r{i}" for i in range(5)}
+    resp, none = await gw.request(
+        "POST", "/v1/replication/missing",
+        json={"since": ctx["applied"], "upto": ctx["applied"]}, token_=REPLICATE,
+    )  # fmt: skip
+    assert (resp.status, none) == (200, {"events": [], "complete": True, "has_more": False})
+    resp, page = await gw.request(
+        "POST", "/v1/replication/states",
+        json={"buckets": list(range(256)), "of": 256}, token_=REPLICATE,
+    )  # fmt: skip
+    assert resp.status == 200, page
+    ids = sorted(decode_state(base64.b64decode(s)).id for s in page["states"])
+    assert ids == [f"r{i}" for i in range(5)]
+    assert page["next"] is None
+
+
+async def test_replication_endpoints_refuse_bad_input_and_wrong_tokens(gw: Gateway) -> None:
+    resp, body = await gw.request("GET", "/v1/replication/context")  # a memory-API token
+    assert resp.status == 403 and "replicate" in body["error"]["message"]
+    resp, body = await gw.request("GET", "/v1/replication", token_="nope")
+    assert resp.status == 401
+    cases = [
+        ("/v1/replication/missing", b"{", "malformed JSON"),
+        ("/v1/replication/missing", b'{"since": [{}, []]}', "MissingRequest"),
+        ("/v1/replication/missing",
+         b'{"since": [{}, []], "upto": [{}, []], "limit": 0}', "limit"),
+        ("/v1/replication/missing",
+         b'{"since": [{}, []], "upto": [{}, []], "extra": 1}', "extra"),
+        ("/v1/replication/states", b'{"buckets": [300], "of": 256}', "below"),
+        ("/v1/replication/states", b'{"buckets": [1], "of": 0}', "of"),
+    ]  # fmt: skip
+    for path, raw, words in cases:
+        resp, body = await gw.request("POST", path, data=raw, token_=REPLICATE)
+        assert resp.status == 400, (path, raw, body)
+        assert words in body["error"]["message"], (raw, body)
