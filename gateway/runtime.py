@@ -516,6 +516,9 @@ class Runtime:
         self.modes.set("log_unavailable", not self.service.log_available)
         if self.service.log_available:
             self.service.poke_outbox()
+        if self.remote:
+            lagging = any(link.state == "lagging" for link in self.replication.view())
+            self.modes.set("remote_unreachable", lagging)
         # Segments seal once per segment_ms: looking twice per segment is
         # enough (each pass connects a client per consumer group).
         k, interval = self.settings.kafka, self.settings.limits.journal_ack_interval

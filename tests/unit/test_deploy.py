@@ -53,3 +53,31 @@ def test_docker_compose_accepts_the_file() -> None:
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_every_directed_pair_has_a_mirror_link_through_its_toxiproxy_proxy() -> None:
+    import json
+
+    services = _services()
+    proxies = {p["name"]: p for p in json.loads((ROOT / "deploy" / "toxiproxy.json").read_text())}
+    pairs = [(a, b) for a in REGIONS for b in REGIONS if a != b]
+    assert set(proxies) == {f"{a}->{b}{s}" for a, b in pairs for s in ("", ".http")}
+    for a, b in pairs:
+        command = services[f"mirror-{a}-{b}"]["command"]
+        assert isinstance(command, list)
+        args = dict(zip(command[2::2], command[3::2], strict=True))
+        assert (args["--source-region"], args["--target-region"]) == (a, b)
+        assert args["--target-kafka"] == f"kafka-{b}:9092"
+        port = proxies[f"{a}->{b}"]["listen"].rsplit(":", 1)[1]
+        assert args["--source-kafka"] == f"toxiproxy:{port}"
+        assert args["--source-route"] == f"*=toxiproxy:{port}"  # no bypass after metadata
+        assert proxies[f"{a}->{b}"]["upstream"] == f"kafka-{a}:9092"
+    for region in REGIONS:
+        env = services[f"gateway-{region}"]["environment"]
+        assert isinstance(env, dict)
+        peers = dict(p.split("=", 1) for p in env["MEMSYNC_PEERS"].split(","))
+        assert set(peers) == set(REGIONS) - {region}
+        for source, url in peers.items():
+            proxy = proxies[f"{source}->{region}.http"]
+            assert url == f"http://toxiproxy:{proxy['listen'].rsplit(':', 1)[1]}"
+            assert proxy["upstream"] == f"gateway-{source}:8700"
