@@ -5,11 +5,12 @@ tests exercise the topology users run:
 
 - per region a broker and a gateway (HTTP on ``base_port + i``);
 - per directed pair ``source->target`` a **mirror link** (run by the caller,
-  next to the target) whose connections to the source broker all go through
-  the fault proxy named ``source->target``: the link bootstraps at the proxy's
-  listen address and its clients translate the broker's advertised address to
-  the same proxy (:func:`replication.log.route_client`), so no connection
-  bypasses it;
+  next to the source: it consumes locally and produces across the WAN, see
+  :mod:`replication.mirror`) whose connections to the *target* broker all go
+  through the fault proxy named ``source->target``: the link's producer
+  bootstraps at the proxy's listen address and its clients translate the
+  broker's advertised address to the same proxy
+  (:func:`replication.log.route_client`), so no connection bypasses it;
 - per directed pair a second proxy ``source->target.http`` in front of the
   source's gateway, which the target's anti-entropy calls: cutting both
   proxies of a pair in both directions is a full partition of two regions
@@ -62,8 +63,9 @@ class LinkPlan:
     source: str
     target: str
     source_kafka: str
+    target_kafka: str
     source_url: str
-    kafka_listen: str  # the proxy the link reaches the source broker through
+    kafka_listen: str  # the proxy the link reaches the target broker through
     http_listen: str  # the proxy the target's anti-entropy reaches the source through
 
     @property
@@ -132,6 +134,7 @@ def plan_cluster(
                     source=source.name,
                     target=target.name,
                     source_kafka=source.kafka,
+                    target_kafka=target.kafka,
                     source_url=source.url,
                     kafka_listen=f"127.0.0.1:{kafka_port}",
                     http_listen=f"127.0.0.1:{http_port}",
@@ -149,7 +152,7 @@ async def create_proxies(collection: ProxyCollection, plan: ClusterPlan) -> Clus
     """Create (or replace) both fault proxies of every link; the plan with their addresses."""
     configs = []
     for link in plan.links:
-        configs.append(ProxyConfig(link.name, link.source_kafka, link.kafka_listen))
+        configs.append(ProxyConfig(link.name, link.target_kafka, link.kafka_listen))
         configs.append(
             ProxyConfig(link.http_name, link.source_url.removeprefix("http://"), link.http_listen)
         )
@@ -179,9 +182,9 @@ def mirror_links(
         MirrorLink(
             source=link.source,
             target=link.target,
-            source_bootstrap=link.kafka_listen,
-            target_bootstrap=plan.region(link.target).kafka,
-            source_routes={"*": link.kafka_listen},
+            source_bootstrap=link.source_kafka,
+            target_bootstrap=link.kafka_listen,
+            target_routes={"*": link.kafka_listen},
             partitions=partitions,
             segment_ms=segment_ms,
             grace_ms=grace_ms,

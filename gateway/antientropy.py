@@ -21,6 +21,9 @@ a cost bounded by the answer, in two levels:
    result; live subscribers are not sent state repairs (no event carries
    them).
 
+A peer whose link is visibly draining a backlog (heartbeats arriving, but
+older than an interval) is left to its link for that pass ("deferred").
+
 Both are joins of a semilattice: repeating or racing them with the links
 changes nothing (I2, I5). Calls go to the peer's gateway URL (through the
 fault proxy in ``memsync up``) with a ``replicate``-scoped token this gateway
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -108,6 +112,7 @@ class AntiEntropy:
         digest: RunningDigest,
         metrics: Metrics,
         secret: bytes,
+        catching_up: Callable[[str], bool] = lambda _peer: False,
         batch: int = 500,
         timeout: float = 5.0,
     ) -> None:
@@ -118,6 +123,7 @@ class AntiEntropy:
         self._digest = digest
         self._metrics = metrics
         self._secret = secret
+        self._catching_up = catching_up
         self._batch = batch
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.progress = {p.name: PeerProgress() for p in self._peers}
@@ -165,6 +171,12 @@ class AntiEntropy:
             raise ValueError(f"{peer.url} is region {ctx.region!r}, not {peer.name!r}")
         result = "in_sync"
         previous, p.previous = p.previous, ctx.applied
+        if self._catching_up(peer.name):
+            # Its link is draining a backlog (a partition healed): the log
+            # will bring what is missing; fetching it here too would double
+            # the work and slow convergence. A cut link sends no heartbeats,
+            # a broker that lost records sends fresh ones: both are repaired.
+            return "deferred"
         if previous is not None and not dvv.is_subset(previous, self._tracker.applied):
             local = self._tracker.applied.vv
             lacking = sum(max(0, n - local.get(r, 0)) for r, n in previous.vv.items())

@@ -20,8 +20,8 @@ examples:
   memsync up --regions solo --data-dir ./memsync-data --insecure-dev
   memsync up --regions us-east,eu-west,ap-south --insecure-dev
   memsync mirror --source-region us-east --target-region eu-west \
-      --source-kafka toxiproxy:19092 --source-route '*=toxiproxy:19092' \
-      --target-kafka kafka-eu-west:9092
+      --source-kafka kafka-us-east:9092 \
+      --target-kafka toxiproxy:19000 --target-route '*=toxiproxy:19000'
   memsync gateway --region us-east --kafka 127.0.0.1:9092 --port 8700 --data-dir ./data/us-east
   memsync token --tenant acme --user alice --scope read,write,subscribe
 
@@ -115,6 +115,7 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
         source_bootstrap=args.source_kafka,
         target_bootstrap=args.target_kafka,
         source_routes=parse_routes(args.source_route or ""),
+        target_routes=parse_routes(args.target_route or ""),
         partitions=k.partitions,
         segment_ms=k.segment_ms,
         grace_ms=k.grace_ms,
@@ -172,17 +173,23 @@ def _parser() -> argparse.ArgumentParser:
         description="Mirror the source region's own log (memsync.events) into the target "
         "region's <source>.memsync.events, MirrorMaker 2 style: partitions kept, source "
         "offsets committed only after the target acknowledged, resumes after any outage. "
-        "Run it next to the target; reach the source through a proxy with --source-route. "
+        "Run it next to the source and reach the target through a proxy with --target-route "
+        "(the bundled broker has no long-poll: consuming across a WAN costs more). "
         "Segment settings come from MEMSYNC_KAFKA_* and must match the regions'.",
     )
     mirror.add_argument("--source-region", help="the region whose writes are mirrored")
     mirror.add_argument("--target-region", help="the region they are mirrored into")
-    mirror.add_argument("--source-kafka", help="source bootstrap host:port (e.g. the proxy)")
-    mirror.add_argument("--target-kafka", help="target bootstrap host:port")
+    mirror.add_argument("--source-kafka", help="source bootstrap host:port")
+    mirror.add_argument("--target-kafka", help="target bootstrap host:port (e.g. the proxy)")
     mirror.add_argument(
         "--source-route",
         help="reach source brokers elsewhere than they advertise: "
         "ADVERTISED=CONNECT[,…] or *=CONNECT (e.g. *=toxiproxy:19092)",
+    )
+    mirror.add_argument(
+        "--target-route",
+        help="the same for the target brokers (a link next to its source produces across "
+        "the WAN: --target-kafka toxiproxy:19000 --target-route '*=toxiproxy:19000')",
     )
     mirror.set_defaults(fn=_cmd_mirror)
 

@@ -49,6 +49,7 @@ class _Incoming:
     last_at_ms: int | None = None  # the newest heartbeat's write time (source wall clock)
     latency_ms: float = 0.0  # written → applied, of that heartbeat
     lag_events: int | None = None
+    arrived_at: float | None = None  # local clock, seconds: when a heartbeat was last applied
 
 
 class ReplicationStatus:
@@ -85,6 +86,7 @@ class ReplicationStatus:
             return
         now_ms = self._clock() * 1000
         link.heartbeats += 1
+        link.arrived_at = now_ms / 1000
         if link.last_at_ms is None or beat.at_ms >= link.last_at_ms:
             link.last_at_ms = beat.at_ms
             link.latency_ms = max(0.0, now_ms - beat.at_ms)
@@ -105,6 +107,21 @@ class ReplicationStatus:
             return None
         age = self._clock() * 1000 - link.last_at_ms - self._interval_ms
         return max(link.latency_ms, age)
+
+    def catching_up(self, source: str) -> bool:
+        """Whether the link from ``source`` delivers, but behind by more than an interval.
+
+        Heartbeats keep arriving (within two intervals), yet the newest is
+        older than one interval: a backlog is draining (after a partition
+        healed). Anti-entropy leaves such a link alone rather than doing its
+        work twice.
+        """
+        link = self._links.get(source)
+        if link is None or link.arrived_at is None:
+            return False
+        flowing = self._clock() - link.arrived_at < 2 * self._interval_ms / 1000
+        lag = self.lag_ms(source)
+        return flowing and lag is not None and lag > self._interval_ms
 
     def lag_events(self, source: str) -> int | None:
         """The link's backlog stamped on the last heartbeat from ``source``."""

@@ -263,6 +263,7 @@ class Runtime:
             metrics=self.metrics,
             secret=s.secret_bytes,
             batch=rep.antientropy_batch,
+            catching_up=self.replication.catching_up,
         )
         pending, _ = await self.journal.counts()
         if pending:  # written while the log was away, before a restart: drain first

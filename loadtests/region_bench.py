@@ -7,8 +7,9 @@ processes, the fault proxy and two mirror links, each through its proxy) in
 a temporary directory and measures, in one run:
 
 a. **floor** — raw produce → mirror → consume: a producer appends to a
-   scratch log on us-east's broker, a mirror link (the product's, through a
-   proxy of its own on the same fault proxy) copies it to eu-west's broker,
+   scratch log on us-east's broker, a mirror link (the product's, placed as
+   ``memsync up`` places links: next to its source, producing to eu-west's
+   broker through a proxy of its own on the same fault proxy) copies it,
    a raw reader there consumes it; 500 messages/s, each carrying its send
    time. Measured without and with the 50 ms latency toxic on that proxy;
 b. **propagation** — ``POST /v1/memories`` to us-east open loop at 500
@@ -239,7 +240,7 @@ async def measure_floor(
     name = f"floor-{'toxic' if toxic else 'plain'}"
     async with http.post(
         f"{cluster.api}/proxies",
-        json={"name": name, "listen": "127.0.0.1:0", "upstream": cluster.kafka("us-east")},
+        json={"name": name, "listen": "127.0.0.1:0", "upstream": cluster.kafka("eu-west")},
     ) as resp:
         resp.raise_for_status()
         listen = (await resp.json())["listen"]
@@ -247,10 +248,9 @@ async def measure_floor(
         await _toxics(http, cluster.api, name, add=True)
     log_name = f"bench.{name}"
     producer = KafkaEventLog(cluster.kafka("us-east"), log=log_name, partitions=8)
-    link = MirrorLink(
-        source="floor", target="eu-west", source_bootstrap=listen,
-        target_bootstrap=cluster.kafka("eu-west"), source_routes={"*": listen},
-        log=log_name, partitions=8,
+    link = MirrorLink(  # placed as memsync up places its links: next to the source
+        source="floor", target="eu-west", source_bootstrap=cluster.kafka("us-east"),
+        target_bootstrap=listen, target_routes={"*": listen}, log=log_name, partitions=8,
     )  # fmt: skip
     reader = KafkaLogReader(cluster.kafka("eu-west"), group_id=f"bench-{name}",
                             log=f"floor.{log_name}")  # fmt: skip

@@ -67,11 +67,11 @@ def test_every_directed_pair_has_a_mirror_link_through_its_toxiproxy_proxy() -> 
         assert isinstance(command, list)
         args = dict(zip(command[2::2], command[3::2], strict=True))
         assert (args["--source-region"], args["--target-region"]) == (a, b)
-        assert args["--target-kafka"] == f"kafka-{b}:9092"
+        assert args["--source-kafka"] == f"kafka-{a}:9092"  # next to its source
         port = proxies[f"{a}->{b}"]["listen"].rsplit(":", 1)[1]
-        assert args["--source-kafka"] == f"toxiproxy:{port}"
-        assert args["--source-route"] == f"*=toxiproxy:{port}"  # no bypass after metadata
-        assert proxies[f"{a}->{b}"]["upstream"] == f"kafka-{a}:9092"
+        assert args["--target-kafka"] == f"toxiproxy:{port}"
+        assert args["--target-route"] == f"*=toxiproxy:{port}"  # no bypass after metadata
+        assert proxies[f"{a}->{b}"]["upstream"] == f"kafka-{b}:9092"
     for region in REGIONS:
         env = services[f"gateway-{region}"]["environment"]
         assert isinstance(env, dict)

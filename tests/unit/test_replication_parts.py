@@ -104,6 +104,26 @@ def test_link_status_is_waiting_then_replicating_then_lagging() -> None:
     assert status.view()[0].heartbeats == 1
 
 
+def test_a_link_draining_a_backlog_is_catching_up_a_cut_one_is_not() -> None:
+    now = [1000.0]
+    status = ReplicationStatus(
+        "eu-west", ["us-east"], interval_ms=1000, alert_ms=5000, clock=lambda: now[0]
+    )
+    assert not status.catching_up("us-east")  # nothing heard yet
+    beat = Heartbeat("us-east", int(now[0] * 1000) - 20, 1)
+    status.heartbeat("us-east", encode_heartbeat(beat), [])
+    assert not status.catching_up("us-east")  # fresh: nothing to drain
+    old = Heartbeat("us-east", int(now[0] * 1000) - 8_000, 2)  # backlog from a partition
+    status = ReplicationStatus(
+        "eu-west", ["us-east"], interval_ms=1000, alert_ms=5000, clock=lambda: now[0]
+    )
+    status.heartbeat("us-east", encode_heartbeat(old), [])
+    assert status.catching_up("us-east")
+    now[0] += 5  # no more heartbeats: cut, not draining
+    assert not status.catching_up("us-east")
+    assert not status.catching_up("elsewhere")
+
+
 def test_segments_expire_a_hold_after_their_end() -> None:
     assert not is_expired(10, 11 * 100 + 500, 100, 500)
     assert is_expired(10, 11 * 100 + 501, 100, 500)
@@ -117,7 +137,7 @@ def test_cluster_plan_is_a_full_mesh_with_two_proxies_per_link() -> None:
     assert (ab.kafka_listen, ab.http_listen, ab.http_name) == (
         "127.0.0.1:100", "127.0.0.1:101", "a->b.http",
     )  # fmt: skip
-    assert ab.source_kafka == "k:1"
+    assert (ab.source_kafka, ab.target_kafka) == ("k:1", "k:2")
     assert plan.peers_setting("b") == "a=http://127.0.0.1:101,c=http://127.0.0.1:111"
     assert set(partition_names(plan, "a", "b")) == {"a->b", "a->b.http", "b->a", "b->a.http"}
     assert plan.proxies()["c->a"] == "c->a"
