@@ -19,6 +19,7 @@ each other are concurrent.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Iterable, Mapping
 
@@ -84,10 +85,14 @@ class DottedVersion(msgspec.Struct, frozen=True, array_like=True):
 
 
 def contains(ctx: DotContext, dot: Dot) -> bool:
-    """Whether ``ctx`` holds ``dot``."""
+    """Whether ``ctx`` holds ``dot`` (the cloud is sorted: a binary search)."""
     if dot.counter <= ctx.vv.get(dot.replica, 0):
         return True
-    return bool(ctx.cloud) and dot in ctx.cloud
+    cloud = ctx.cloud
+    if not cloud:
+        return False
+    i = bisect.bisect_left(cloud, dot)
+    return i < len(cloud) and cloud[i] == dot
 
 
 def _normalise(vv: dict[str, int], loose: Iterable[Dot]) -> DotContext:
@@ -110,15 +115,32 @@ def _normalise(vv: dict[str, int], loose: Iterable[Dot]) -> DotContext:
 
 
 def add(ctx: DotContext, dot: Dot) -> DotContext:
-    """``ctx`` with ``dot`` added."""
+    """``ctx`` with ``dot`` added, in O(log cloud) comparisons.
+
+    A dot that extends its replica's vector entry folds in the cloud dots
+    that continue the run; any other goes into the sorted cloud. (Adding
+    dots one by one is the hot path of the history and fan-out, where the
+    cloud holds the seqs read ahead of a gap across partitions.)
+    """
     if contains(ctx, dot):
         return ctx
+    cloud = ctx.cloud
     top = ctx.vv.get(dot.replica, 0)
-    if dot.counter == top + 1 and not ctx.cloud:
+    if dot.counter == top + 1:
+        top = dot.counter
+        if cloud:
+            lo = hi = bisect.bisect_left(cloud, Dot(dot.replica, top + 1))
+            while hi < len(cloud) and cloud[hi] == Dot(dot.replica, top + 1):
+                top += 1
+                hi += 1
+            if hi > lo:
+                cloud = cloud[:lo] + cloud[hi:]
         vv = dict(ctx.vv)
-        vv[dot.replica] = dot.counter
-        return DotContext(vv, ())
-    return _normalise(dict(ctx.vv), (*ctx.cloud, dot))
+        vv[dot.replica] = top
+        return DotContext(vv, cloud)
+    i = bisect.bisect_left(cloud, dot)
+    # The vector is unchanged; contexts are never mutated, so it is shared.
+    return DotContext(ctx.vv, (*cloud[:i], dot, *cloud[i:]))
 
 
 def join(a: DotContext, b: DotContext) -> DotContext:
