@@ -101,6 +101,7 @@ class MirrorLink:
         self.status = LinkStatus()
         self._batch = batch
         self._commit_s = commit_interval_ms / 1000
+        self._max_queued = 8  # read batches waiting for the writer (≤ 8 × batch records)
         self._reader = KafkaLogReader(
             source_bootstrap,
             group_id=self.group,
@@ -131,52 +132,78 @@ class MirrorLink:
     async def run(self) -> None:
         """Mirror until cancelled; every failure is retried with backoff.
 
-        Source offsets are committed at most every ``commit_interval`` (and
-        when idle), not after every batch: a commit is a round trip to the
-        remote broker, and waiting for it would add that round trip to the
-        next batch's latency. Only what the target acknowledged is ever
-        committed; what was not committed is mirrored again after a restart.
+        Two tasks: the *reader* keeps fetching into a bounded queue while the
+        *writer* waits for the target's acknowledgement of the previous
+        append, then sends everything queued as one append. Waiting for the
+        acknowledgement before reading again would leave the source unread
+        for a whole round trip to the target (the fetcher holds one buffered
+        response per partition), adding up to two round trips per record.
+        Source offsets are committed by the reader task (the reader is not
+        safe for concurrent calls), only for acknowledged records, at most
+        every ``commit_interval`` and when idle; what was not committed is
+        mirrored again after a restart.
         """
         try:
             await self._connect()
-            backoff = 0.05
-            uncommitted: list[LogRecord] = []
-            last_commit = time.monotonic()
-            while True:
-                try:
-                    records = await self._reader.read(self._batch, 200)
-                except LogError as exc:
-                    backoff = await self._retry("read", exc, backoff)
-                    continue
-                if records:
-                    self.status.lag_events = sum((await self._reader.lag()).values())
-                    while True:
-                        try:
-                            await self._writer.append_many(self._outgoing(records))
-                            break
-                        except LogError as exc:
-                            backoff = await self._retry("write", exc, backoff)
-                            if not self._writer.started:
-                                await self._start_writer()
-                    backoff = 0.05
-                    self._note(records)
-                    uncommitted.extend(records)
-                else:
-                    self._check_contact()
-                now = time.monotonic()
-                if uncommitted and (not records or now - last_commit >= self._commit_s):
-                    try:
-                        await self._reader.commit(uncommitted)
-                    except LogError as exc:
-                        # Kept for the next attempt; the janitor waits meanwhile.
-                        backoff = await self._retry("commit", exc, backoff)
-                    else:
-                        uncommitted = []
-                        last_commit = now
+            queue: asyncio.Queue[list[LogRecord]] = asyncio.Queue(self._max_queued)
+            acked: list[LogRecord] = []
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read_loop(queue, acked))
+                group.create_task(self._write_loop(queue, acked))
         finally:
             self.status.state = "stopped"
             await self._reader.stop()
             await self._writer.stop()
+
+    async def _read_loop(
+        self, queue: asyncio.Queue[list[LogRecord]], acked: list[LogRecord]
+    ) -> None:
+        backoff = 0.05
+        last_commit = time.monotonic()
+        while True:
+            try:
+                records = await self._reader.read(self._batch, 50)
+            except LogError as exc:
+                backoff = await self._retry("read", exc, backoff)
+                continue
+            if records:
+                self.status.lag_events = sum((await self._reader.lag()).values())
+                await queue.put(records)  # waits while the writer is behind (bounded)
+            else:
+                self._check_contact()
+            now = time.monotonic()
+            if acked and (not records or now - last_commit >= self._commit_s):
+                batch = acked[:]
+                try:
+                    await self._reader.commit(batch)
+                except LogError as exc:
+                    # Kept for the next attempt; the janitor waits meanwhile.
+                    backoff = await self._retry("commit", exc, backoff)
+                else:
+                    del acked[: len(batch)]
+                    last_commit = now
+                    backoff = 0.05
+
+    async def _write_loop(
+        self, queue: asyncio.Queue[list[LogRecord]], acked: list[LogRecord]
+    ) -> None:
+        backoff = 0.05
+        while True:
+            records = await queue.get()
+            while not queue.empty() and len(records) < 4 * self._batch:
+                records.extend(queue.get_nowait())
+            outgoing = self._outgoing(records)
+            while True:
+                try:
+                    await self._writer.append_many(outgoing)
+                    break
+                except LogError as exc:
+                    backoff = await self._retry("write", exc, backoff)
+                    if not self._writer.started:
+                        await self._start_writer()
+            backoff = 0.05
+            self._note(records)
+            acked.extend(records)
 
     def _check_contact(self) -> None:
         """An idle read does not fail when the source is unreachable: notice it."""
