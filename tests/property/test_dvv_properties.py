@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hypothesis import given
+from hypothesis import strategies as st
 
 from replication import dvv
 from replication.dvv import Dot, DotContext, Order
@@ -30,6 +31,17 @@ def test_join_is_set_union(a: frozenset[Dot], b: frozenset[Dot]) -> None:
 @given(dot_sets, dots)
 def test_add_is_insertion(a: frozenset[Dot], d: Dot) -> None:
     assert dvv.add(dvv.context_of(a), d) == dvv.context_of(a | {d})
+
+
+@given(st.lists(dots, max_size=60))
+def test_adding_dots_one_by_one_in_any_order_gives_the_normal_context(seq: list[Dot]) -> None:
+    # The history and fan-out build contexts this way (dvv.add's fast paths).
+    ctx = dvv.EMPTY
+    for d in seq:
+        ctx = dvv.add(ctx, d)
+        assert dvv.contains(ctx, d)
+    assert ctx == dvv.context_of(seq)
+    assert list(ctx.cloud) == sorted(ctx.cloud)
 
 
 @given(contexts, contexts)
