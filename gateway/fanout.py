@@ -52,9 +52,20 @@ class Delivery:
     dot: Dot  # (replica, seq): the event's position in the cursor space
     raw: bytes
     state: MemoryState
-    cursor: str
+    # The cursor after this event: a token, or a function making it. Sealing
+    # a token costs a MAC and an encoding, so it is done only for events
+    # some subscriber receives, once.
+    cursor_token: str | Callable[[], str]
     _message: bytes | None = None
     _state_json: bytes | None = None
+
+    @property
+    def cursor(self) -> str:
+        """The resume cursor after this event (sealed on first use)."""
+        token = self.cursor_token
+        if not isinstance(token, str):
+            token = self.cursor_token = token()
+        return token
 
     @property
     def message(self) -> bytes:

@@ -11,6 +11,7 @@ out in order through it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -103,7 +104,7 @@ class Streams:
                 dot=entry.dot,
                 raw=raw,
                 state=state,
-                cursor=self.history.encode_cursor(entry.cursor),
+                cursor_token=functools.partial(self.history.encode_cursor, entry.cursor),
             )
             for (e, raw, state), entry in zip(fresh, entries, strict=True)
         )

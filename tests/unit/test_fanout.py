@@ -23,7 +23,7 @@ def _delivery(n: int, *, user: str = "u1", topics: tuple[str, ...] = (), shared:
                 *(f"topic:{t}:updates" for t in topics))  # fmt: skip
     return Delivery(
         key=event.key, tenant="t1", user=user, shared=shared, channels=channels,
-        dot=Dot("r1", n), raw=b'{"n":%d}' % n, state=r.states[event.key], cursor=f"c{n}",
+        dot=Dot("r1", n), raw=b'{"n":%d}' % n, state=r.states[event.key], cursor_token=f"c{n}",
     )  # fmt: skip
 
 
