@@ -163,6 +163,7 @@ async def _run(
                 port=free_port(),
                 cluster_id=f"memsync-{name}",
                 log_path=data_dir / name / "broker.log",
+                own_session=True,
             ),
         )
         for i, name in enumerate(names)

@@ -118,12 +118,17 @@ class TansuBroker:
         cluster_id: str = "memsync",
         log_path: str | os.PathLike[str] | None = None,
         binary: str | os.PathLike[str] | None = None,
+        own_session: bool = False,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.advertised_port = advertised_port if advertised_port is not None else self.port
         self.cluster_id = cluster_id
         self.log_path = Path(log_path) if log_path is not None else None
         self._binary = Path(binary) if binary is not None else None
+        # A session of its own: a terminal's Ctrl-C does not reach it, so its
+        # owner stops it in order (``memsync up``). Off by default, so a
+        # killed test run takes its brokers with it.
+        self._own_session = own_session
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -177,7 +182,7 @@ class TansuBroker:
                     stderr=subprocess.STDOUT,
                     env=env,
                     stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # stopped by its owner, not by a terminal's Ctrl-C
+                    start_new_session=self._own_session,
                 )
         else:
             self._proc = subprocess.Popen(  # noqa: S603, ASYNC220 - fixed argv; fork/exec only
@@ -186,7 +191,7 @@ class TansuBroker:
                 stderr=subprocess.DEVNULL,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=self._own_session,
             )
         try:
             async with asyncio.timeout(ready_within):
