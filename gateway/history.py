@@ -57,7 +57,7 @@ class ResyncRequiredError(MemsyncError):
     code = "resync_required"
 
 
-class Cursor(msgspec.Struct, frozen=True, array_like=True):
+class Cursor(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """A position in the stream of applied events (see the module docstring)."""
 
     context: DotContext
@@ -312,7 +312,7 @@ class History:
         return out, last, more
 
 
-class Missing(msgspec.Struct, frozen=True):
+class Missing(msgspec.Struct, frozen=True, gc=False):
     """What :meth:`History.missing` found."""
 
     events: list[bytes]

@@ -119,6 +119,13 @@ class Metrics:
             ["peer"],
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "memsync_gc_pause_seconds",
+            "Python garbage-collector pauses of this process, by generation.",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.mode = Gauge(
             "memsync_degraded", "1 while a degraded mode is in effect.", ["mode"], registry=r
         )

@@ -3,19 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
+from typing import Any
 
 import uvloop
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.keys import METRICS
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 __all__ = ["serve"]
 
 
+def _time_gc(metrics: Metrics) -> None:
+    """Observe every collector pause (a process-wide hook: only where one app runs)."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pause = time.perf_counter() - started[0]
+            metrics.gc_pause.labels(str(info["generation"])).observe(pause)
+
+    gc.callbacks.append(callback)
+
+
 def serve(settings: Settings) -> int:
     """Run the gateway; returns the process exit code."""
     app = create_app(settings)
+    _time_gc(app[METRICS])
+
+    async def freeze(_: web.Application) -> None:
+        # After start-up (runs after the runtime's cleanup_ctx opened it):
+        # modules, clients and the warmed cache never become garbage; keep
+        # full collections from walking them again and again.
+        gc.freeze()
+
+    app.on_startup.append(freeze)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
         app,

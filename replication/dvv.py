@@ -46,14 +46,14 @@ __all__ = [
 ]
 
 
-class Dot(msgspec.Struct, frozen=True, array_like=True, order=True):
+class Dot(msgspec.Struct, frozen=True, gc=False, array_like=True, order=True):
     """One write's unique name: ``(replica, counter)``."""
 
     replica: str
     counter: int
 
 
-class DotContext(msgspec.Struct, frozen=True, array_like=True):
+class DotContext(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An exact set of dots: a version vector plus a cloud of loose dots.
 
     Always normalised (see :func:`_normalise`): counters in ``vv`` are ≥ 1,
@@ -77,7 +77,7 @@ class Order(enum.Enum):
     CONCURRENT = "concurrent"
 
 
-class DottedVersion(msgspec.Struct, frozen=True, array_like=True):
+class DottedVersion(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One version: its own dot and the causal context its writer had seen."""
 
     dot: Dot

@@ -75,7 +75,7 @@ def default_policy(kind: str) -> str:
     return _DEFAULT_POLICY[kind]
 
 
-class Source(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Source(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     """Who wrote an event: the agent, its session, the acting user, the region."""
 
     agent_id: ShortText
@@ -84,7 +84,7 @@ class Source(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     region: ShortText = ""
 
 
-class MemoryBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class MemoryBody(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     """The memory as its writer saw it after the write (the seed's ``memory``)."""
 
     id: Id
@@ -101,7 +101,7 @@ class MemoryBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     shared: bool = False
 
 
-class Ops(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Ops(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
     """What a write changes, beyond the memory snapshot it carries.
 
     ``fields``: the write sets the memory's register fields (content,
@@ -118,6 +118,7 @@ class Ops(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class MemoryEvent(
     msgspec.Struct,
     frozen=True,
+    gc=False,
     kw_only=True,
     tag="memory_event",
     tag_field="msg",

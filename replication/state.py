@@ -15,6 +15,11 @@ replicas holding the same events hold equal states whatever the order.
 - ``counts`` / ``pending``: the PN-counter, summed per replica over the
   contiguous prefix of that replica's dots, loose dots kept apart until their
   gap fills, so no increment is counted twice (I5).
+
+Every struct of the core is frozen and built bottom-up, so none can be part
+of a reference cycle: they are declared ``gc=False`` (msgspec), which keeps
+the cache's and history's many states out of the cyclic collector's
+traversals (a full collection of a gateway's heap paused it ~100 ms).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ __all__ = [
 ]
 
 
-class FieldVersion(msgspec.Struct, frozen=True, array_like=True):
+class FieldVersion(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One surviving write of the register fields."""
 
     dot: Dot
@@ -59,7 +64,7 @@ class FieldVersion(msgspec.Struct, frozen=True, array_like=True):
         return (self.timestamp, self.dot.replica, self.dot.counter)
 
 
-class ItemTag(msgspec.Struct, frozen=True, array_like=True, order=True):
+class ItemTag(msgspec.Struct, frozen=True, gc=False, array_like=True, order=True):
     """One add of one list item, tagged with the adding write's dot."""
 
     item: str
@@ -67,14 +72,14 @@ class ItemTag(msgspec.Struct, frozen=True, array_like=True, order=True):
     timestamp: int
 
 
-class ItemRemoval(msgspec.Struct, frozen=True, array_like=True):
+class ItemRemoval(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """The union of the contexts of every removal of one item."""
 
     item: str
     context: DotContext
 
 
-class ReplicaCount(msgspec.Struct, frozen=True, array_like=True):
+class ReplicaCount(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """Counter sums over one replica's contiguous dots (``clock.vv[replica]``)."""
 
     replica: str
@@ -82,14 +87,14 @@ class ReplicaCount(msgspec.Struct, frozen=True, array_like=True):
     n: int
 
 
-class PendingCount(msgspec.Struct, frozen=True, array_like=True, order=True):
+class PendingCount(msgspec.Struct, frozen=True, gc=False, array_like=True, order=True):
     """The increment of one dot that arrived ahead of a gap."""
 
     dot: Dot
     increment: int
 
 
-class MemoryState(msgspec.Struct, frozen=True, kw_only=True):
+class MemoryState(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """Everything a region knows about one memory (a join-semilattice)."""
 
     id: str
@@ -120,7 +125,7 @@ class MemoryState(msgspec.Struct, frozen=True, kw_only=True):
         return is_subset(self.present, self.deletes)
 
 
-class Sibling(msgspec.Struct, frozen=True, kw_only=True):
+class Sibling(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """One concurrent version of the register fields, as readers see it."""
 
     content: str
@@ -134,7 +139,7 @@ class Sibling(msgspec.Struct, frozen=True, kw_only=True):
     dot: Dot
 
 
-class MemoryView(msgspec.Struct, frozen=True, kw_only=True):
+class MemoryView(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A memory as the API returns it (``version`` filled in by the caller)."""
 
     id: str
