@@ -61,6 +61,7 @@ _MAX_PAGES = 20  # per peer and pass: the cost bound
 class _Context(msgspec.Struct):
     region: str
     applied: DotContext
+    history: DotContext
     count: int
     buckets: list[str]
 
@@ -95,7 +96,7 @@ class PeerProgress:
     repaired_events: int = 0
     repaired_states: int = 0
     last_result: str = ""
-    previous: DotContext | None = None  # the peer's applied context a pass ago
+    previous: DotContext | None = None  # what the peer's history held a pass ago
     previous_diff: frozenset[int] = field(default_factory=frozenset)
 
 
@@ -170,7 +171,9 @@ class AntiEntropy:
         if ctx.region != peer.name:
             raise ValueError(f"{peer.url} is region {ctx.region!r}, not {peer.name!r}")
         result = "in_sync"
-        previous, p.previous = p.previous, ctx.applied
+        # What its history holds (written after the applier noted the events,
+        # so every event in it can be served), not what it noted as applied.
+        previous, p.previous = p.previous, ctx.history
         if self._catching_up(peer.name):
             # Its link is draining a backlog (a partition healed): the log
             # will bring what is missing; fetching it here too would double

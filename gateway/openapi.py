@@ -262,7 +262,7 @@ def spec() -> dict[str, Any]:
         }},
         "/v1/replication/context": {"get": {
             "summary": "Anti-entropy (gateways only, 'replicate' scope): applied events, digest",
-            "responses": {"200": {"description": "{region, applied, count, buckets}",
+            "responses": {"200": {"description": "{region, applied, history, count, buckets}",
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           **_ERRORS},
         }},

@@ -3,7 +3,9 @@
 - ``GET /v1/replication`` (any valid token): one entry per incoming link
   (API.md), from the heartbeats applied here.
 - ``GET /v1/replication/context`` (``replicate`` scope): the ``(replica,
-  seq)`` events this region has applied, and its bucketed state digest.
+  seq)`` events this region has applied, those its event history has
+  recorded (what ``missing`` can serve, trimmed ones included), and its
+  bucketed state digest.
 - ``POST /v1/replication/missing`` (``replicate``): the events this region
   holds that a peer lacks (``since``: what the peer applied; ``upto``: what
   the peer saw this region apply a pass ago).
@@ -25,6 +27,7 @@ from aiohttp import web
 from gateway.api import _body, _claims, json_response
 from gateway.errors import BadRequestError
 from gateway.keys import RUNTIME
+from replication import dvv
 from replication.digest import bucket_of
 from replication.dvv import DotContext
 from replication.state import encode_state
@@ -78,6 +81,7 @@ async def context(request: web.Request) -> web.Response:
         {
             "region": runtime.settings.region,
             "applied": runtime.service.tracker.applied,
+            "history": dvv.join(runtime.history.head.context, runtime.history.trimmed),
             "count": digest.count,
             "buckets": [b.hex() for b in digest.buckets],
         }
