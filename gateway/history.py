@@ -233,16 +233,17 @@ class History:
         out: list[bytes] = []
         complete = True
         for replica, low, high in ranges:
+            room = limit - len(out)
             rows = db.execute(
                 "SELECT seq, body FROM events WHERE replica = ? AND seq > ? AND seq <= ? "
                 "ORDER BY seq LIMIT ?",
-                (replica, low, high, limit - len(out) + 1),
+                (replica, low, high, room + 1),
             ).fetchall()
             fresh = [
                 bytes(body) for seq, body in rows if not dvv.contains(since, Dot(replica, seq))
             ]
-            if len(out) + len(fresh) > limit:
-                out.extend(fresh[: limit - len(out)])
+            if len(rows) > room:  # cut short by the limit: what follows comes next time
+                out.extend(fresh[:room])
                 return Missing(out, complete, True)
             out.extend(fresh)
             held = sum(1 for d in since.cloud if d.replica == replica and low < d.counter <= high)

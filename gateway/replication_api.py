@@ -92,7 +92,8 @@ async def missing(request: web.Request) -> web.Response:
     """``POST /v1/replication/missing``: events a peer lacks, from the history."""
     _claims(request).require("replicate")
     body = _decode(await _body(request), MissingRequest)
-    found = await request.app[RUNTIME].history.missing(body.since, body.upto, body.limit)
+    since, upto = dvv.normalised(body.since), dvv.normalised(body.upto)
+    found = await request.app[RUNTIME].history.missing(since, upto, body.limit)
     events = b",".join(found.events)
     flags = msgspec.json.encode({"complete": found.complete, "has_more": found.more})
     return web.Response(
@@ -113,7 +114,8 @@ async def states(request: web.Request) -> web.Response:
     offset = body.offset
     scanned = 0
     while len(out) < body.limit and scanned < 20 * MAX_STATES:
-        page, offset = await store.scan(offset, 500)
+        # Never more matches than still fit: ``next`` must not skip any.
+        page, offset = await store.scan(offset, min(500, body.limit - len(out)))
         scanned += len(page)
         out.extend(
             base64.b64encode(encode_state(s)).decode()

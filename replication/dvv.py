@@ -42,6 +42,7 @@ __all__ = [
     "join",
     "join_all",
     "live_siblings",
+    "normalised",
     "size",
 ]
 
@@ -141,6 +142,11 @@ def add(ctx: DotContext, dot: Dot) -> DotContext:
     i = bisect.bisect_left(cloud, dot)
     # The vector is unchanged; contexts are never mutated, so it is shared.
     return DotContext(ctx.vv, (*cloud[:i], dot, *cloud[i:]))
+
+
+def normalised(ctx: DotContext) -> DotContext:
+    """``ctx`` in normal form; for contexts decoded from outside (any order, any counters)."""
+    return _normalise({r: c for r, c in ctx.vv.items() if c > 0}, ctx.cloud)
 
 
 def join(a: DotContext, b: DotContext) -> DotContext:

@@ -87,3 +87,51 @@ async def test_replication_endpoints_refuse_bad_input_and_wrong_tokens(gw: Gatew
         resp, body = await gw.request("POST", path, data=raw, token_=REPLICATE)
         assert resp.status == 400, (path, raw, body)
         assert words in body["error"]["message"], (raw, body)
+
+
+async def test_missing_and_states_page_within_their_limits(gw: Gateway) -> None:
+    for i in range(5):
+        resp, made = await gw.request(
+            "POST", "/v1/memories", json={"id": f"p{i}", "user_id": "u", "kind": "fact"}
+        )
+        assert resp.status == 201, made
+
+    async def all_applied() -> bool:
+        return int((await _applied(gw))["count"]) == 5  # type: ignore[call-overload]
+
+    await eventually(all_applied, what="five memories applied")
+    applied = (await _applied(gw))["history"]
+    ((replica, top),) = applied[0].items()  # type: ignore[index]
+    assert top == 5
+    # The peer holds seqs 2 and 3 already: with room for 2, the first page is
+    # cut by the limit — more follows, nothing is reported trimmed.
+    since = [{}, [[replica, 2], [replica, 3]]]
+    got: list[int] = []
+    for _ in range(5):
+        resp, page = await gw.request(
+            "POST", "/v1/replication/missing",
+            json={"since": since, "upto": applied, "limit": 2}, token_=REPLICATE,
+        )  # fmt: skip
+        assert resp.status == 200, page
+        assert page["complete"] is True
+        got += [e["seq"] for e in page["events"]]
+        since[1] += [[replica, e["seq"]] for e in page["events"]]
+        if not page["has_more"]:
+            break
+    assert sorted(got) == [1, 4, 5]
+    # States: never more than the limit on a page, and paging finds them all.
+    ids: list[str] = []
+    offset = None
+    for _ in range(10):
+        resp, states = await gw.request(
+            "POST", "/v1/replication/states",
+            json={"buckets": list(range(256)), "of": 256, "limit": 2, "offset": offset},
+            token_=REPLICATE,
+        )  # fmt: skip
+        assert resp.status == 200, states
+        assert len(states["states"]) <= 2
+        ids += [decode_state(base64.b64decode(s)).id for s in states["states"]]
+        offset = states["next"]
+        if offset is None:
+            break
+    assert sorted(ids) == [f"p{i}" for i in range(5)]

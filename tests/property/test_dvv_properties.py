@@ -44,6 +44,15 @@ def test_adding_dots_one_by_one_in_any_order_gives_the_normal_context(seq: list[
     assert list(ctx.cloud) == sorted(ctx.cloud)
 
 
+@given(st.lists(dots, max_size=30), st.dictionaries(st.sampled_from("abc"), st.integers(-2, 5)))
+def test_any_decoded_context_normalises_to_the_same_set(
+    loose: list[Dot], vv: dict[str, int]
+) -> None:
+    raw = DotContext(vv, tuple(loose))  # as decoded from a request: any order, any counters
+    members = {Dot(r, c) for r, n in vv.items() for c in range(1, n + 1)} | set(loose)
+    assert dvv.normalised(raw) == dvv.context_of(members)
+
+
 @given(contexts, contexts)
 def test_join_is_commutative(a: DotContext, b: DotContext) -> None:
     assert dvv.join(a, b) == dvv.join(b, a)
