@@ -146,7 +146,11 @@ class AntiEntropy:
             while True:
                 await asyncio.sleep(interval)
                 for peer in self._peers:
-                    await self.run_once(http, peer)
+                    try:
+                        await self.run_once(http, peer)
+                    except Exception:  # noqa: BLE001 - a supervisor: log the bug, keep repairing
+                        _log.exception("antientropy.failed", peer=peer.name)
+                        self._metrics.antientropy_passes.labels(peer.name, "failed").inc()
 
     async def run_once(self, http: aiohttp.ClientSession, peer: Peer) -> str:
         """One comparison (and repair) with ``peer``; the result's name."""

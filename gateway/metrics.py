@@ -97,7 +97,8 @@ class Metrics:
         )  # fmt: skip
         self.antientropy_passes = Counter(
             "memsync_antientropy_passes_total",
-            "Anti-entropy comparisons with a peer, by result.",
+            "Anti-entropy comparisons with a peer, by result (in_sync, repaired, incomplete, "
+            "deferred, unreachable, error: a bad answer, failed: a bug, logged).",
             ["peer", "result"],
             registry=r,
         )
