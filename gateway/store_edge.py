@@ -89,6 +89,7 @@ _STATE_ONLY = ["state"]
 _RRF_K = 60
 _MEMORY = Filter(must=[FieldCondition(key="status", match=MatchAny([LIVE, DELETED]))])
 _KEYWORD_FIELDS = ("key", "tenant_id", "user_id", "kind", "topics", "status")
+_UNUSED_INDEX = "updated_at"
 
 
 @contextmanager
@@ -296,9 +297,12 @@ class QdrantEdgeStore:
                         UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword)
                     )
                 shard.update(UpdateOperation.create_field_index("deleted", PayloadSchemaType.Bool))
-                shard.update(
-                    UpdateOperation.create_field_index("updated_at", PayloadSchemaType.Integer)
-                )
+                # Stores made before this version indexed ``updated_at``; no
+                # query uses it, and Qdrant Edge's mutable integer index keeps
+                # ~200 B per update of a point (measured: memory grew without
+                # bound under updates), so it is dropped.
+                if _UNUSED_INDEX in shard.info().payload_schema:
+                    shard.update(UpdateOperation.delete_field_index(_UNUSED_INDEX))
                 text = TextIndexParams(tokenizer=TokenizerType.Word, lowercase=True, scoring=True)
                 shard.update(UpdateOperation.create_field_index("content", text))
         except BaseException:

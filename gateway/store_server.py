@@ -67,7 +67,6 @@ _INDEXES: tuple[tuple[str, models.PayloadSchemaType], ...] = (
     ("topics", models.PayloadSchemaType.KEYWORD),
     ("status", models.PayloadSchemaType.KEYWORD),
     ("deleted", models.PayloadSchemaType.BOOL),
-    ("updated_at", models.PayloadSchemaType.INTEGER),
 )
 _TEXT_INDEX = models.TextIndexParams(
     type=models.TextIndexType.TEXT,

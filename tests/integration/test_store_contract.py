@@ -402,3 +402,27 @@ async def test_a_second_edge_store_on_the_same_path_is_a_store_error(tmp_path: P
             await QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM).open()
     finally:
         await first.close()
+
+
+async def test_an_edge_store_drops_the_index_that_grew_memory_on_updates(tmp_path: Path) -> None:
+    # Qdrant Edge's mutable integer index kept ~200 B per update of a point
+    # (RSS grew without bound in the soak); no query uses updated_at, so new
+    # stores do not index it and older stores lose the index when opened.
+    from qdrant_edge import EdgeShard, PayloadSchemaType, UpdateOperation
+
+    store = QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM)
+    await store.open()
+    await store.close()
+    old = EdgeShard.load(str(tmp_path / "edge"), None)
+    old.update(UpdateOperation.create_field_index("updated_at", PayloadSchemaType.Integer))
+    assert "updated_at" in old.info().payload_schema
+    old.close()
+
+    store = QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM)
+    await store.open()
+    try:
+        schema = await store._call("info", lambda s: s.info().payload_schema)
+        assert "updated_at" not in schema
+        assert {"key", "tenant_id", "user_id", "deleted", "content"} <= set(schema)
+    finally:
+        await store.close()
