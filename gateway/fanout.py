@@ -12,6 +12,14 @@ client joins the state). Past ``hard_limit`` coalesced memories the
 subscription is closed with its resume cursor (``slow_consumer``): a slow
 client never grows gateway memory without bound.
 
+**Direct writes.** A WebSocket subscription that is eager, caught up and
+whose socket has room is written to by the fan-out itself: at the end of
+each published batch, what the batch queued for it goes out as whole frames
+in one write, with no task switch per subscriber (a bare broadcast). Its
+pump task only steps in for what needs waiting — a full socket, a replay,
+lazy timing, heartbeats — and never while it holds taken messages, so
+order is kept.
+
 Authorisation (I7) is checked at subscribe time per channel and again per
 event: the index is keyed by ``(tenant, channel)``, and a topic channel
 delivers only memories of users the token may act for, or shared ones.
@@ -21,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -34,7 +44,7 @@ from replication.dvv import EMPTY, Dot, DotContext
 from replication.routing import parse_channel
 from replication.state import MemoryState
 
-__all__ = ["Delivery", "Fanout", "Subscription", "authorize_channels"]
+__all__ = ["Delivery", "DirectWriter", "Fanout", "Subscription", "authorize_channels"]
 
 _encoder = msgspec.json.Encoder()
 _ids = itertools.count(1)
@@ -106,6 +116,18 @@ def authorize_channels(claims: Claims, channels: Iterable[str]) -> tuple[str, ..
     return tuple(dict.fromkeys(out))
 
 
+class DirectWriter(Protocol):
+    """A connection the fan-out may write whole messages to without awaiting."""
+
+    def ready(self) -> bool:
+        """Whether the connection is open and its send buffer has room now."""
+        ...
+
+    def write(self, messages: list[bytes]) -> None:
+        """Send these messages, in order, now (one frame each)."""
+        ...
+
+
 @dataclass(eq=False)
 class Subscription:
     """One subscriber's channels, mode, position and bounded outbound buffer."""
@@ -127,6 +149,10 @@ class Subscription:
     _held: list[Delivery] | None = None  # live deliveries held back during a replay
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     on_close: Callable[[], None] | None = None  # told when the server drops it
+    writer: DirectWriter | None = None  # set for connections the fan-out may write to
+    busy: bool = False  # the pump holds taken messages it has not sent yet
+    sent_cursor: str = ""  # the cursor of the last message actually sent
+    last_sent: float = field(default_factory=time.monotonic)
 
     def _close(self, reason: str) -> None:
         if self.closed is None:
@@ -157,6 +183,7 @@ class Subscription:
         for d in held:
             if not dvv.contains(replayed, d.dot):
                 self.offer(d)
+        self._ready.set()
 
     def offer(self, d: Delivery) -> None:
         """Queue a delivery (or coalesce it); never blocks, never grows unbounded."""
@@ -178,7 +205,32 @@ class Subscription:
             if len(self._queue) > self.soft_limit:
                 self._coalescing = True
         self.cursor = d.cursor
-        self._ready.set()
+        if self.writer is None or self._coalescing or self.mode == "lazy":
+            self._ready.set()
+        # else: the fan-out calls flush() once the whole batch is offered.
+
+    def flush(self) -> None:
+        """Write what is queued straight to the connection, or wake the pump for it."""
+        if not self._queue or self.closed is not None:
+            return
+        writer = self.writer
+        if (
+            writer is None
+            or self.busy
+            or self._held is not None
+            or self._coalescing
+            or self.mode == "lazy"
+            or not writer.ready()
+        ):
+            self._ready.set()
+            return
+        out = self.take(flush_lazy=False)
+        writer.write([message for message, _ in out if message])
+        for _, cursor in reversed(out):
+            if cursor:
+                self.sent_cursor = cursor
+                break
+        self.last_sent = time.monotonic()
 
     def send_direct(self, message: bytes, cursor: str | None = None) -> None:
         """Queue a message outside the fan-out (replay, control), in order with events."""
@@ -290,7 +342,12 @@ class Fanout:
             self._subs.pop(sub.id, None)
 
     def publish(self, deliveries: Iterable[Delivery]) -> None:
-        """Offer each delivery to every subscription that may see it, once."""
+        """Offer each delivery to every subscription that may see it, once.
+
+        Subscriptions that can be written to directly get the batch's
+        messages at the end, in one write each.
+        """
+        offered: dict[int, Subscription] = {}
         for d in deliveries:
             targets: set[Subscription] = set()
             for ch in d.channels:
@@ -300,7 +357,10 @@ class Fanout:
             for sub in targets:
                 if sub.allows(d):
                     sub.offer(d)
+                    offered[sub.id] = sub
                     self.delivered += 1
+        for sub in offered.values():
+            sub.flush()
 
     def subscriptions(self) -> list[Subscription]:
         """Every live subscription."""

@@ -4,9 +4,11 @@ The applier hands every batch of newly applied events to :meth:`Streams.on_batch
 which stamps them into the durable history (so a cursor handed out can
 always be resumed — the history is written *before* anything is sent) and
 publishes them to the fan-out. A :class:`Pump` owns one WebSocket or SSE
-connection's :class:`~gateway.fanout.Subscription` and is the only task
-that writes to it: replays, live events, lazy batches and heartbeats go
-out in order through it.
+connection's :class:`~gateway.fanout.Subscription`: replays, lazy batches,
+heartbeats and whatever had to wait for a full socket go out in order
+through it. Live events for a caught-up eager WebSocket subscriber are
+written by the fan-out directly (see :mod:`gateway.fanout`); the two never
+overlap, because the fan-out steps aside while the pump is sending.
 """
 
 from __future__ import annotations
@@ -143,13 +145,18 @@ class Pump:
         self._replays: list[tuple[Cursor, set[str]]] = []  # at most _MAX_REPLAYS
         self._replayed: DotContext = dvv.EMPTY  # sent by replays whose hold is not released
         self._last_flush = time.monotonic()
-        self.sent_cursor = ""  # the cursor of the last message actually sent
+
+    @property
+    def sent_cursor(self) -> str:
+        """The cursor of the last message actually sent (by the pump or the fan-out)."""
+        return self.sub.sent_cursor
 
     async def send(self, message: bytes, cursor: str | None) -> None:
         """Send one message and remember its cursor."""
         await self._send(message, cursor)
         if cursor:
-            self.sent_cursor = cursor
+            self.sub.sent_cursor = cursor
+        self.sub.last_sent = time.monotonic()
 
     def request_replay(self, cursor: Cursor, channels: set[str]) -> None:
         """Replay what ``cursor`` has not seen on ``channels`` before further live events."""
@@ -163,30 +170,37 @@ class Pump:
     async def run(self) -> str:
         """Pump until the subscription is closed; why it closed."""
         sub = self.sub
-        last_sent = time.monotonic()
+        sub.last_sent = time.monotonic()
         while sub.closed is None:
             now = time.monotonic()
             interval = sub.interval_ms / 1000
             next_flush = self._last_flush + interval
             due = now >= next_flush
-            wait = self._heartbeat_s - (now - last_sent)
+            wait = self._heartbeat_s - (now - sub.last_sent)
             if sub.mode == "lazy" or sub.pending:
                 wait = min(wait, max(0.0, next_flush - now))
             await sub.wait(max(0.0, wait), lazy_due=due)
-            while self._replays:
-                await self._replay(*self._replays.pop(0))
-            now = time.monotonic()
-            flush = now >= self._last_flush + interval
-            if flush:
-                self._last_flush = now
-            for message, cursor in sub.take(flush_lazy=flush):
-                if message:
-                    await self.send(message, cursor)
-                    last_sent = time.monotonic()
-            if time.monotonic() - last_sent >= self._heartbeat_s:
-                await self.send(control("heartbeat"), None)
-                last_sent = time.monotonic()
+            sub.busy = True  # the fan-out must not write past what is sent here
+            try:
+                await self._turn(interval)
+            finally:
+                sub.busy = False
         return sub.closed
+
+    async def _turn(self, interval: float) -> None:
+        """Replays, then what is queued, then a heartbeat if the line was quiet."""
+        sub = self.sub
+        while self._replays:
+            await self._replay(*self._replays.pop(0))
+        now = time.monotonic()
+        flush = now >= self._last_flush + interval
+        if flush:
+            self._last_flush = now
+        for message, cursor in sub.take(flush_lazy=flush):
+            if message:
+                await self.send(message, cursor)
+        if time.monotonic() - sub.last_sent >= self._heartbeat_s:
+            await self.send(control("heartbeat"), None)
 
     def _finish_replay(self, replayed: DotContext) -> None:
         """Release held live events once no other replay is waiting."""

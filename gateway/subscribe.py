@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -62,6 +63,46 @@ class UnsubscribeOp(
 _ops = msgspec.json.Decoder(SubscribeOp | UnsubscribeOp)
 
 
+_DIRECT_BUFFER = 64 * 1024  # bytes the socket may hold unsent before writes wait
+
+
+class _DirectFrames:
+    """Unmasked text frames (RFC 6455 §5.2, server to client) written straight to the socket.
+
+    The fan-out uses it for a caught-up subscriber (see :mod:`gateway.fanout`):
+    whole frames in one write, only while the connection is open and its send
+    buffer is under ``_DIRECT_BUFFER``; anything else waits for the pump, which
+    writes through aiohttp with its flow control.
+    """
+
+    __slots__ = ("_transport", "_ws")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self._ws = ws
+        self._transport = transport
+
+    def ready(self) -> bool:
+        t = self._transport
+        return (
+            not self._ws.closed
+            and not t.is_closing()
+            and t.get_write_buffer_size() <= _DIRECT_BUFFER
+        )
+
+    def write(self, messages: list[bytes]) -> None:
+        parts: list[bytes] = []
+        for message in messages:
+            n = len(message)
+            if n < 126:
+                parts.append(bytes((0x81, n)))
+            elif n < 65536:
+                parts.append(struct.pack("!BBH", 0x81, 126, n))
+            else:
+                parts.append(struct.pack("!BBQ", 0x81, 127, n))
+            parts.append(message)
+        self._transport.write(b"".join(parts))
+
+
 def _new_subscription(request: web.Request) -> tuple[Subscription, Any]:
     claims = _claims(request)
     claims.require("subscribe")
@@ -96,6 +137,9 @@ async def subscribe_ws(request: web.Request) -> web.StreamResponse:
         await ws.send_frame(message, WSMsgType.TEXT)
 
     pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
+    transport = request.transport
+    if transport is not None:  # (uvloop's transports are not asyncio.Transport subclasses)
+        sub.writer = _DirectFrames(ws, transport)
     pumping = asyncio.create_task(pump.run(), name=f"pump-{sub.id}")
     reading = asyncio.create_task(_read_ops(request, ws, sub, pump), name=f"ops-{sub.id}")
 

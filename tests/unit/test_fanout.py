@@ -94,3 +94,59 @@ def test_held_deliveries_skip_what_the_replay_sent() -> None:
     sub.offer(_delivery(2))
     sub.release(dvv.context_of([Dot("r1", 1)]))
     assert [c for _, c in sub.take(flush_lazy=True)] == ["c2"]
+
+
+class _Socket:
+    """A connection the fan-out may write to directly (records whole writes)."""
+
+    def __init__(self, *, room: bool = True) -> None:
+        self.room = room
+        self.writes: list[list[bytes]] = []
+
+    def ready(self) -> bool:
+        return self.room
+
+    def write(self, messages: list[bytes]) -> None:
+        self.writes.append(messages)
+
+
+def test_a_caught_up_subscriber_gets_a_batch_in_one_direct_write() -> None:
+    fan, socket = Fanout(10), _Socket()
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    fan.add(sub)
+    fan.publish([_delivery(1)])
+    fan.publish([_delivery(2), _delivery(3)])
+    assert [len(w) for w in socket.writes] == [1, 1]  # the second batch as one frame
+    assert json.loads(socket.writes[0][0])["cursor"] == "c1"
+    assert [e["n"] for e in json.loads(socket.writes[1][0])["events"]] == [2, 3]
+    assert sub.sent_cursor == "c3" and sub.pending == 0
+    assert not sub._ready.is_set()  # the pump was not woken
+
+
+def test_direct_writes_wait_for_a_full_socket_and_a_busy_pump_in_order() -> None:
+    fan, socket = Fanout(10), _Socket(room=False)
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    fan.add(sub)
+    fan.publish([_delivery(1)])
+    assert socket.writes == [] and sub.pending == 1 and sub._ready.is_set()
+    socket.room = True
+    sub.busy = True  # the pump took messages and is sending them
+    fan.publish([_delivery(2)])
+    assert socket.writes == [] and sub.pending == 2
+    sub.busy = False
+    fan.publish([_delivery(3)])  # everything queued goes, in order
+    (write,) = socket.writes
+    assert [e["n"] for e in json.loads(write[0])["events"]] == [1, 2, 3]
+
+
+def test_lazy_and_replaying_subscribers_are_left_to_their_pump() -> None:
+    fan, socket = Fanout(10), _Socket()
+    lazy = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy",
+                        writer=socket)  # fmt: skip
+    replaying = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    replaying.hold()
+    fan.add(lazy)
+    fan.add(replaying)
+    fan.publish([_delivery(1)])
+    assert socket.writes == []
+    assert lazy.pending == 1 and replaying.pending == 1
