@@ -18,8 +18,8 @@ a cost bounded by the answer, in two levels:
    (``POST /v1/replication/states``) and join them. That repairs anything —
    a broker that came back empty, a mirror whose source offsets are gone,
    segments expired past a link's hold — with reads and syncs seeing the
-   result; live subscribers are not sent state repairs (no event carries
-   them).
+   result and live subscribers sent the joined states (a ``batch`` with
+   ``states`` and no events, moving no cursor: no event carries them).
 
 A peer whose link is visibly draining a backlog (heartbeats arriving, but
 older than an interval) is left to its link for that pass ("deferred").

@@ -118,6 +118,8 @@ class Applier:
         # applied context before the batch (history and fan-out).
         self.batch_listeners: list[BatchListener] = []
         self.heartbeat_listeners: list[HeartbeatListener] = []
+        # Told of states changed by a state repair (no event carries them).
+        self.state_listeners: list[Callable[[list[MemoryState]], None]] = []
         self.event_counters: list[Callable[[str, int], None]] = []
         self.applied_total = 0
         self.last_applied_at = 0.0
@@ -157,8 +159,9 @@ class Applier:
         """Join whole states from a peer (anti-entropy's state repair).
 
         The join is the same semilattice the events build, so this never
-        undoes anything; it only adds what the peer knew. Subscribers are not
-        told (no event carries the change); reads and syncs see it. Returns
+        undoes anything; it only adds what the peer knew. No event carries
+        the change, so no cursor moves: the state listeners (live
+        subscribers) get the joined states, reads and syncs see them. Returns
         how many memories changed.
         """
         async with self.lock:
@@ -177,6 +180,8 @@ class Applier:
                 await self._store.put_many(changed)
                 for state in changed:
                     self._service.remember(state)
+                for listener in self.state_listeners:
+                    listener(changed)
             return len(changed)
 
     async def _apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:

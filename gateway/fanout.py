@@ -362,6 +362,33 @@ class Fanout:
         for sub in offered.values():
             sub.flush()
 
+    def publish_states(
+        self, items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]]
+    ) -> None:
+        """Send ``(state, channels, shared, message)`` to every subscription that may see it.
+
+        For states changed without an event (anti-entropy's state repair):
+        the message goes out in order with the subscription's other messages
+        and moves no cursor.
+        """
+        offered: dict[int, Subscription] = {}
+        for state, channels, shared, message in items:
+            probe = Delivery(
+                key=state.key, tenant=state.tenant_id, user=state.user_id, shared=shared,
+                channels=channels, dot=Dot("", 0), raw=b"", state=state, cursor_token="",
+            )  # fmt: skip
+            targets: set[Subscription] = set()
+            for ch in channels:
+                subs = self._index.get((state.tenant_id, ch))
+                if subs:
+                    targets.update(subs)
+            for sub in targets:
+                if sub.closed is None and sub.allows(probe):
+                    sub.send_direct(message)
+                    offered[sub.id] = sub
+        for sub in offered.values():
+            sub.flush()
+
     def subscriptions(self) -> list[Subscription]:
         """Every live subscription."""
         return list(self._subs.values())

@@ -252,6 +252,7 @@ class Runtime:
         self.streams = Streams(self.history, Fanout(s.limits.max_subscriptions))
         for applier in self.appliers:
             applier.batch_listeners.append(self.streams.on_batch)
+            applier.state_listeners.append(self.streams.on_states)
         await self.applier.load_applied()
         await self._build_digest()
         self.antientropy = AntiEntropy(

@@ -25,9 +25,9 @@ from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History, ResyncRequiredError
 from replication import dvv
 from replication.dvv import Dot, DotContext
-from replication.routing import parse_channel
+from replication.routing import channels_for, parse_channel
 from replication.schema import MemoryEvent
-from replication.state import MemoryState
+from replication.state import MemoryState, materialize
 
 __all__ = ["Pump", "Streams", "channel_allows"]
 
@@ -110,6 +110,29 @@ class Streams:
             )
             for (e, raw, state), entry in zip(fresh, entries, strict=True)
         )
+
+    def on_states(self, states: Sequence[MemoryState]) -> None:
+        """Tell live subscribers of states a repair changed (no event, no cursor move).
+
+        Each goes out as ``{"op": "batch", "events": [], "states": [state],
+        "cursor": null}``: clients join the state, as with a coalesced batch,
+        and keep their cursor.
+        """
+        items = []
+        for state in states:
+            view = materialize(state)
+            channels = channels_for(
+                tenant_id=state.tenant_id,
+                user_id=state.user_id,
+                topics=view.topics,
+                shared=view.shared,
+            )
+            message = (
+                b'{"op":"batch","events":[],"states":[' + _encoder.encode(state)
+                + b'],"cursor":null}'
+            )  # fmt: skip
+            items.append((state, channels, view.shared, message))
+        self.fanout.publish_states(items)
 
     def head_token(self) -> str:
         """The cursor of "now": everything applied so far."""

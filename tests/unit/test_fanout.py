@@ -150,3 +150,21 @@ def test_lazy_and_replaying_subscribers_are_left_to_their_pump() -> None:
     fan.publish([_delivery(1)])
     assert socket.writes == []
     assert lazy.pending == 1 and replaying.pending == 1
+
+
+def test_a_repaired_state_goes_only_to_who_may_see_it_in_order() -> None:
+    fan = Fanout(10)
+    alice = Subscription(claims=_claims(users=("u1",)), channels={"user:u1:memories"})
+    bob = Subscription(claims=_claims(users=("u2",)), channels={"topic:tea:updates"})
+    other = Subscription(claims=_claims(tenant="t2"), channels={"user:u1:memories"})
+    for sub in (alice, bob, other):
+        fan.add(sub)
+    fan.publish([_delivery(1)])
+    state = _delivery(2).state
+    fan.publish_states([(state, ("user:u1:memories", "topic:tea:updates"), False, b"repair")])
+    sent = alice.take(flush_lazy=True)
+    assert [json.loads(m)["cursor"] for m, _ in sent[:1]] == ["c1"]  # the event first ...
+    assert sent[1:] == [(b"repair", None)]  # ... then the repair, moving no cursor
+    assert alice.cursor == "c1"
+    assert bob.take(flush_lazy=True) == []  # a topic shows u1's private memory to u1 only
+    assert other.take(flush_lazy=True) == []  # never another tenant
