@@ -127,6 +127,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "memsync_event_loop_lag_seconds",
+            "How late a 100 ms timer of the event loop fires: time the loop was busy elsewhere.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.mode = Gauge(
             "memsync_degraded", "1 while a degraded mode is in effect.", ["mode"], registry=r
         )

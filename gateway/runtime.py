@@ -307,6 +307,7 @@ class Runtime:
             group.create_task(_supervised("applier", self._apply_loop), name="applier"),
             group.create_task(_supervised("outbox", self._drain_loop), name="outbox"),
             group.create_task(_supervised("maintenance", self._maintenance_loop), name="maint"),
+            group.create_task(_supervised("loop lag", self._loop_lag_loop), name="loop-lag"),
         ]
         for peer, (reader, applier, _) in self.remote.items():
             loop = functools.partial(self._remote_apply_loop, reader, applier)
@@ -456,6 +457,14 @@ class Runtime:
             self.metrics.outbox_pending.set(0)
             if sent:
                 _log.info("outbox.drained", events=sent)
+
+    async def _loop_lag_loop(self, period: float = 0.1) -> None:
+        """Measure how late the loop runs a timer (``memsync_event_loop_lag_seconds``)."""
+        clock = time.perf_counter
+        while True:
+            due = clock() + period
+            await asyncio.sleep(period)
+            self.metrics.loop_lag.observe(max(0.0, clock() - due))
 
     async def _maintenance_loop(self) -> None:
         interval = self.settings.limits.journal_ack_interval

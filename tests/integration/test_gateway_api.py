@@ -326,6 +326,15 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
     ):
         assert name in text
 
+    async def loop_lag_measured() -> bool:
+        assert gw.client is not None
+        text = await (await gw.client.get("/metrics")).text()
+        name = "memsync_event_loop_lag_seconds_count"
+        counts = [ln for ln in text.splitlines() if ln.startswith(name)]
+        return bool(counts) and float(counts[0].split()[-1]) >= 2
+
+    await eventually(loop_lag_measured)
+
 
 async def test_gateway_starts_while_the_log_is_down_and_catches_up(tmp_path: Path) -> None:
     broker = TansuBroker(log_path=tmp_path / "broker.log")  # not started yet
