@@ -127,6 +127,11 @@ class Journal:
 
     # -- identity and counters ----------------------------------------------
 
+    @property
+    def last_seq(self) -> int:
+        """The last event sequence number this replica issued."""
+        return self._seq
+
     def next_seq(self) -> int:
         """The next event sequence number of this replica."""
         self._seq += 1

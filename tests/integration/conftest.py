@@ -9,6 +9,8 @@ import pytest
 
 from deploy.tansu import TansuBroker
 
+from .harness import Gateway
+
 # -- broker (replication.log tests) ---------------------------------------------------
 
 
@@ -24,3 +26,16 @@ async def broker(tmp_path: Path) -> AsyncIterator[TansuBroker]:
         # graceful shutdown when a test left a client connected.
         await tansu.stop(grace=1.0)
         assert not tansu.running
+
+
+@pytest.fixture
+async def gw(
+    request: pytest.FixtureRequest, tmp_path: Path, broker: TansuBroker
+) -> AsyncIterator[Gateway]:
+    """A started in-process gateway on ``broker``; a test module may set ``GATEWAY_OPTIONS``."""
+    options = getattr(request.module, "GATEWAY_OPTIONS", {})
+    g = await Gateway(tmp_path / "region", broker, **options).start()
+    try:
+        yield g
+    finally:
+        await g.stop()

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from deploy.tansu import TansuBroker
 from replication.state import decode_state
 from tests.integration.harness import Gateway, eventually, token
 
 REPLICATE = token(tenant="memsync.cluster", users=(), scope=("replicate",))
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, broker: TansuBroker) -> AsyncIterator[Gateway]:
-    g = await Gateway(tmp_path / "region", broker).start()
-    try:
-        yield g
-    finally:
-        await g.stop()
 
 
 async def _applied(gw: Gateway) -> dict[str, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,7 @@ from replication.state import MemoryState
 
 from .harness import Gateway, eventually, token
 
-
-@pytest.fixture
-async def tansu(tmp_path: Path) -> AsyncIterator[TansuBroker]:
-    broker = TansuBroker(log_path=tmp_path / "broker.log")
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop(grace=1.0)
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, tansu: TansuBroker) -> AsyncIterator[Gateway]:
-    g = await Gateway(tmp_path / "region", tansu, sticky_session=True).start()
-    try:
-        yield g
-    finally:
-        await g.stop()
+GATEWAY_OPTIONS = {"sticky_session": True}
 
 
 async def _ws(gw: Gateway, tok: str | None = None) -> ClientWebSocketResponse:
@@ -200,10 +182,10 @@ async def test_resume_after_a_gateway_restart_has_no_gap(gw: Gateway) -> None:
 
 
 async def test_cursor_beyond_the_kept_history_gets_resync_required(
-    tmp_path: Path, tansu: TansuBroker
+    tmp_path: Path, broker: TansuBroker
 ) -> None:
     g = await Gateway(
-        tmp_path / "small", tansu, limits={"history_max_events": 5}, sticky_session=True
+        tmp_path / "small", broker, limits={"history_max_events": 5}, sticky_session=True
     ).start()
     try:
         ws = await _ws(g)
@@ -264,11 +246,11 @@ async def test_channel_isolation(gw: Gateway) -> None:
 
 
 async def test_slow_subscriber_is_dropped_with_its_cursor(
-    tmp_path: Path, tansu: TansuBroker
+    tmp_path: Path, broker: TansuBroker
 ) -> None:
     g = await Gateway(
         tmp_path / "slow",
-        tansu,
+        broker,
         sticky_session=True,
         limits={
             "subscriber_soft_limit": 2,
@@ -304,11 +286,11 @@ async def test_slow_subscriber_is_dropped_with_its_cursor(
 
 
 async def test_cursor_from_one_gateway_resumes_on_another(
-    tmp_path: Path, tansu: TansuBroker
+    tmp_path: Path, broker: TansuBroker
 ) -> None:
     """Two gateways applying the same log keep different histories; a cursor works on both."""
-    a = await Gateway(tmp_path / "a", tansu, sticky_session=True).start()
-    b = Gateway(tmp_path / "b", tansu, region="other")
+    a = await Gateway(tmp_path / "a", broker, sticky_session=True).start()
+    b = Gateway(tmp_path / "b", broker, region="other")
     try:
         ws = await _ws(a)
         await _subscribe(ws, channels=["user:alice:memories"])
