@@ -152,8 +152,6 @@ async def _run(
 ) -> int:
     secret_path = _secret_file(data_dir)
     secret = _read(secret_path)
-    links_log = (data_dir / "links.log").open("a")  # the proxy's and the links' logs
-    configure_logging(os.environ.get("MEMSYNC_LOG_LEVEL", "info"), links_log, process="up")
     regions = [
         Region(
             name=name,
@@ -257,7 +255,6 @@ async def _run(
             await proxy.stop()
         for r in regions:
             await r.broker.stop()
-        links_log.close()
         _say("stopped")
 
 
@@ -274,4 +271,8 @@ def run_cluster(
         raise ValueError("--regions needs at least one region name")
     if len(set(regions)) != len(regions):
         raise ValueError(f"--regions names a region twice: {','.join(regions)}")
-    return asyncio.run(_run(regions, data_dir.resolve(), base_port, toxiproxy_port, insecure_dev))
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "links.log").open("a") as links_log:  # the proxy's and the links' logs
+        configure_logging(os.environ.get("MEMSYNC_LOG_LEVEL", "info"), links_log, process="up")
+        return asyncio.run(_run(regions, data_dir, base_port, toxiproxy_port, insecure_dev))
