@@ -163,7 +163,10 @@ class AntiEntropy:
             _log.debug("antientropy.unreachable", peer=peer.name, error=str(exc))
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             result = "error"
-            _log.warning("antientropy.bad_answer", peer=peer.name, error=str(exc))
+            # Once per run of errors (a wrong secret answers 401 every pass);
+            # the passes metric counts every one.
+            log = _log.debug if progress.last_result == "error" else _log.warning
+            log("antientropy.bad_answer", peer=peer.name, error=str(exc))
         progress.last_result = result
         self._metrics.antientropy_passes.labels(peer.name, result).inc()
         return result
