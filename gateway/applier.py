@@ -77,6 +77,7 @@ BatchListener = Callable[
     [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext], Awaitable[None]
 ]
 HeartbeatListener = Callable[[str, bytes, tuple[tuple[str, bytes], ...]], None]
+StateListener = Callable[[list[tuple[MemoryState | None, MemoryState]]], None]
 
 
 class Applier:
@@ -118,8 +119,9 @@ class Applier:
         # applied context before the batch (history and fan-out).
         self.batch_listeners: list[BatchListener] = []
         self.heartbeat_listeners: list[HeartbeatListener] = []
-        # Told of states changed by a state repair (no event carries them).
-        self.state_listeners: list[Callable[[list[MemoryState]], None]] = []
+        # Told of ``(before, after)`` for memories a state repair changed (no
+        # event carries them); ``before`` is None for a memory new here.
+        self.state_listeners: list[StateListener] = []
         self.event_counters: list[Callable[[str, int], None]] = []
         self.applied_total = 0
         self.last_applied_at = 0.0
@@ -167,21 +169,23 @@ class Applier:
         async with self.lock:
             keys = [s.key for s in remote]
             local = await self._store.get_many(keys)
-            changed = []
+            original = dict(local)
+            changed: dict[str, MemoryState] = {}
             for state in remote:
                 before = local.get(state.key)
                 after = state if before is None else join(before, state)
                 if after != before:
-                    changed.append(after)
+                    changed[state.key] = after
                     local[state.key] = after
                     if self.digest is not None:
                         self.digest.replace(before, after)
             if changed:
-                await self._store.put_many(changed)
-                for state in changed:
+                await self._store.put_many(list(changed.values()))
+                for state in changed.values():
                     self._service.remember(state)
+                pairs = [(original.get(k), after) for k, after in changed.items()]
                 for listener in self.state_listeners:
-                    listener(changed)
+                    listener(pairs)
             return len(changed)
 
     async def _apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:

@@ -48,6 +48,7 @@ __all__ = ["Delivery", "DirectWriter", "Fanout", "Subscription", "authorize_chan
 
 _encoder = msgspec.json.Encoder()
 _ids = itertools.count(1)
+_DIRECT_MAX_BYTES = 256 * 1024  # the most one direct write may carry
 
 
 @dataclass(eq=False)
@@ -224,13 +225,30 @@ class Subscription:
         ):
             self._ready.set()
             return
+        if sum(len(m) for m, _, _ in self._queue) > _DIRECT_MAX_BYTES:
+            self._ready.set()  # a big backlog: the pump sends it with flow control
+            return
         out = self.take(flush_lazy=False)
-        writer.write([message for message, _ in out if message])
+        try:
+            writer.write([message for message, _ in out if message])
+        except (OSError, RuntimeError):  # the connection went away under us
+            self._close("connection_lost")
+            self._ready.set()
+            return
         for _, cursor in reversed(out):
             if cursor:
                 self.sent_cursor = cursor
                 break
         self.last_sent = time.monotonic()
+
+    def send_repair(self, message: bytes) -> None:
+        """Queue a state-repair batch; past ``hard_limit`` queued messages, drop the subscriber."""
+        if self.closed is not None:
+            return
+        self._queue.append((message, None, None))
+        if len(self._queue) > self.hard_limit:
+            self._close("slow_consumer")
+        self._ready.set()
 
     def send_direct(self, message: bytes, cursor: str | None = None) -> None:
         """Queue a message outside the fan-out (replay, control), in order with events."""
@@ -365,14 +383,14 @@ class Fanout:
     def publish_states(
         self, items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]]
     ) -> None:
-        """Send ``(state, channels, shared, message)`` to every subscription that may see it.
+        """Send ``(state, channels, shared, state JSON)`` to every subscription that may see it.
 
-        For states changed without an event (anti-entropy's state repair):
-        the message goes out in order with the subscription's other messages
-        and moves no cursor.
+        For memories changed without an event (anti-entropy's state repair):
+        each subscription gets one batch of the states it may see, in order
+        with its other messages, bounded like them, moving no cursor.
         """
-        offered: dict[int, Subscription] = {}
-        for state, channels, shared, message in items:
+        found: dict[int, tuple[Subscription, list[bytes]]] = {}
+        for state, channels, shared, state_json in items:
             probe = Delivery(
                 key=state.key, tenant=state.tenant_id, user=state.user_id, shared=shared,
                 channels=channels, dot=Dot("", 0), raw=b"", state=state, cursor_token="",
@@ -384,9 +402,12 @@ class Fanout:
                     targets.update(subs)
             for sub in targets:
                 if sub.closed is None and sub.allows(probe):
-                    sub.send_direct(message)
-                    offered[sub.id] = sub
-        for sub in offered.values():
+                    found.setdefault(sub.id, (sub, []))[1].append(state_json)
+        for sub, states in found.values():
+            sub.send_repair(
+                b'{"op":"batch","events":[],"states":[' + b",".join(states)
+                + b'],"cursor":null}'
+            )  # fmt: skip
             sub.flush()
 
     def subscriptions(self) -> list[Subscription]:

@@ -29,7 +29,7 @@ from replication.routing import channels_for, parse_channel
 from replication.schema import MemoryEvent
 from replication.state import MemoryState, materialize
 
-__all__ = ["Pump", "Streams", "channel_allows"]
+__all__ = ["Pump", "Streams", "channel_allows", "repair_route"]
 
 _log = structlog.get_logger(__name__)
 _MAX_REPLAYS = 16
@@ -111,32 +111,37 @@ class Streams:
             for (e, raw, state), entry in zip(fresh, entries, strict=True)
         )
 
-    def on_states(self, states: Sequence[MemoryState]) -> None:
-        """Tell live subscribers of states a repair changed (no event, no cursor move).
+    def on_states(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
+        """Tell live subscribers of memories a repair changed (no event, no cursor move).
 
-        Each goes out as ``{"op": "batch", "events": [], "states": [state],
-        "cursor": null}``: clients join the state, as with a coalesced batch,
-        and keep their cursor.
+        Each subscription that may see some of them gets one ``{"op":
+        "batch", "events": [], "states": [...], "cursor": null}``: clients
+        join the states, as with a coalesced batch, and keep their cursor.
         """
-        items = []
-        for state in states:
-            view = materialize(state)
-            channels = channels_for(
-                tenant_id=state.tenant_id,
-                user_id=state.user_id,
-                topics=view.topics,
-                shared=view.shared,
-            )
-            message = (
-                b'{"op":"batch","events":[],"states":[' + _encoder.encode(state)
-                + b'],"cursor":null}'
-            )  # fmt: skip
-            items.append((state, channels, view.shared, message))
-        self.fanout.publish_states(items)
+        self.fanout.publish_states(
+            (after, *repair_route(before, after), _encoder.encode(after))
+            for before, after in changes
+        )
 
     def head_token(self) -> str:
         """The cursor of "now": everything applied so far."""
         return self.history.encode_cursor(self.history.head)
+
+
+def repair_route(before: MemoryState | None, after: MemoryState) -> tuple[tuple[str, ...], bool]:
+    """``(channels, shared)`` a repaired memory goes to, as its event would.
+
+    A live memory goes where its current version says. A deletion goes
+    where the memory was before (a delete event carries the deleted
+    version's topics and sharing too): a deleted state has no version left
+    to say it, and no content to leak.
+    """
+    source = before if after.deleted and before is not None else after
+    view = materialize(source)
+    channels = channels_for(
+        tenant_id=after.tenant_id, user_id=after.user_id, topics=view.topics, shared=view.shared
+    )
+    return channels, view.shared
 
 
 def _event_message(raw: bytes, cursor: str) -> bytes:

@@ -403,28 +403,40 @@ async def test_bad_subscription_input_gets_clear_errors(gw: Gateway) -> None:
 async def test_a_state_repair_reaches_live_subscribers_without_moving_their_cursor(
     gw: Gateway,
 ) -> None:
+    from gateway.client import MemorySync
     from replication.testing import Replica
 
+    assert gw.client is not None
     ws = await _ws(gw)
     await _subscribe(ws, channels=["user:alice:memories"])
-    await _write(gw, "POST", "/v1/memories", user_id="alice", id="m1", kind="fact", content="a")
-    (first,) = await _events(ws, 1)
-    state = await gw.runtime.service.current("acme/m1")
-    assert state is not None
-    # What a peer region knows and no event brought here (anti-entropy's case).
-    peer = Replica("peer.0001")
-    peer.states["acme/m1"] = state
-    assert peer.write("m1", "fact", "update", tenant="acme", user="alice", content="repaired")
-    assert await gw.runtime.applier.merge_states([peer.states["acme/m1"]]) == 1
+    async with MemorySync(str(gw.client.make_url("")), gw.default_token) as laptop:
+        changes: list[Any] = []
+        sdk = laptop.subscribe(["user:alice:memories"], changes.append)
+        await asyncio.wait_for(sdk.connected.wait(), 10)
+        await _write(gw, "POST", "/v1/memories", user_id="alice", id="m1", kind="fact", content="a")
+        await _events(ws, 1)
+        await eventually(lambda: _true(len(changes) == 1 and changes[0].cursor is not None))
+        cursor = changes[0].cursor
+        state = await gw.runtime.service.current("acme/m1")
+        assert state is not None
+        # What a peer region knows and no event brought here (anti-entropy's case).
+        peer = Replica("peer.0001")
+        peer.states["acme/m1"] = state
+        assert peer.write("m1", "fact", "update", tenant="acme", user="alice", content="repaired")
+        assert await gw.runtime.applier.merge_states([peer.states["acme/m1"]]) == 1
 
-    frame = await _recv(ws)
-    assert frame["op"] == "batch" and frame["events"] == [] and frame["cursor"] is None
-    (got,) = [msgspec.convert(s, MemoryState) for s in frame["states"]]
-    assert got == peer.states["acme/m1"]
-    _, view = await gw.request("GET", "/v1/memories/m1")
-    assert view["content"] == "repaired"
-    # The client's cursor is still the last event's: a resume replays nothing twice.
-    await _write(gw, "POST", "/v1/memories", user_id="alice", id="m2", kind="fact")
-    (nxt,) = await _events(ws, 1)
-    assert nxt["event"]["memory"]["id"] == "m2" and nxt["cursor"] != first["cursor"]
+        frame = await _recv(ws)
+        assert frame["op"] == "batch" and frame["events"] == [] and frame["cursor"] is None
+        (got,) = [msgspec.convert(s, MemoryState) for s in frame["states"]]
+        assert got == peer.states["acme/m1"]
+        _, view = await gw.request("GET", "/v1/memories/m1")
+        assert view["content"] == "repaired"
+        # The SDK joined the repair and kept its cursor (no event moved it).
+        await eventually(lambda: _true(len(changes) == 2))
+        assert changes[1].view.content == "repaired" and changes[1].cursor == cursor
+        assert laptop.cache.state("acme/m1") == peer.states["acme/m1"]
     await ws.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

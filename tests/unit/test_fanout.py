@@ -161,10 +161,54 @@ def test_a_repaired_state_goes_only_to_who_may_see_it_in_order() -> None:
         fan.add(sub)
     fan.publish([_delivery(1)])
     state = _delivery(2).state
-    fan.publish_states([(state, ("user:u1:memories", "topic:tea:updates"), False, b"repair")])
+    fan.publish_states([(state, ("user:u1:memories", "topic:tea:updates"), False, b'{"s":2}'),
+                        (state, ("user:u1:memories",), False, b'{"s":3}')])  # fmt: skip
     sent = alice.take(flush_lazy=True)
     assert [json.loads(m)["cursor"] for m, _ in sent[:1]] == ["c1"]  # the event first ...
-    assert sent[1:] == [(b"repair", None)]  # ... then the repair, moving no cursor
+    assert len(sent) == 2 and sent[1][1] is None  # ... then one repair batch, moving no cursor
+    assert json.loads(sent[1][0]) == {"op": "batch", "events": [], "states": [{"s": 2}, {"s": 3}],
+                                      "cursor": None}  # fmt: skip
     assert alice.cursor == "c1"
     assert bob.take(flush_lazy=True) == []  # a topic shows u1's private memory to u1 only
     assert other.take(flush_lazy=True) == []  # never another tenant
+
+
+def test_repairs_are_bounded_like_everything_else() -> None:
+    closed: list[str] = []
+    fan = Fanout(10)
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, hard_limit=3,
+                       on_close=lambda: closed.append("x"))  # fmt: skip
+    fan.add(sub)
+    state = _delivery(1).state
+    for n in range(4):  # the pump is stuck: nothing is taken
+        fan.publish_states([(state, ("user:u1:memories",), False, b"%d" % n)])
+    assert sub.closed == "slow_consumer" and closed == ["x"]
+
+
+def test_a_repaired_deletion_goes_where_the_memory_was() -> None:
+    from gateway.streams import repair_route
+    from replication.dvv import EMPTY
+    from replication.events import make_event
+    from replication.merge import apply
+    from replication.schema import MemoryBody, Ops, Source
+
+    clock = Replica("r1").clock
+
+    def event(n: int, kind: str, context: object, **body: object) -> object:
+        return make_event(
+            event_id=f"e{n}", event_type=kind, context=context, dot=Dot("r1", n), seq=n,
+            memory=MemoryBody(id="m", tenant_id="t1", user_id="u1", kind="fact", policy="lww",
+                              **body),
+            source=Source(agent_id="a"), timestamp=clock.now(),
+            ops=Ops(fields=kind != "delete"),
+        )  # fmt: skip
+
+    live = apply(None, event(1, "create", EMPTY, content="tea", topics=("tea",), shared=True))
+    deleted = apply(live, event(2, "delete", live.clock))
+    assert deleted.deleted
+    shared_route = (("user:u1:memories", "tenant:t1:shared", "topic:tea:updates"), True)
+    # A live memory goes where its current version says ...
+    assert repair_route(None, live) == shared_route
+    # ... a deletion where the memory was: the channels its delete event went to.
+    assert repair_route(live, deleted) == shared_route
+    assert repair_route(None, deleted) == (("user:u1:memories",), False)  # nothing known
