@@ -307,20 +307,30 @@ class Subscription:
         flush_run()
         self._queue.clear()
         if self._coalesced and (flush_lazy or self._coalescing):
-            batch = list(self._coalesced.values())
-            self._coalesced.clear()
-            self._coalescing = False
-            events = b",".join(d.raw for d in batch)
-            states = b",".join(d.state_json for d in batch)
-            cursor = batch[-1].cursor
-            out.append(
-                (
-                    b'{"op":"batch","events":[' + events + b'],"states":[' + states
-                    + b'],"cursor":' + _encoder.encode(cursor) + b"}",
-                    cursor,
-                )
-            )  # fmt: skip
+            out.append(self._coalesced_batch())
         return out
+
+    def _coalesced_batch(self) -> tuple[bytes, str]:
+        batch = list(self._coalesced.values())
+        self._coalesced.clear()
+        self._coalescing = False
+        events = b",".join(d.raw for d in batch)
+        states = b",".join(d.state_json for d in batch)
+        cursor = batch[-1].cursor
+        message = (
+            b'{"op":"batch","events":[' + events + b'],"states":[' + states
+            + b'],"cursor":' + _encoder.encode(cursor) + b"}"
+        )  # fmt: skip
+        return message, cursor
+
+    def set_mode(self, mode: str, interval_ms: int) -> None:
+        """Change the delivery mode; what lazy mode coalesced goes out first, in order."""
+        if mode != "lazy" and self._coalesced and not self._coalescing:
+            message, cursor = self._coalesced_batch()
+            self._queue.append((message, cursor, None))
+            self._ready.set()
+        self.mode = mode
+        self.interval_ms = interval_ms
 
     @property
     def pending(self) -> int:

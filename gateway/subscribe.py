@@ -205,8 +205,7 @@ def _handle_op(request: web.Request, sub: Subscription, pump: Pump, raw: bytes) 
         sub.send_direct(control("unsubscribed", channels=list(channels)))
         return
     new = set(channels) - sub.channels
-    sub.mode = op.mode
-    sub.interval_ms = op.interval_ms
+    sub.set_mode(op.mode, op.interval_ms)
     sub.channels |= new
     streams.fanout.add(sub)
     if op.since is not None:

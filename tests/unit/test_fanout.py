@@ -212,3 +212,16 @@ def test_a_repaired_deletion_goes_where_the_memory_was() -> None:
     # ... a deletion where the memory was: the channels its delete event went to.
     assert repair_route(live, deleted) == shared_route
     assert repair_route(None, deleted) == (("user:u1:memories",), False)  # nothing known
+
+
+def test_switching_from_lazy_to_eager_sends_what_was_coalesced_first() -> None:
+    fan, socket = Fanout(10), _Socket()
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy",
+                       writer=socket)  # fmt: skip
+    fan.add(sub)
+    fan.publish([_delivery(1)])
+    assert socket.writes == [] and sub.pending == 1
+    sub.set_mode("eager", 100)
+    fan.publish([_delivery(2)])
+    (write,) = socket.writes  # the coalesced batch, then the new event: cursors only advance
+    assert [json.loads(m)["cursor"] for m in write] == ["c1", "c2"]
