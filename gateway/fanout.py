@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -129,7 +128,7 @@ class DirectWriter(Protocol):
         ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     """One subscriber's channels, mode, position and bounded outbound buffer."""
 
@@ -144,11 +143,14 @@ class Subscription:
     skip: DotContext = EMPTY  # dots the client already has (a resumed cursor)
     closed: str | None = None  # why the server is closing it
     # (message, cursor, raw event or None for control messages)
-    _queue: deque[tuple[bytes, str | None, bytes | None]] = field(default_factory=deque)
+    _queue: list[tuple[bytes, str | None, bytes | None]] = field(default_factory=list)
     _coalesced: dict[str, Delivery] = field(default_factory=dict)
     _coalescing: bool = False
     _held: list[Delivery] | None = None  # live deliveries held back during a replay
-    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The pump's wake-up: a future only while it waits (an Event and its
+    # waiter deque cost ~1 KiB per idle connection), and a flag for tests.
+    _waiter: asyncio.Future[None] | None = None
+    signalled: bool = False
     on_close: Callable[[], None] | None = None  # told when the server drops it
     writer: DirectWriter | None = None  # set for connections the fan-out may write to
     busy: bool = False  # the pump holds taken messages it has not sent yet
@@ -184,7 +186,7 @@ class Subscription:
         for d in held:
             if not dvv.contains(replayed, d.dot):
                 self.offer(d)
-        self._ready.set()
+        self._wake()
 
     def offer(self, d: Delivery) -> None:
         """Queue a delivery (or coalesce it); never blocks, never grows unbounded."""
@@ -195,7 +197,7 @@ class Subscription:
                 self._close("slow_consumer")
             else:
                 self._held.append(d)
-            self._ready.set()
+            self._wake()
             return
         if self.mode == "lazy" or self._coalescing:
             self._coalesced[d.key] = d
@@ -207,7 +209,7 @@ class Subscription:
                 self._coalescing = True
         self.cursor = d.cursor
         if self.writer is None or self._coalescing or self.mode == "lazy":
-            self._ready.set()
+            self._wake()
         # else: the fan-out calls flush() once the whole batch is offered.
 
     def flush(self) -> None:
@@ -223,17 +225,17 @@ class Subscription:
             or self.mode == "lazy"
             or not writer.ready()
         ):
-            self._ready.set()
+            self._wake()
             return
         if sum(len(m) for m, _, _ in self._queue) > _DIRECT_MAX_BYTES:
-            self._ready.set()  # a big backlog: the pump sends it with flow control
+            self._wake()  # a big backlog: the pump sends it with flow control
             return
         out = self.take(flush_lazy=False)
         try:
             writer.write([message for message, _ in out if message])
         except (OSError, RuntimeError):  # the connection went away under us
             self._close("connection_lost")
-            self._ready.set()
+            self._wake()
             return
         for _, cursor in reversed(out):
             if cursor:
@@ -248,14 +250,14 @@ class Subscription:
         self._queue.append((message, None, None))
         if len(self._queue) > self.hard_limit:
             self._close("slow_consumer")
-        self._ready.set()
+        self._wake()
 
     def send_direct(self, message: bytes, cursor: str | None = None) -> None:
         """Queue a message outside the fan-out (replay, control), in order with events."""
         self._queue.append((message, cursor, None))
         if cursor is not None:
             self.cursor = cursor
-        self._ready.set()
+        self._wake()
 
     async def wait(self, within: float | None, *, lazy_due: bool) -> None:
         """Wait until there is something to send now (or ``within`` seconds).
@@ -265,12 +267,21 @@ class Subscription:
         """
         if self._queue or self.closed or (self._coalesced and (lazy_due or self._coalescing)):
             return
-        self._ready.clear()
+        self.signalled = False
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if within is None else loop.call_later(within, _settle, waiter)
         try:
-            async with asyncio.timeout(within):
-                await self._ready.wait()
-        except TimeoutError:
-            return
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        """Wake the pump if it waits."""
+        self.signalled = True
+        _settle(self._waiter)
 
     def take(self, flush_lazy: bool) -> list[tuple[bytes, str | None]]:
         """``(message, cursor)`` pairs to send now.
@@ -328,7 +339,7 @@ class Subscription:
         if mode != "lazy" and self._coalesced and not self._coalescing:
             message, cursor = self._coalesced_batch()
             self._queue.append((message, cursor, None))
-            self._ready.set()
+            self._wake()
         self.mode = mode
         self.interval_ms = interval_ms
 
@@ -423,3 +434,8 @@ class Fanout:
     def subscriptions(self) -> list[Subscription]:
         """Every live subscription."""
         return list(self._subs.values())
+
+
+def _settle(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

@@ -120,7 +120,7 @@ def test_a_caught_up_subscriber_gets_a_batch_in_one_direct_write() -> None:
     assert json.loads(socket.writes[0][0])["cursor"] == "c1"
     assert [e["n"] for e in json.loads(socket.writes[1][0])["events"]] == [2, 3]
     assert sub.sent_cursor == "c3" and sub.pending == 0
-    assert not sub._ready.is_set()  # the pump was not woken
+    assert not sub.signalled  # the pump was not woken
 
 
 def test_direct_writes_wait_for_a_full_socket_and_a_busy_pump_in_order() -> None:
@@ -128,7 +128,7 @@ def test_direct_writes_wait_for_a_full_socket_and_a_busy_pump_in_order() -> None
     sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
     fan.add(sub)
     fan.publish([_delivery(1)])
-    assert socket.writes == [] and sub.pending == 1 and sub._ready.is_set()
+    assert socket.writes == [] and sub.pending == 1 and sub.signalled
     socket.room = True
     sub.busy = True  # the pump took messages and is sending them
     fan.publish([_delivery(2)])
