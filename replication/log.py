@@ -79,7 +79,6 @@ Routes = Mapping[str, str]
 
 _log = structlog.get_logger(__name__)
 _TOPIC_EXISTS = 36
-EPOCH_RECHECK_S = 30.0  # the longest an epoch is trusted without reading its marker
 _UNKNOWN_TOPIC = 3
 
 if TYPE_CHECKING:
@@ -268,21 +267,16 @@ class _Admin:
     async def close(self) -> None:
         await self._client.close()
 
-    async def create(self, topics: Mapping[str, int]) -> set[str]:
-        """Create topics (name → partitions); existing ones are left alone. Those created."""
+    async def create(self, topics: Mapping[str, int]) -> None:
+        """Create topics (name → partitions); existing ones are left alone."""
         async for attempt in _retrying(self._timeout_s):
             with attempt, _translated("create topics"):
                 response = await self._client.create_topics(
                     [NewTopic(name, n, 1) for name, n in topics.items()]
                 )
-                created = set()
                 for topic, code, *_ in response.topic_errors:
                     if code not in (0, _TOPIC_EXISTS):
                         raise for_code(code)(f"create {topic}")
-                    if code == 0:
-                        created.add(topic)
-                return created
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def describe(self) -> dict[str, int]:
         """Every topic (name → partition count); names none, so creates none."""
@@ -347,8 +341,6 @@ class KafkaEventLog:
         self._linger_ms = linger_ms
         self._max_reappends = max_reappends
         self._routes = routes
-        self._epoch: str | None = None
-        self._epoch_until = 0.0
         self._producer: AIOKafkaProducer | None = None
         self._admin: _Admin | None = None
         self._created: set[int] = set()
@@ -569,15 +561,7 @@ class KafkaEventLog:
         topic = f"{self._log_name}.epoch"
         with _translated("epoch"), self._naming(topic):
             async with asyncio.timeout(self._timeout_s * 2):
-                created = await admin.create({topic: 1})
-                # Reading the marker takes a fresh consumer (~2 ms of the
-                # loop's time): done when the marker topic had to be made (a
-                # broker that lost its data lost it too), else at most every
-                # EPOCH_RECHECK_S (another gateway of the region may have
-                # made it first after such a loss).
-                now = time.monotonic()
-                if not created and self._epoch is not None and now < self._epoch_until:
-                    return self._epoch
+                await admin.create({topic: 1})
                 first = await self._first_value(topic)
                 if first is None:
                     await producer.send_and_wait(topic, uuid.uuid4().hex.encode(), partition=0)
@@ -585,8 +569,7 @@ class KafkaEventLog:
                     if first is None:
                         raise LogUnavailableError("the epoch marker vanished while written")
                     self._bound.warning("log_epoch_created", epoch=first.decode())
-                self._epoch, self._epoch_until = first.decode(), now + EPOCH_RECHECK_S
-                return self._epoch
+                return first.decode()
 
     async def _first_value(self, topic: str) -> bytes | None:
         consumer = AIOKafkaConsumer(
