@@ -577,3 +577,36 @@ async def test_routes_send_every_connection_through_the_given_address(
         assert connections == before
     finally:
         server.close()
+
+
+async def test_an_empty_marker_topic_made_by_someone_else_still_means_a_new_epoch(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    # A reader's metadata request may auto-create the marker topic, empty, on
+    # a broker that came back empty, before the gateway checks its epoch.
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from replication.log import DEFAULT_LOG
+
+    async with event_log(broker) as log:
+        before = await log.epoch()
+        await broker.stop(grace=0.5)
+        again = TansuBroker(port=broker.port, log_path=tmp_path / "again.log")
+        await again.start()
+        try:
+            admin = AIOKafkaAdminClient(bootstrap_servers=again.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(f"{DEFAULT_LOG}.epoch", 1, 1)])
+            finally:
+                await admin.close()
+
+            async def new_epoch() -> str | None:
+                try:
+                    return await log.epoch()
+                except LogUnavailableError:
+                    return None
+
+            assert await eventually(new_epoch, within=10) != before
+        finally:
+            await again.stop(grace=0.5)
