@@ -586,8 +586,6 @@ async def test_an_empty_marker_topic_made_by_someone_else_still_means_a_new_epoc
     # a broker that came back empty, before the gateway checks its epoch.
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from replication.log import DEFAULT_LOG
-
     async with event_log(broker) as log:
         before = await log.epoch()
         await broker.stop(grace=0.5)
@@ -597,7 +595,7 @@ async def test_an_empty_marker_topic_made_by_someone_else_still_means_a_new_epoc
             admin = AIOKafkaAdminClient(bootstrap_servers=again.bootstrap)
             await admin.start()
             try:
-                await admin.create_topics([NewTopic(f"{DEFAULT_LOG}.epoch", 1, 1)])
+                await admin.create_topics([NewTopic("t.events.epoch", 1, 1)])
             finally:
                 await admin.close()
 
