@@ -437,6 +437,11 @@ class KafkaLogReader:
             # restarted empty has a new one at the same offset. The first time,
             # wait for it, so a restart right after start is not missed.
             consumer, _ = self._require()
+            if self._epoch_tp not in consumer.assignment():
+                # The reassignment above failed (the broker is coming back):
+                # seeking now would raise; the next refresh assigns again.
+                self._stale = True
+                return
             consumer.seek(self._epoch_tp, 0)
             if self._epoch is None:
                 with _translated("read epoch"):
