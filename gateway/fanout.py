@@ -148,9 +148,8 @@ class Subscription:
     _coalescing: bool = False
     _held: list[Delivery] | None = None  # live deliveries held back during a replay
     # The pump's wake-up: a future only while it waits (an Event and its
-    # waiter deque cost ~1 KiB per idle connection), and a flag for tests.
+    # waiter deque cost ~1 KiB per idle connection).
     _waiter: asyncio.Future[None] | None = None
-    signalled: bool = False
     on_close: Callable[[], None] | None = None  # told when the server drops it
     writer: DirectWriter | None = None  # set for connections the fan-out may write to
     busy: bool = False  # the pump holds taken messages it has not sent yet
@@ -267,7 +266,6 @@ class Subscription:
         """
         if self._queue or self.closed or (self._coalesced and (lazy_due or self._coalescing)):
             return
-        self.signalled = False
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = None if within is None else loop.call_later(within, _settle, waiter)
@@ -280,7 +278,6 @@ class Subscription:
 
     def _wake(self) -> None:
         """Wake the pump if it waits."""
-        self.signalled = True
         _settle(self._waiter)
 
     def take(self, flush_lazy: bool) -> list[tuple[bytes, str | None]]:
@@ -388,12 +385,7 @@ class Fanout:
         """
         offered: dict[int, Subscription] = {}
         for d in deliveries:
-            targets: set[Subscription] = set()
-            for ch in d.channels:
-                subs = self._index.get((d.tenant, ch))
-                if subs:
-                    targets.update(subs)
-            for sub in targets:
+            for sub in self._targets(d.tenant, d.channels):
                 if sub.allows(d):
                     sub.offer(d)
                     offered[sub.id] = sub
@@ -416,12 +408,7 @@ class Fanout:
                 key=state.key, tenant=state.tenant_id, user=state.user_id, shared=shared,
                 channels=channels, dot=Dot("", 0), raw=b"", state=state, cursor_token="",
             )  # fmt: skip
-            targets: set[Subscription] = set()
-            for ch in channels:
-                subs = self._index.get((state.tenant_id, ch))
-                if subs:
-                    targets.update(subs)
-            for sub in targets:
+            for sub in self._targets(state.tenant_id, channels):
                 if sub.closed is None and sub.allows(probe):
                     found.setdefault(sub.id, (sub, []))[1].append(state_json)
         for sub, states in found.values():
@@ -430,6 +417,15 @@ class Fanout:
                 + b'],"cursor":null}'
             )  # fmt: skip
             sub.flush()
+
+    def _targets(self, tenant: str, channels: Iterable[str]) -> set[Subscription]:
+        """Every subscription listening on one of ``channels`` of ``tenant``, once."""
+        targets: set[Subscription] = set()
+        for ch in channels:
+            subs = self._index.get((tenant, ch))
+            if subs:
+                targets.update(subs)
+        return targets
 
     def subscriptions(self) -> list[Subscription]:
         """Every live subscription."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from gateway.auth import Claims
@@ -110,25 +111,37 @@ class _Socket:
         self.writes.append(messages)
 
 
-def test_a_caught_up_subscriber_gets_a_batch_in_one_direct_write() -> None:
+async def _pump_waiting(sub: Subscription) -> asyncio.Task[None]:
+    """The pump's wait, started: done once something wakes it."""
+    task = asyncio.create_task(sub.wait(None, lazy_due=False))
+    await asyncio.sleep(0)
+    return task
+
+
+async def test_a_caught_up_subscriber_gets_a_batch_in_one_direct_write() -> None:
     fan, socket = Fanout(10), _Socket()
     sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
     fan.add(sub)
+    pump = await _pump_waiting(sub)
     fan.publish([_delivery(1)])
     fan.publish([_delivery(2), _delivery(3)])
     assert [len(w) for w in socket.writes] == [1, 1]  # the second batch as one frame
     assert json.loads(socket.writes[0][0])["cursor"] == "c1"
     assert [e["n"] for e in json.loads(socket.writes[1][0])["events"]] == [2, 3]
     assert sub.sent_cursor == "c3" and sub.pending == 0
-    assert not sub.signalled  # the pump was not woken
+    await asyncio.sleep(0)
+    assert not pump.done()  # the pump was not woken
+    pump.cancel()
 
 
-def test_direct_writes_wait_for_a_full_socket_and_a_busy_pump_in_order() -> None:
+async def test_direct_writes_wait_for_a_full_socket_and_a_busy_pump_in_order() -> None:
     fan, socket = Fanout(10), _Socket(room=False)
     sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
     fan.add(sub)
+    pump = await _pump_waiting(sub)
     fan.publish([_delivery(1)])
-    assert socket.writes == [] and sub.pending == 1 and sub.signalled
+    await asyncio.sleep(0)
+    assert socket.writes == [] and sub.pending == 1 and pump.done()  # left to the pump
     socket.room = True
     sub.busy = True  # the pump took messages and is sending them
     fan.publish([_delivery(2)])
