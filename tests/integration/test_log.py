@@ -608,3 +608,27 @@ async def test_an_empty_marker_topic_made_by_someone_else_still_means_a_new_epoc
             assert await eventually(new_epoch, within=10) != before
         finally:
             await again.stop(grace=0.5)
+
+
+async def test_a_refresh_without_its_assignment_reassigns_instead_of_crashing(
+    broker: TansuBroker,
+) -> None:
+    # A broker coming back empty can leave the reader without its assignment
+    # (the reassignment failed); seeking the epoch marker then raised
+    # IllegalStateError, and the applier restarted into the same crash.
+    clock = clock_at(1000)
+    async with (
+        event_log(broker, clock=clock) as log,
+        log_reader(broker, "g", clock=clock) as reader,
+    ):
+        await log.epoch()
+        await log.append(b"k", b"one")
+        assert [r.value for r in await read_until(reader, 1)] == [b"one"]
+        consumer = reader._consumer
+        assert consumer is not None and reader._epoch_tp in consumer.assignment()
+        consumer.unsubscribe()  # as after a reassignment that failed part-way
+        await reader._refresh()  # no IllegalStateError
+        await reader._refresh()  # assigns again
+        assert reader._epoch_tp in consumer.assignment()
+        await log.append(b"k", b"two")
+        assert [r.value for r in await read_until(reader, 1)] == [b"two"]
