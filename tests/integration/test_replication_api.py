@@ -16,12 +16,11 @@ async def _applied(gw: Gateway) -> dict[str, object]:
     return dict(body)
 
 
-async def test_status_context_missing_and_states(gw: Gateway) -> None:
-    resp, body = await gw.request("GET", "/v1/replication")
-    assert (resp.status, body) == (200, {"region": "test", "links": []})
+async def _five_applied(gw: Gateway, prefix: str) -> None:
+    """Create five memories and wait until the gateway applied them."""
     for i in range(5):
         resp, made = await gw.request(
-            "POST", "/v1/memories", json={"id": f"r{i}", "user_id": "u", "kind": "fact"}
+            "POST", "/v1/memories", json={"id": f"{prefix}{i}", "user_id": "u", "kind": "fact"}
         )
         assert resp.status == 201, made
 
@@ -29,6 +28,12 @@ async def test_status_context_missing_and_states(gw: Gateway) -> None:
         return int((await _applied(gw))["count"]) == 5  # type: ignore[call-overload]
 
     await eventually(all_applied, what="five memories applied")
+
+
+async def test_status_context_missing_and_states(gw: Gateway) -> None:
+    resp, body = await gw.request("GET", "/v1/replication")
+    assert (resp.status, body) == (200, {"region": "test", "links": []})
+    await _five_applied(gw, "r")
     ctx = await _applied(gw)
     assert ctx["region"] == "test"
     assert len(ctx["buckets"]) == 256  # type: ignore[arg-type]
@@ -76,16 +81,7 @@ async def test_replication_endpoints_refuse_bad_input_and_wrong_tokens(gw: Gatew
 
 
 async def test_missing_and_states_page_within_their_limits(gw: Gateway) -> None:
-    for i in range(5):
-        resp, made = await gw.request(
-            "POST", "/v1/memories", json={"id": f"p{i}", "user_id": "u", "kind": "fact"}
-        )
-        assert resp.status == 201, made
-
-    async def all_applied() -> bool:
-        return int((await _applied(gw))["count"]) == 5  # type: ignore[call-overload]
-
-    await eventually(all_applied, what="five memories applied")
+    await _five_applied(gw, "p")
     applied = (await _applied(gw))["history"]
     ((replica, top),) = applied[0].items()  # type: ignore[index]
     assert top == 5
