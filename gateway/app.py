@@ -25,6 +25,7 @@ from gateway.modes import Modes
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store import MemoryStore
+from gateway.watchdog import Watchdog
 
 __all__ = ["create_app"]
 
@@ -50,6 +51,10 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     app.add_routes(health.routes())
     app.add_routes(replication_api.routes())
 
+    # Shutdown runs from on_shutdown (streams) to the end of cleanup (runtime);
+    # if any step hangs, the watchdog logs what every pending task awaits.
+    watchdog = Watchdog(f"gateway {settings.region} shutdown")
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         runtime = app[RUNTIME]
         try:
@@ -61,20 +66,22 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
                 try:
                     yield
                 finally:
+                    watchdog.start()
                     for task in tasks:
                         task.cancel()
         finally:
-            await runtime.stop()
+            watchdog.start()
+            try:
+                await runtime.stop()
+            finally:
+                await watchdog.stop()
 
     async def going_away(app: web.Application) -> None:
         """Close live streams with GOING_AWAY (clients resume elsewhere with their cursor)."""
+        watchdog.start()
         live: set[web.StreamResponse] = app[CONNECTIONS]
-        for conn in list(live):
-            if isinstance(conn, web.WebSocketResponse):
-                await conn.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
-            else:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await conn.write_eof()
+        # Concurrently, each bounded: a client that stopped reading cannot hold the shutdown.
+        await asyncio.gather(*(_going_away(conn) for conn in list(live)))
         for sub in app[STREAMS].fanout.subscriptions() if STREAMS in app else ():
             sub.closed = "going_away"
             sub.send_direct(b"")
@@ -82,3 +89,15 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(going_away)
     return app
+
+
+_CLOSE_TIMEOUT_S = 5.0
+
+
+async def _going_away(conn: web.StreamResponse) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            if isinstance(conn, web.WebSocketResponse):
+                await conn.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+            else:
+                await conn.write_eof()

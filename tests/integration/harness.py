@@ -18,8 +18,10 @@ from gateway.auth import mint
 from gateway.keys import RUNTIME
 from gateway.runtime import Runtime
 from gateway.settings import HttpSettings, KafkaSettings, Limits, Settings, StoreSettings
+from gateway.watchdog import pending_stacks
 
 SECRET = "integration-test-secret-0123456789abcdef"
+STOP_WITHIN_S = 90.0  # aiohttp alone may wait 60 s for handlers before cancelling them
 
 
 def settings_for(data_dir: Path, bootstrap: str, region: str = "test", **limits: Any) -> Settings:
@@ -85,11 +87,18 @@ class Gateway:
         await self.client.start_server()
         return self
 
-    async def stop(self) -> None:
-        """Stop the gateway (the broker keeps running)."""
+    async def stop(self, within: float = STOP_WITHIN_S) -> None:
+        """Stop the gateway (the broker keeps running); a hang fails naming what waits."""
         if self.client is not None:
-            await self.client.close()
-            self.client = None
+            client, self.client = self.client, None
+            try:
+                async with asyncio.timeout(within):
+                    await client.close()
+            except TimeoutError:
+                stacks = "\n".join(f"--- {k}\n{v}" for k, v in pending_stacks().items())
+                raise AssertionError(
+                    f"the gateway did not stop within {within} s; pending tasks:\n{stacks}"
+                ) from None
 
     @property
     def runtime(self) -> Runtime:

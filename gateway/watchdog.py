@@ -1,0 +1,81 @@
+"""A shutdown watchdog: when stopping takes too long, say what it waits for.
+
+A clean shutdown awaits many things (live streams closing, background loops
+finishing their cancellation, Kafka clients, the store and journal threads).
+If one of them never returns, the process hangs with nothing in the log. The
+watchdog runs beside the shutdown and, each time it overruns another
+``every`` seconds, logs ``shutdown.slow`` with the stack of every task still
+pending, so the step that hangs is named in the log instead of guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+
+__all__ = ["Watchdog", "pending_stacks", "watching"]
+
+_log = structlog.get_logger(__name__)
+
+_FRAMES = 12  # innermost frames per task: enough to see the awaited call
+
+
+def pending_stacks(*, exclude: asyncio.Task[object] | None = None) -> dict[str, str]:
+    """The name and innermost stack of every pending task on the running loop."""
+    stacks: dict[str, str] = {}
+    for task in asyncio.all_tasks():
+        if task is exclude or task.done():
+            continue
+        out = io.StringIO()
+        task.print_stack(limit=_FRAMES, file=out)
+        stacks[f"{task.get_name()}#{id(task):x}"] = out.getvalue()
+    return stacks
+
+
+class Watchdog:
+    """Logs the pending tasks each time ``what`` overruns another ``every`` seconds."""
+
+    def __init__(self, what: str, *, every: float = 15.0) -> None:
+        self.what = what
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start watching (once; later calls are ignored)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name=f"watchdog:{self.what}")
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self) -> None:
+        started, me = time.monotonic(), asyncio.current_task()
+        while True:
+            await asyncio.sleep(self.every)
+            _log.warning(
+                "shutdown.slow",
+                what=self.what,
+                seconds=round(time.monotonic() - started, 1),
+                pending=pending_stacks(exclude=me),
+            )
+
+
+@contextlib.asynccontextmanager
+async def watching(what: str, *, every: float = 15.0) -> AsyncIterator[None]:
+    """Watch the body with a :class:`Watchdog`."""
+    dog = Watchdog(what, every=every)
+    dog.start()
+    try:
+        yield
+    finally:
+        await dog.stop()
