@@ -12,29 +12,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 
-__all__ = ["Watchdog", "pending_stacks", "watching"]
+__all__ = ["Watchdog", "await_chain", "pending_stacks", "watching"]
 
 _log = structlog.get_logger(__name__)
 
-_FRAMES = 12  # innermost frames per task: enough to see the awaited call
+_FRAMES = 40  # frames per task, outermost first: enough to reach what it awaits
 
 
-def pending_stacks(*, exclude: asyncio.Task[object] | None = None) -> dict[str, str]:
-    """The name and innermost stack of every pending task on the running loop."""
-    stacks: dict[str, str] = {}
-    for task in asyncio.all_tasks():
-        if task is exclude or task.done():
-            continue
-        out = io.StringIO()
-        task.print_stack(limit=_FRAMES, file=out)
-        stacks[f"{task.get_name()}#{id(task):x}"] = out.getvalue()
-    return stacks
+def await_chain(task: asyncio.Task[Any]) -> str:
+    """Where a pending task waits: every frame of its ``await`` chain, innermost last.
+
+    ``Task.get_stack`` shows only the outermost frame of a suspended
+    coroutine; this follows ``cr_await`` (and generators' ``gi_yieldfrom``)
+    down to the future or object the task is blocked on.
+    """
+    lines: list[str] = []
+    node: Any = task.get_coro()
+    for _ in range(_FRAMES):
+        frame = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
+        frame = frame or getattr(node, "ag_frame", None)
+        if frame is None:
+            # A future's iterator says nothing; the task knows the future itself.
+            waited = getattr(task, "_fut_waiter", None) or node
+            lines.append(f"  awaiting {waited!r}"[:400])
+            break
+        code = frame.f_code
+        lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        node = (
+            getattr(node, "cr_await", None)
+            or getattr(node, "gi_yieldfrom", None)
+            or getattr(node, "ag_await", None)
+        )
+        if node is None:
+            break
+    return "\n".join(lines)
+
+
+def pending_stacks(*, exclude: asyncio.Task[Any] | None = None) -> dict[str, str]:
+    """The name and ``await`` chain of every pending task on the running loop."""
+    return {
+        f"{task.get_name()}#{id(task):x}": await_chain(task)
+        for task in asyncio.all_tasks()
+        if task is not exclude and not task.done()
+    }
 
 
 class Watchdog:
