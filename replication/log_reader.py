@@ -130,7 +130,17 @@ class KafkaLogReader:
         self._bound = _log.bind(log=log, group=group_id)
 
     async def start(self) -> None:
-        """Connect and discover the existing segments."""
+        """Connect and discover the existing segments (closing any earlier clients first).
+
+        A supervisor restarts a crashed applier by starting its reader again.
+        Without the stop, the old consumer and admin client stayed connected,
+        with their background tasks, until the process exited; and with the
+        old segments still known, the new consumer was never assigned any.
+        """
+        await self.stop()
+        # A restart reads from the committed offsets again: what the last run
+        # returned but nobody committed may not have been applied.
+        self._forget_positions()
         self._admin = _Admin(self._bootstrap, self._request_timeout_ms, self._routes)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -319,6 +329,15 @@ class KafkaLogReader:
         """
         self._bound.warning("log_reader_reset", reason=reason)
         self._epoch_changed = False
+        self._forget_positions()
+        self._retired.clear()
+        consumer, _ = self._require()
+        consumer.assign([])  # drop every position, so none is carried over
+        await self._refresh()
+        await self._reassign()
+
+    def _forget_positions(self) -> None:
+        """Drop every segment and position, so the next assignment reads from commits."""
         self._live.clear()
         self._drained.clear()
         self._sealed_seen.clear()
@@ -327,11 +346,6 @@ class KafkaLogReader:
         self._pending.clear()
         self._committed.clear()
         self._held.clear()
-        self._retired.clear()
-        consumer, _ = self._require()
-        consumer.assign([])  # drop every position, so none is carried over
-        await self._refresh()
-        await self._reassign()
 
     async def commit(self, records: Iterable[LogRecord]) -> None:
         """Commit, per topic-partition, the highest offset read plus one.

@@ -60,7 +60,10 @@ async def eventually(
     deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
+            # Where the gateway's own (named) tasks wait: what a flaky run needs.
+            named = {k: v for k, v in pending_stacks().items() if not k.startswith("Task-")}
+            waits = "\n".join(f"--- {k}\n{v}" for k, v in sorted(named.items()))
+            raise AssertionError(f"timed out after {within} s waiting for {what}\n{waits}")
         await asyncio.sleep(0.02)
 
 

@@ -632,3 +632,27 @@ async def test_a_refresh_without_its_assignment_reassigns_instead_of_crashing(
         assert reader._epoch_tp in consumer.assignment()
         await log.append(b"k", b"two")
         assert [r.value for r in await read_until(reader, 1)] == [b"two"]
+
+
+async def test_starting_a_started_reader_again_closes_its_old_clients(broker: TansuBroker) -> None:
+    # The runtime's supervisor restarts a crashed applier by starting its
+    # reader again; the old consumer and admin client were left connected,
+    # with their background tasks, until the process exited.
+    clock = clock_at(1000)
+    async with (
+        event_log(broker, clock=clock) as log,
+        log_reader(broker, "g", clock=clock) as reader,
+    ):
+        await log.append(b"k", b"one")
+        first = await read_until(reader, 1)
+        assert [r.value for r in first] == [b"one"]
+        await reader.commit(first)
+        old = reader._consumer
+        tasks = len(asyncio.all_tasks())
+        await reader.start()
+        assert reader._consumer is not old
+        assert old is not None and old._closed  # the first consumer was stopped
+        assert len(asyncio.all_tasks()) <= tasks  # no second set of client tasks
+        await log.append(b"k", b"two")
+        # Read on from the committed offsets: the new consumer is assigned.
+        assert [r.value for r in await read_until(reader, 1)] == [b"two"]
