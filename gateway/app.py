@@ -24,8 +24,8 @@ from gateway.metrics import Metrics
 from gateway.modes import Modes
 from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.shutdown import Watchdog, cancel_all
 from gateway.store import MemoryStore
-from gateway.watchdog import Watchdog
 
 __all__ = ["create_app"]
 
@@ -61,14 +61,12 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
             await runtime.start()
             app[SERVICE] = runtime.service
             app[STREAMS] = runtime.streams
-            async with asyncio.TaskGroup() as group:
-                tasks = runtime.spawn(group)
-                try:
-                    yield
-                finally:
-                    watchdog.start()
-                    for task in tasks:
-                        task.cancel()
+            tasks = runtime.spawn()
+            try:
+                yield
+            finally:
+                watchdog.start()
+                await cancel_all(tasks)
         finally:
             watchdog.start()
             try:

@@ -1,7 +1,8 @@
 """One gateway's resources and background work, started and stopped together.
 
 Owns the store, the journal, the log producer, the applier's reader, the
-dead-letter sink and the segment janitor, and runs in one ``TaskGroup``:
+dead-letter sink and the segment janitor, and runs these background tasks
+(the app cancels them with :func:`gateway.shutdown.cancel_all`):
 
 - the **applier** (regional log → store, cache, listeners);
 - the **outbox drainer** (journal rows the log did not take → log, in order);
@@ -301,26 +302,26 @@ class Runtime:
         self.replication.heartbeat(source, value, headers)
         self.metrics.heartbeats.labels(source).inc()
 
-    def spawn(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
-        """Start the background work in ``group``; the caller cancels the tasks."""
+    def spawn(self) -> list[asyncio.Task[None]]:
+        """Start the background work; the caller cancels the tasks (and must keep them)."""
         tasks = [
-            group.create_task(_supervised("applier", self._apply_loop), name="applier"),
-            group.create_task(_supervised("outbox", self._drain_loop), name="outbox"),
-            group.create_task(_supervised("maintenance", self._maintenance_loop), name="maint"),
-            group.create_task(_supervised("loop lag", self._loop_lag_loop), name="loop-lag"),
+            asyncio.create_task(_supervised("applier", self._apply_loop), name="applier"),
+            asyncio.create_task(_supervised("outbox", self._drain_loop), name="outbox"),
+            asyncio.create_task(_supervised("maintenance", self._maintenance_loop), name="maint"),
+            asyncio.create_task(_supervised("loop lag", self._loop_lag_loop), name="loop-lag"),
         ]
         for peer, (reader, applier, _) in self.remote.items():
             loop = functools.partial(self._remote_apply_loop, reader, applier)
             tasks.append(
-                group.create_task(_supervised(f"applier:{peer}", loop), name=f"applier:{peer}")
+                asyncio.create_task(_supervised(f"applier:{peer}", loop), name=f"applier:{peer}")
             )
         if self.remote:
             tasks.append(
-                group.create_task(_supervised("heartbeats", self._heartbeat_loop), name="beats")
+                asyncio.create_task(_supervised("heartbeats", self._heartbeat_loop), name="beats")
             )
             interval = self.settings.replication.antientropy_interval
             loop = functools.partial(self.antientropy.run, interval)
-            tasks.append(group.create_task(_supervised("antientropy", loop), name="antientropy"))
+            tasks.append(asyncio.create_task(_supervised("antientropy", loop), name="antientropy"))
         self.started = True
         return tasks
 

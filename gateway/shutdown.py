@@ -1,6 +1,13 @@
-"""A shutdown watchdog: when stopping takes too long, say what it waits for.
+"""Shutdown hygiene: cancel background tasks for sure, and say what a slow stop waits for.
 
-A clean shutdown awaits many things (live streams closing, background loops
+**Cancelling.** A task can swallow a cancellation: aiokafka's consumer
+``stop()`` awaits its fetch task under ``suppress(CancelledError)``, so a
+task cancelled while it stops a consumer carries on as if nothing happened.
+``TaskGroup`` cancels once and then waits forever. :func:`cancel_all`
+cancels again (every two seconds, so cleanup in progress is given time)
+until every task is done, and logs each one still running.
+
+**Watching.** A clean shutdown awaits many things (live streams closing, background loops
 finishing their cancellation, Kafka clients, the store and journal threads).
 If one of them never returns, the process hangs with nothing in the log. The
 watchdog runs beside the shutdown and, each time it overruns another
@@ -13,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import structlog
 
-__all__ = ["Watchdog", "await_chain", "pending_stacks", "watching"]
+__all__ = ["Watchdog", "await_chain", "cancel_all", "pending_stacks", "watching"]
 
 _log = structlog.get_logger(__name__)
 
@@ -105,3 +112,25 @@ async def watching(what: str, *, every: float = 15.0) -> AsyncIterator[None]:
         yield
     finally:
         await dog.stop()
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, every: float = 2.0) -> None:
+    """Cancel ``tasks`` and wait until all are done, cancelling again every ``every`` s."""
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    rounds = 0
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+        rounds += 1
+        for task in pending:
+            _log.warning(
+                "task.still_running_after_cancel",
+                task=task.get_name(),
+                rounds=rounds,
+                at=await_chain(task),
+            )
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("task.failed", task=task.get_name(), exc_info=task.exception())
