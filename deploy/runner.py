@@ -37,6 +37,7 @@ from deploy.cluster import ClusterPlan, create_proxies, mirror_links, plan_clust
 from deploy.tansu import TansuBroker, free_port
 from gateway.logs import configure_logging
 from replication.mirror import MirrorLink
+from replication.tasks import cancel_all
 
 __all__ = ["Region", "run_cluster"]
 
@@ -243,11 +244,7 @@ async def _run(
         return 0
     finally:
         _say("stopping")
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)  # again until they stop (a consumer's stop() may swallow one)
         for r in regions:
             if r.process is not None:
                 await asyncio.to_thread(_stop_process, r.process)

@@ -24,8 +24,9 @@ from gateway.metrics import Metrics
 from gateway.modes import Modes
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.shutdown import Watchdog, cancel_all
+from gateway.shutdown import Watchdog
 from gateway.store import MemoryStore
+from replication.tasks import cancel_all
 
 __all__ = ["create_app"]
 

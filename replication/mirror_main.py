@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from replication.mirror import MirrorLink
+from replication.tasks import cancel_all
 
 __all__ = ["run_link"]
 
@@ -41,9 +42,10 @@ async def _run(link: MirrorLink, report_every: float) -> None:
                 last_error=s.last_error or None,
             )
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # a link that crashed raises here
+        await cancel_all([task])  # again until it stops (a consumer's stop() may swallow one)
+    crashed = None if task.cancelled() else task.exception()
+    if crashed is not None:
+        raise crashed
 
 
 def run_link(*, report_every: float = 10.0, **kwargs: Any) -> int:

@@ -18,7 +18,7 @@ from gateway.auth import mint
 from gateway.keys import RUNTIME
 from gateway.runtime import Runtime
 from gateway.settings import HttpSettings, KafkaSettings, Limits, Settings, StoreSettings
-from gateway.shutdown import pending_stacks
+from replication.tasks import pending_stacks
 
 SECRET = "integration-test-secret-0123456789abcdef"
 STOP_WITHIN_S = 90.0  # aiohttp alone may wait 60 s for handlers before cancelling them

@@ -168,9 +168,14 @@ async def test_resume_after_a_gateway_restart_has_no_gap(gw: Gateway) -> None:
     # The replay and the live stream (events the restarted applier re-reads)
     # may interleave with the "subscribed" reply; what matters: a3..a5, once each.
     missed: list[str] = []
+    received: list[dict[str, Any]] = []
     subscribed = False
     while len(missed) < 3 or not subscribed:
-        msg = await _recv(ws)
+        try:
+            msg = await _recv(ws)
+        except TimeoutError:
+            raise AssertionError(f"the resume stalled; it received {received}") from None
+        received.append(msg)
         if msg["op"] == "event":
             missed.append(msg["event"]["memory"]["id"])
         subscribed = subscribed or msg["op"] == "subscribed"

@@ -7,7 +7,8 @@ import contextlib
 
 from structlog.testing import capture_logs
 
-from gateway.shutdown import Watchdog, cancel_all, watching
+from gateway.shutdown import Watchdog, watching
+from replication.tasks import cancel_all
 
 
 async def _stuck_here(gate: asyncio.Event) -> None:
