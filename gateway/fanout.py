@@ -151,10 +151,18 @@ class Subscription:
     # waiter deque cost ~1 KiB per idle connection).
     _waiter: asyncio.Future[None] | None = None
     on_close: Callable[[], None] | None = None  # told when the server drops it
+    # Told when there is work and no pump runs (a connection starts its pump
+    # only then: an idle subscriber costs no task of its own).
+    on_wake: Callable[[], None] | None = None
     writer: DirectWriter | None = None  # set for connections the fan-out may write to
     busy: bool = False  # the pump holds taken messages it has not sent yet
+    pumping: bool = False  # a pump runs for it (set and cleared by Pump.run)
     sent_cursor: str = ""  # the cursor of the last message actually sent
     last_sent: float = field(default_factory=time.monotonic)
+
+    def close_lost(self) -> None:
+        """The connection failed under a send: close this subscription."""
+        self._close("connection_lost")
 
     def _close(self, reason: str) -> None:
         if self.closed is None:
@@ -230,8 +238,11 @@ class Subscription:
             self._wake()  # a big backlog: the pump sends it with flow control
             return
         out = self.take(flush_lazy=False)
+        messages = [message for message, _ in out if message]
+        if not messages:
+            return
         try:
-            writer.write([message for message, _ in out if message])
+            writer.write(messages)
         except (OSError, RuntimeError):  # the connection went away under us
             self._close("connection_lost")
             self._wake()
@@ -252,11 +263,26 @@ class Subscription:
         self._wake()
 
     def send_direct(self, message: bytes, cursor: str | None = None) -> None:
-        """Queue a message outside the fan-out (replay, control), in order with events."""
+        """Send a message outside the fan-out (replay, control), in order with events.
+
+        Written straight to the connection when it can take it now, else
+        queued for the pump.
+        """
         self._queue.append((message, cursor, None))
         if cursor is not None:
             self.cursor = cursor
-        self._wake()
+        if self.closed is not None:
+            self._wake()  # the pump is told to finish
+        else:
+            self.flush()
+
+    def idle(self) -> bool:
+        """Nothing queued, held back or coalesced: a pump would only wait."""
+        return not self._queue and not self._coalesced and self._held is None
+
+    def heartbeat_due(self, now: float, every: float) -> bool:
+        """Whether nothing was sent for ``every`` seconds and no pump runs to say so."""
+        return self.closed is None and not self.pumping and now - self.last_sent >= every
 
     async def wait(self, within: float | None, *, lazy_due: bool) -> None:
         """Wait until there is something to send now (or ``within`` seconds).
@@ -277,8 +303,11 @@ class Subscription:
                 timer.cancel()
 
     def _wake(self) -> None:
-        """Wake the pump if it waits."""
-        _settle(self._waiter)
+        """Wake the pump if it waits; ask for one if none runs."""
+        if self._waiter is not None:
+            _settle(self._waiter)
+        elif not self.pumping and self.on_wake is not None:
+            self.on_wake()
 
     def take(self, flush_lazy: bool) -> list[tuple[bytes, str | None]]:
         """``(message, cursor)`` pairs to send now.
@@ -417,6 +446,19 @@ class Fanout:
                 + b'],"cursor":null}'
             )  # fmt: skip
             sub.flush()
+
+    def heartbeat(self, message: bytes, every: float) -> int:
+        """Send ``message`` to every subscriber quiet for ``every`` s that no pump serves.
+
+        A connection's pump runs only while it has work, so a gateway-wide
+        sweep keeps idle connections' application heartbeats; how many got one.
+        """
+        now, sent = time.monotonic(), 0
+        for sub in self.subscriptions():
+            if sub.heartbeat_due(now, every):
+                sub.send_direct(message)
+                sent += 1
+        return sent
 
     def _targets(self, tenant: str, channels: Iterable[str]) -> set[Subscription]:
         """Every subscription listening on one of ``channels`` of ``tenant``, once."""

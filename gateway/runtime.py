@@ -40,7 +40,7 @@ from gateway.service import MemoryService, SeqTracker
 from gateway.settings import Settings
 from gateway.state_digest import RunningDigest
 from gateway.store import MemoryStore, StoreError
-from gateway.streams import Streams
+from gateway.streams import Streams, control
 from replication.clock import HybridClock
 from replication.errors import MemsyncError
 from replication.heartbeat import (
@@ -309,6 +309,9 @@ class Runtime:
             asyncio.create_task(_supervised("outbox", self._drain_loop), name="outbox"),
             asyncio.create_task(_supervised("maintenance", self._maintenance_loop), name="maint"),
             asyncio.create_task(_supervised("loop lag", self._loop_lag_loop), name="loop-lag"),
+            asyncio.create_task(
+                _supervised("stream heartbeats", self._stream_heartbeat_loop), name="ws-beats"
+            ),
         ]
         for peer, (reader, applier, _) in self.remote.items():
             loop = functools.partial(self._remote_apply_loop, reader, applier)
@@ -466,6 +469,14 @@ class Runtime:
             due = clock() + period
             await asyncio.sleep(period)
             self.metrics.loop_lag.observe(max(0.0, clock() - due))
+
+    async def _stream_heartbeat_loop(self) -> None:
+        """Heartbeats for quiet subscribers no pump serves (idle WebSockets)."""
+        every = self.settings.limits.stream_heartbeat
+        message = control("heartbeat")
+        while True:
+            await asyncio.sleep(min(1.0, every / 4))
+            self.streams.fanout.heartbeat(message, every)
 
     async def _maintenance_loop(self) -> None:
         interval = self.settings.limits.journal_ack_interval

@@ -195,11 +195,24 @@ class Pump:
         self._replays.append((cursor, channels))
         self.sub.send_direct(b"", None)  # wake the pump
 
-    async def run(self) -> str:
-        """Pump until the subscription is closed; why it closed."""
+    async def run(self, *, until_idle: bool = False) -> str | None:
+        """Pump until the subscription is closed (why), or with ``until_idle``
+        until nothing is left to send (``None``: the next work starts a pump again).
+        """
         sub = self.sub
-        sub.last_sent = time.monotonic()
+        sub.pumping = True
+        try:
+            return await self._run(until_idle)
+        finally:
+            sub.pumping = False
+
+    async def _run(self, until_idle: bool) -> str | None:
+        sub = self.sub
+        if not until_idle:
+            sub.last_sent = time.monotonic()
         while sub.closed is None:
+            if until_idle and not self._replays and sub.idle():
+                return None
             now = time.monotonic()
             interval = sub.interval_ms / 1000
             next_flush = self._last_flush + interval

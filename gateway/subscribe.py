@@ -90,17 +90,36 @@ class _DirectFrames:
         )
 
     def write(self, messages: list[bytes]) -> None:
-        parts: list[bytes] = []
-        for message in messages:
-            n = len(message)
-            if n < 126:
-                parts.append(bytes((0x81, n)))
-            elif n < 65536:
-                parts.append(struct.pack("!BBH", 0x81, 126, n))
-            else:
-                parts.append(struct.pack("!BBQ", 0x81, 127, n))
-            parts.append(message)
-        self._transport.write(b"".join(parts))
+        self._transport.write(b"".join(_frame(0x81, m) for m in messages))
+
+    def drop(self, last: list[bytes], code: int, reason: bytes) -> None:
+        """Send ``last`` and a close frame after what is buffered, then close the socket.
+
+        No drain is awaited (the peer may have stopped reading): the socket
+        closes once the buffer is flushed, or is aborted after
+        ``_DROP_ABORT_S`` if the peer never reads it.
+        """
+        t = self._transport
+        if t.is_closing():
+            return
+        frames = [_frame(0x81, m) for m in last]
+        frames.append(_frame(0x88, struct.pack("!H", code) + reason[:123]))
+        t.write(b"".join(frames))
+        t.close()
+        asyncio.get_running_loop().call_later(_DROP_ABORT_S, t.abort)
+
+
+_DROP_ABORT_S = 10.0
+
+
+def _frame(first: int, payload: bytes) -> bytes:
+    """One unmasked frame (FIN + ``first``'s opcode) with its payload."""
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
 
 
 def _new_subscription(request: web.Request) -> tuple[Subscription, Any]:
@@ -134,47 +153,70 @@ async def subscribe_ws(request: web.Request) -> web.StreamResponse:
         raise
 
     async def send(message: bytes, cursor: str | None) -> None:
+        if sub.closed in _DROPPED:  # the close frame is out: nothing may follow it
+            raise ConnectionResetError(f"subscription dropped ({sub.closed})")
         await ws.send_frame(message, WSMsgType.TEXT)
 
     pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
     transport = request.transport
+    frames = None
     if transport is not None:  # (uvloop's transports are not asyncio.Transport subclasses)
-        sub.writer = _DirectFrames(ws, transport)
-    pumping = asyncio.create_task(pump.run(), name=f"pump-{sub.id}")
-    reading = asyncio.create_task(_read_ops(request, ws, sub, pump), name=f"ops-{sub.id}")
+        frames = sub.writer = _DirectFrames(ws, transport)
+    # The handler task reads the client's operations; a pump task runs only
+    # while there is something the fan-out could not write straight away
+    # (a replay, lazy timing, a full socket). An idle subscriber holds no
+    # task of its own; its heartbeats come from the gateway-wide sweep.
+    pumping: asyncio.Task[str | None] | None = None
 
-    # Dropped for being slow: stop the pump even while it waits on a full socket.
-    def drop() -> None:
-        pumping.cancel()
+    def pump_ended(task: asyncio.Task[str | None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            sub.close_lost()  # the socket failed under the pump: close the connection
 
+    def start_pump() -> None:
+        nonlocal pumping
+        if pumping is None or pumping.done():
+            pumping = asyncio.create_task(pump.run(until_idle=True), name=f"pump-{sub.id}")
+            pumping.add_done_callback(pump_ended)
+
+    def drop() -> None:  # the server drops it: slow, or its socket failed
+        # Not by cancelling a pump that waits on a full socket: aiohttp's
+        # writers share one drain future, and a cancelled one stays in place,
+        # failing every later drain on the connection. The pump finishes when
+        # the socket drains or is aborted; its sends refuse meanwhile.
+        streams.fanout.remove(sub)  # dropped now, whenever the socket goes
+        if frames is not None:
+            last = []
+            if sub.closed == "slow_consumer":
+                last.append(_slow_consumer_error(sub.sent_cursor))
+            code = WSCloseCode.TRY_AGAIN_LATER if last else WSCloseCode.INTERNAL_ERROR
+            frames.drop(last, code, b"slow consumer" if last else b"connection lost")
+
+    sub.on_wake = start_pump
     sub.on_close = drop
     try:
-        await asyncio.wait({pumping, reading}, return_when=asyncio.FIRST_COMPLETED)
+        await _read_ops(request, ws, sub, pump)
     finally:
         streams.fanout.remove(sub)
-        reading.cancel()
-        if not pumping.done():
+        sub.on_wake = sub.on_close = None
+        if pumping is not None and not pumping.done():
             sub.closed = sub.closed or "client_closed"
-            sub.send_direct(b"")
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
-            await asyncio.wait_for(pumping, 5.0)
-        with contextlib.suppress(asyncio.CancelledError):
-            await reading
-        if sub.closed == "slow_consumer" and not ws.closed:
-            error = control(
-                "error",
-                code="slow_consumer",
-                message="this subscriber fell too far behind; reconnect with the cursor",
-                cursor=pump.sent_cursor,
-            )
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(ws.send_frame(error, WSMsgType.TEXT), 10.0)
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(
-                    ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"slow consumer"), 5.0
-                )
+            sub.send_direct(b"")  # wakes a waiting pump to finish
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+                await asyncio.wait_for(pumping, 5.0)
         request.app[CONNECTIONS].discard(ws)
     return ws
+
+
+_DROPPED = ("slow_consumer", "connection_lost")
+
+
+def _slow_consumer_error(cursor: str) -> bytes:
+    return control(
+        "error",
+        code="slow_consumer",
+        message="this subscriber fell too far behind; reconnect with the cursor",
+        cursor=cursor,
+    )
 
 
 async def _read_ops(

@@ -445,3 +445,24 @@ async def test_a_state_repair_reaches_live_subscribers_without_moving_their_curs
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_idle_websocket_holds_no_pump_task_and_still_gets_heartbeats(
+    tmp_path: Path, broker: TansuBroker
+) -> None:
+    g = await Gateway(tmp_path / "beats", broker, limits={"stream_heartbeat": 0.3}).start()
+    try:
+        ws = await _ws(g)
+        await _subscribe(ws, channels=["user:alice:memories"])
+        await asyncio.sleep(0.05)
+        pumps = [t for t in asyncio.all_tasks() if t.get_name().startswith("pump-")]
+        assert pumps == []  # the reply went straight to the socket; nothing runs for it
+        beats = [await _recv(ws, within=3.0) for _ in range(2)]
+        assert [b["op"] for b in beats] == ["heartbeat", "heartbeat"]
+        await _write(g, "POST", "/v1/memories", user_id="alice", id="b1", kind="fact")
+        (event,) = await _events(ws, 1)
+        assert event["event"]["memory"]["id"] == "b1"
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("pump-")] == []
+        await ws.close()
+    finally:
+        await g.stop()

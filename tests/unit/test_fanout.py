@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 from gateway.auth import Claims
 from gateway.fanout import Delivery, Fanout, Subscription
+from gateway.streams import Pump, Streams
+from replication.dvv import EMPTY as dvv_empty_context
 from replication.dvv import Dot
 from replication.testing import Replica
 
@@ -238,3 +241,75 @@ def test_switching_from_lazy_to_eager_sends_what_was_coalesced_first() -> None:
     fan.publish([_delivery(2)])
     (write,) = socket.writes  # the coalesced batch, then the new event: cursors only advance
     assert [json.loads(m)["cursor"] for m in write] == ["c1", "c2"]
+
+
+def _pump_for(sub: Subscription, sent: list[bytes]) -> Pump:
+    async def send(message: bytes, cursor: str | None) -> None:
+        sent.append(message)
+
+    return Pump(cast(Streams, None), sub, send, heartbeat_s=3600)
+
+
+async def test_an_idle_subscriber_runs_no_pump_until_work_needs_one() -> None:
+    socket, asked = _Socket(), []
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket,
+                       on_wake=lambda: asked.append("pump"))  # fmt: skip
+    sub.send_direct(b'{"op":"subscribed"}')  # the socket has room: written, no pump
+    sub.offer(_delivery(1))
+    sub.flush()
+    assert len(socket.writes) == 2 and asked == []
+    socket.room = False
+    sub.offer(_delivery(2))
+    sub.flush()  # a full socket: now a pump is asked for
+    assert asked == ["pump"]
+
+
+async def test_a_pump_run_until_idle_sends_what_waits_then_returns() -> None:
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"})
+    sent: list[bytes] = []
+    pump = _pump_for(sub, sent)
+    sub.offer(_delivery(1))
+    sub.offer(_delivery(2))
+    assert await asyncio.wait_for(pump.run(until_idle=True), 1) is None
+    assert len(sent) == 1 and not sub.pumping and sub.idle()  # one batch frame, then idle
+    lazy = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy",
+                        interval_ms=20)  # fmt: skip
+    lazy_sent: list[bytes] = []
+    lazy.offer(_delivery(3))
+    # Lazy: waits for the flush interval, sends the coalesced batch, then returns.
+    assert await asyncio.wait_for(_pump_for(lazy, lazy_sent).run(until_idle=True), 1) is None
+    assert len(lazy_sent) == 1 and json.loads(lazy_sent[0])["op"] == "batch"
+
+
+async def test_a_running_pump_is_woken_not_asked_for_again() -> None:
+    asked: list[str] = []
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"},
+                       on_wake=lambda: asked.append("pump"))  # fmt: skip
+    sent: list[bytes] = []
+    sub.hold()  # a replay in progress keeps the pump running
+    sub.send_direct(b"x")  # no writer: a pump is asked for
+    assert asked == ["pump"]
+    task = asyncio.create_task(_pump_for(sub, sent).run(until_idle=True))
+    await asyncio.sleep(0.01)
+    assert sub.pumping and sent == [b"x"]
+    sub.send_direct(b"y")
+    await asyncio.sleep(0.01)
+    assert asked == ["pump"] and sent == [b"x", b"y"]  # woken, not asked for again
+    sub.release(dvv_empty_context)  # nothing held any more: the pump returns
+    assert await asyncio.wait_for(task, 1) is None
+    assert not sub.pumping
+
+
+def test_the_heartbeat_sweep_reaches_quiet_subscribers_no_pump_serves() -> None:
+    fan, socket = Fanout(10), _Socket()
+    quiet = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    recent = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    pumped = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    for sub in (quiet, recent, pumped):
+        fan.add(sub)
+    quiet.last_sent -= 20
+    pumped.last_sent -= 20
+    pumped.pumping = True  # its pump sends its own heartbeats
+    assert fan.heartbeat(b'{"op":"heartbeat"}', 15.0) == 1
+    assert socket.writes == [[b'{"op":"heartbeat"}']]
+    assert fan.heartbeat(b'{"op":"heartbeat"}', 15.0) == 0  # just sent: not due again
