@@ -374,8 +374,15 @@ class KafkaLogReader:
                 sent[tp] = offset - 1
             else:
                 sent[tp] = offset
+        # Bounded: aiokafka retries a commit (and the coordinator lookup
+        # before it) for as long as the error is retriable. After a broker
+        # restart an applier's consumer was seen retrying its coordinator
+        # lookup (NodeNotReadyError) until a test's 30 s deadline; the caller
+        # now gets LogUnavailableError and restarts the reader with fresh
+        # clients (the applier's supervisor does).
         with _translated("commit"):
-            await consumer.commit(sent)
+            async with asyncio.timeout(2 * self._request_timeout_ms / 1000):
+                await consumer.commit(sent)
         self._held = (self._held - offsets.keys()) | held
         self._committed.update(offsets)
         await self._retire()
