@@ -260,7 +260,9 @@ class Subscription:
         self._queue.append((message, None, None))
         if len(self._queue) > self.hard_limit:
             self._close("slow_consumer")
-        self._wake()
+            self._wake()
+        else:
+            self.flush()  # straight to the socket when it can take it, else the pump
 
     def send_direct(self, message: bytes, cursor: str | None = None) -> None:
         """Send a message outside the fan-out (replay, control), in order with events.
@@ -362,12 +364,14 @@ class Subscription:
 
     def set_mode(self, mode: str, interval_ms: int) -> None:
         """Change the delivery mode; what lazy mode coalesced goes out first, in order."""
-        if mode != "lazy" and self._coalesced and not self._coalescing:
+        pending = mode != "lazy" and bool(self._coalesced) and not self._coalescing
+        if pending:
             message, cursor = self._coalesced_batch()
             self._queue.append((message, cursor, None))
-            self._wake()
         self.mode = mode
         self.interval_ms = interval_ms
+        if pending:
+            self.flush()
 
     @property
     def pending(self) -> int:

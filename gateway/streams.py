@@ -186,10 +186,16 @@ class Pump:
             self.sub.sent_cursor = cursor
         self.sub.last_sent = time.monotonic()
 
-    def request_replay(self, cursor: Cursor, channels: set[str]) -> None:
-        """Replay what ``cursor`` has not seen on ``channels`` before further live events."""
+    def request_replay(self, cursor: Cursor, channels: set[str], token: str) -> None:
+        """Replay what ``cursor`` (sent as ``token``) has not seen on ``channels``, then live.
+
+        Until something is sent, ``token`` is where this subscriber resumes
+        from: a ``slow_consumer`` error during the replay names it, never "".
+        """
         if len(self._replays) >= _MAX_REPLAYS:
             raise BadRequestError("too many resumes in flight on this connection; wait for them")
+        if not self.sub.sent_cursor:
+            self.sub.sent_cursor = token
         self.sub.hold()
         self.sub.skip = dvv.join(self.sub.skip, cursor.context)
         self._replays.append((cursor, channels))

@@ -102,6 +102,10 @@ class _DirectFrames:
         t = self._transport
         if t.is_closing():
             return
+        if self._ws.closed:  # aiohttp's close frame went first: nothing may follow it
+            t.close()
+            asyncio.get_running_loop().call_later(_DROP_ABORT_S, t.abort)
+            return
         frames = [_frame(0x81, m) for m in last]
         frames.append(_frame(0x88, struct.pack("!H", code) + reason[:123]))
         t.write(b"".join(frames))
@@ -217,7 +221,10 @@ class _Connection(_DirectFrames):
             self._pumping = task
 
     def _pump_ended(self, task: asyncio.Task[str | None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            if not isinstance(exc, ConnectionError):
+                _log.error("subscription.pump_failed", sub=self.sub.id, exc_info=exc)
             self.sub.close_lost()  # the socket failed under the pump: close the connection
 
     def _drop(self) -> None:
@@ -238,6 +245,8 @@ class _Connection(_DirectFrames):
 
     def handle(self, request: web.Request, text: str) -> None:
         """Handle one client operation; a bad one gets an error, the connection stays."""
+        if self.sub.closed is not None:  # dropped: its socket is closing
+            return
         try:
             _handle_op(request, self.sub, self, text.encode())
         except (MemsyncError, ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -288,7 +297,7 @@ def _handle_op(request: web.Request, sub: Subscription, conn: _Connection, raw: 
     streams.fanout.add(sub)
     if op.since is not None:
         cursor = streams.history.decode_cursor(op.since)
-        conn.pump.request_replay(cursor, new or set(channels))
+        conn.pump.request_replay(cursor, new or set(channels), op.since)
     else:
         head = streams.head_token()
         sub.send_direct(control("subscribed", channels=sorted(sub.channels), cursor=head), head)
@@ -333,7 +342,7 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
     pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
     streams.fanout.add(sub)
     if cursor is not None:
-        pump.request_replay(cursor, set(channels))
+        pump.request_replay(cursor, set(channels), since or "")
     else:
         head = streams.head_token()
         sub.send_direct(control("subscribed", channels=sorted(channels), cursor=head), head)

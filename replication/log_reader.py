@@ -137,7 +137,10 @@ class KafkaLogReader:
         with their background tasks, until the process exited; and with the
         old segments still known, the new consumer was never assigned any.
         """
-        await self.stop()
+        # No release of held offsets on a restart: the janitor could delete a
+        # segment the new consumer is about to be assigned again (one record
+        # per partition is read twice instead).
+        await self._close(release=False)
         # A restart reads from the committed offsets again: what the last run
         # returned but nobody committed may not have been applied.
         self._forget_positions()
@@ -163,14 +166,21 @@ class KafkaLogReader:
 
     async def stop(self) -> None:
         """Commit what was held back (nothing is read any more), then close every client."""
+        await self._close(release=True)
+
+    async def _close(self, *, release: bool) -> None:
         consumer, admin = self._consumer, self._admin
         self._consumer = self._admin = None
-        if consumer is not None:
-            await self._release_held(consumer)
-            with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
-        if admin is not None:
-            await admin.close()
+        try:
+            if consumer is not None and release:
+                await self._release_held(consumer)
+        finally:  # closed even when the release is cancelled
+            self._held.clear()
+            if consumer is not None:
+                with contextlib.suppress(KafkaError, OSError):
+                    await consumer.stop()
+            if admin is not None:
+                await admin.close()
 
     async def _release_held(self, consumer: AIOKafkaConsumer) -> None:
         """Best effort: a failure only means one record per partition is read again."""

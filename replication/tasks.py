@@ -4,9 +4,9 @@ A task can swallow a cancellation: aiokafka's consumer ``stop()`` awaits
 its fetch task under ``suppress(CancelledError)``, so a task cancelled while
 it stops a consumer carries on as if nothing happened, and whoever cancelled
 it once (a ``TaskGroup``, a ``finally: task.cancel(); await task``) waits
-forever. :func:`cancel_all` cancels again (every two seconds, so cleanup in
-progress gets time) until every task is done, and logs each one still
-running with its :func:`await_chain`.
+forever. :func:`cancel_all` cancels again (after a grace period that
+cleanup in progress gets, then every two seconds) until every task is done,
+and logs each one still running with its :func:`await_chain`.
 """
 
 from __future__ import annotations
@@ -62,23 +62,37 @@ def pending_stacks(*, exclude: asyncio.Task[Any] | None = None) -> dict[str, str
     }
 
 
-async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, every: float = 2.0) -> None:
-    """Cancel ``tasks`` and wait until all are done, cancelling again every ``every`` s."""
+async def cancel_all(
+    tasks: Iterable[asyncio.Task[Any]], *, grace: float = 10.0, every: float = 2.0
+) -> None:
+    """Cancel ``tasks`` and wait until all are done.
+
+    A task still running ``grace`` seconds after the first cancellation
+    (longer than any bounded cleanup of ours) is cancelled again every
+    ``every`` seconds and logged. If the caller is cancelled meanwhile, the
+    tasks are cancelled once more before it returns, never left running
+    unasked.
+    """
     tasks = list(tasks)
     pending = {t for t in tasks if not t.done()}
-    rounds = 0
-    while pending:
+    rounds, wait = 0, grace
+    try:
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=wait)
+            rounds, wait = rounds + 1, every
+            for task in pending:
+                _log.warning(
+                    "task.still_running_after_cancel",
+                    task=task.get_name(),
+                    rounds=rounds,
+                    at=await_chain(task),
+                )
+    except asyncio.CancelledError:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=every)
-        rounds += 1
-        for task in pending:
-            _log.warning(
-                "task.still_running_after_cancel",
-                task=task.get_name(),
-                rounds=rounds,
-                at=await_chain(task),
-            )
+        raise
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             _log.error("task.failed", task=task.get_name(), exc_info=task.exception())

@@ -655,4 +655,7 @@ async def test_starting_a_started_reader_again_closes_its_old_clients(broker: Ta
         assert len(asyncio.all_tasks()) <= tasks  # no second set of client tasks
         await log.append(b"k", b"two")
         # Read on from the committed offsets: the new consumer is assigned.
-        assert [r.value for r in await read_until(reader, 1)] == [b"two"]
+        # A restart does not release the offset held back at a partition's
+        # end (the janitor could delete the segment under the new consumer),
+        # so that one record is read again: at least once, never lost.
+        assert [r.value for r in await read_until(reader, 2)] == [b"one", b"two"]

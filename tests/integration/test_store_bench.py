@@ -13,7 +13,7 @@ async def test_a_short_store_bench_reports_every_step(tmp_path: Path) -> None:
     assert [r["memories"] for r in rows] == [300, 700]
     for r in rows:
         assert 0 < r["insert_p50_ms"] <= r["insert_p99_ms"]
-        assert 0 < r["update_p50_ms"] and 0 < r["lookup_p50_ms"]
+        assert r["update_p50_ms"] > 0 and r["lookup_p50_ms"] > 0
         assert r["gil_pace_pct"] is not None and 0 < r["gil_pace_pct"] < 1000
 
 

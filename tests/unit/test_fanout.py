@@ -8,6 +8,7 @@ from typing import cast
 
 from gateway.auth import Claims
 from gateway.fanout import Delivery, Fanout, Subscription
+from gateway.history import Cursor
 from gateway.streams import Pump, Streams
 from replication.dvv import EMPTY as dvv_empty_context
 from replication.dvv import Dot
@@ -237,10 +238,10 @@ def test_switching_from_lazy_to_eager_sends_what_was_coalesced_first() -> None:
     fan.add(sub)
     fan.publish([_delivery(1)])
     assert socket.writes == [] and sub.pending == 1
-    sub.set_mode("eager", 100)
+    sub.set_mode("eager", 100)  # the coalesced batch is written at once
     fan.publish([_delivery(2)])
-    (write,) = socket.writes  # the coalesced batch, then the new event: cursors only advance
-    assert [json.loads(m)["cursor"] for m in write] == ["c1", "c2"]
+    sent = [m for write in socket.writes for m in write]
+    assert [json.loads(m)["cursor"] for m in sent] == ["c1", "c2"]  # cursors only advance
 
 
 def _pump_for(sub: Subscription, sent: list[bytes]) -> Pump:
@@ -313,3 +314,27 @@ def test_the_heartbeat_sweep_reaches_quiet_subscribers_no_pump_serves() -> None:
     assert fan.heartbeat(b'{"op":"heartbeat"}', 15.0) == 1
     assert socket.writes == [[b'{"op":"heartbeat"}']]
     assert fan.heartbeat(b'{"op":"heartbeat"}', 15.0) == 0  # just sent: not due again
+
+
+def test_a_resume_names_its_cursor_until_something_is_sent() -> None:
+    # A slow_consumer drop during the replay reports where to resume: the
+    # client's own cursor, never "" (the SDK resubscribed with since="").
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"},
+                       on_wake=lambda: None)  # fmt: skip
+    _pump_for(sub, []).request_replay(Cursor(dvv_empty_context, "h", 7), set(), "tok-7")
+    assert sub.sent_cursor == "tok-7"
+    sub.sent_cursor = "later"
+    _pump_for(sub, []).request_replay(Cursor(dvv_empty_context, "h", 9), set(), "tok-9")
+    assert sub.sent_cursor == "later"  # what was actually sent wins
+
+
+def test_a_repair_and_a_mode_switch_go_straight_to_a_socket_with_room() -> None:
+    socket, asked = _Socket(), []
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy",
+                       writer=socket, on_wake=lambda: asked.append("pump"))  # fmt: skip
+    sub.offer(_delivery(1))
+    asked.clear()  # lazy mode asks for its timer
+    sub.set_mode("eager", 100)  # the coalesced batch goes first, directly
+    sub.send_repair(b'{"op":"batch","events":[],"states":[],"cursor":null}')
+    assert asked == [] and len(socket.writes) == 2
+    assert json.loads(socket.writes[0][0])["events"][0] == {"n": 1}

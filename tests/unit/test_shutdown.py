@@ -68,7 +68,7 @@ async def test_cancel_all_cancels_again_a_task_that_swallowed_the_cancellation()
     plain = asyncio.create_task(asyncio.sleep(3600), name="plain")
     await asyncio.sleep(0)
     with capture_logs() as logs:
-        await asyncio.wait_for(cancel_all([stubborn, plain], every=0.05), 5)
+        await asyncio.wait_for(cancel_all([stubborn, plain], grace=0.05, every=0.05), 5)
     assert stubborn.cancelled() and plain.cancelled()
     assert stopped == ["swallowed"]
     (warned,) = [e for e in logs if e["event"] == "task.still_running_after_cancel"]
@@ -83,5 +83,36 @@ async def test_one_cancel_is_what_taskgroup_gives_and_it_is_not_enough() -> None
     stubborn.cancel()
     await asyncio.sleep(0.05)
     assert not stubborn.done() and stopped == ["swallowed"]
-    await cancel_all([stubborn])
+    await cancel_all([stubborn], grace=0.05)
     assert stubborn.cancelled()
+
+
+async def test_cleanup_within_the_grace_period_is_not_cut_short() -> None:
+    steps: list[str] = []
+
+    async def slow_cleanup() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            steps.append("cleanup start")
+            await asyncio.sleep(0.2)  # a bounded release commit, say
+            steps.append("cleanup end")
+
+    task = asyncio.create_task(slow_cleanup())
+    await asyncio.sleep(0)
+    await cancel_all([task], grace=1.0, every=0.05)
+    assert steps == ["cleanup start", "cleanup end"]
+
+
+async def test_a_cancelled_caller_leaves_no_task_unasked() -> None:
+    stopped: list[str] = []
+    stubborn = asyncio.create_task(_swallows_one_cancel(stopped))
+    await asyncio.sleep(0)
+    caller = asyncio.create_task(cancel_all([stubborn], grace=10.0))
+    await asyncio.sleep(0.05)  # stubborn swallowed the first cancel; the caller waits
+    assert stopped == ["swallowed"] and not stubborn.done()
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0.01)
+    assert stubborn.cancelled()  # cancelled again on the way out
