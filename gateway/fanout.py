@@ -16,9 +16,10 @@ client never grows gateway memory without bound.
 whose socket has room is written to by the fan-out itself: at the end of
 each published batch, what the batch queued for it goes out as whole frames
 in one write, with no task switch per subscriber (a bare broadcast). Its
-pump task only steps in for what needs waiting — a full socket, a replay,
-lazy timing, heartbeats — and never while it holds taken messages, so
-order is kept.
+pump task runs only for what needs waiting — a full socket, a replay, lazy
+timing — and the fan-out never writes while the pump holds taken messages,
+so order is kept. Idle subscriptions' heartbeats come from one sweep
+(:meth:`Fanout.heartbeat`).
 
 Authorisation (I7) is checked at subscribe time per channel and again per
 event: the index is keyed by ``(tenant, channel)``, and a topic channel
@@ -449,7 +450,6 @@ class Fanout:
                 b'{"op":"batch","events":[],"states":[' + b",".join(states)
                 + b'],"cursor":null}'
             )  # fmt: skip
-            sub.flush()
 
     def heartbeat(self, message: bytes, every: float) -> int:
         """Send ``message`` to every subscriber quiet for ``every`` s that no pump serves.

@@ -2,7 +2,7 @@
 
 Owns the store, the journal, the log producer, the applier's reader, the
 dead-letter sink and the segment janitor, and runs these background tasks
-(the app cancels them with :func:`gateway.shutdown.cancel_all`):
+(the app cancels them with :func:`replication.tasks.cancel_all`):
 
 - the **applier** (regional log → store, cache, listeners);
 - the **outbox drainer** (journal rows the log did not take → log, in order);

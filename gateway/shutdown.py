@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import structlog
 
 from replication.tasks import pending_stacks
 
-__all__ = ["Watchdog", "watching"]
+__all__ = ["Watchdog"]
 
 _log = structlog.get_logger(__name__)
 
@@ -55,14 +54,3 @@ class Watchdog:
                 seconds=round(time.monotonic() - started, 1),
                 pending=pending_stacks(exclude=me),
             )
-
-
-@contextlib.asynccontextmanager
-async def watching(what: str, *, every: float = 15.0) -> AsyncIterator[None]:
-    """Watch the body with a :class:`Watchdog`."""
-    dog = Watchdog(what, every=every)
-    dog.start()
-    try:
-        yield
-    finally:
-        await dog.stop()

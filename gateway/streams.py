@@ -3,12 +3,13 @@
 The applier hands every batch of newly applied events to :meth:`Streams.on_batch`,
 which stamps them into the durable history (so a cursor handed out can
 always be resumed — the history is written *before* anything is sent) and
-publishes them to the fan-out. A :class:`Pump` owns one WebSocket or SSE
-connection's :class:`~gateway.fanout.Subscription`: replays, lazy batches,
-heartbeats and whatever had to wait for a full socket go out in order
-through it. Live events for a caught-up eager WebSocket subscriber are
-written by the fan-out directly (see :mod:`gateway.fanout`); the two never
-overlap, because the fan-out steps aside while the pump is sending.
+publishes them to the fan-out. A :class:`Pump` sends for one WebSocket or
+SSE connection's :class:`~gateway.fanout.Subscription`: replays, lazy
+batches, SSE heartbeats and whatever had to wait for a full socket go out in
+order through it (a WebSocket's pump runs only while such work waits).
+Live events for a caught-up eager WebSocket subscriber are written by the
+fan-out directly (see :mod:`gateway.fanout`); the two never overlap,
+because the fan-out steps aside while the pump is sending.
 """
 
 from __future__ import annotations

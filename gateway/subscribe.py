@@ -102,13 +102,10 @@ class _DirectFrames:
         t = self._transport
         if t.is_closing():
             return
-        if self._ws.closed:  # aiohttp's close frame went first: nothing may follow it
-            t.close()
-            asyncio.get_running_loop().call_later(_DROP_ABORT_S, t.abort)
-            return
-        frames = [_frame(0x81, m) for m in last]
-        frames.append(_frame(0x88, struct.pack("!H", code) + reason[:123]))
-        t.write(b"".join(frames))
+        if not self._ws.closed:  # else aiohttp's close frame went first: nothing may follow
+            frames = [_frame(0x81, m) for m in last]
+            frames.append(_frame(0x88, struct.pack("!H", code) + reason[:123]))
+            t.write(b"".join(frames))
         t.close()
         asyncio.get_running_loop().call_later(_DROP_ABORT_S, t.abort)
 

@@ -7,7 +7,7 @@ import contextlib
 
 from structlog.testing import capture_logs
 
-from gateway.shutdown import Watchdog, watching
+from gateway.shutdown import Watchdog
 from replication.tasks import cancel_all
 
 
@@ -19,8 +19,10 @@ async def test_an_overrunning_step_is_logged_with_the_stack_of_what_waits() -> N
     gate = asyncio.Event()
     stuck = asyncio.create_task(_stuck_here(gate), name="stuck-step")
     with capture_logs() as logs:
-        async with watching("test shutdown", every=0.05):
-            await asyncio.sleep(0.18)
+        dog = Watchdog("test shutdown", every=0.05)
+        dog.start()
+        await asyncio.sleep(0.18)
+        await dog.stop()
         gate.set()
         await stuck
     slow = [e for e in logs if e["event"] == "shutdown.slow"]
