@@ -28,6 +28,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.write_stage = Histogram(
+            "memsync_write_stage_seconds",
+            "Where a write's time goes: reading the memory's state (read), the "
+            "journal's fsync (journal), the log's acks=all append (append).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.writes = Counter(
             "memsync_writes_total",
             "Writes by outcome: logged (201/200), degraded (202, outbox) or failed.",

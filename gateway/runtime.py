@@ -197,6 +197,7 @@ class Runtime:
             ),
             limits=s.limits,
             key=s.secret_bytes,
+            observe_stage=self._observe_write_stage,
         )
         self.reader = KafkaLogReader(
             k.bootstrap,
@@ -327,6 +328,9 @@ class Runtime:
             tasks.append(asyncio.create_task(_supervised("antientropy", loop), name="antientropy"))
         self.started = True
         return tasks
+
+    def _observe_write_stage(self, stage: str, seconds: float) -> None:
+        self.metrics.write_stage.labels(stage).observe(seconds)
 
     async def stop(self) -> None:
         """Close everything in reverse order (background work must be cancelled first)."""

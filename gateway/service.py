@@ -15,8 +15,9 @@ this module speaks in requests, claims and views.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,6 +127,10 @@ class SeqTracker:
         return True
 
 
+def _ignore_stage(_stage: str, _seconds: float) -> None:
+    pass
+
+
 class MemoryService:
     """One region's memory operations (see the module docstring)."""
 
@@ -142,8 +147,10 @@ class MemoryService:
         limiter: RateLimiter,
         limits: Limits,
         key: bytes,
+        observe_stage: Callable[[str, float], None] | None = None,
     ) -> None:
         self.region = region
+        self._observe_stage = observe_stage or _ignore_stage
         self.store = store
         self.cache = cache
         self.log = log
@@ -194,7 +201,9 @@ class MemoryService:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        started = time.perf_counter()
         state = await self.store.get(key)
+        self._observe_stage("read", time.perf_counter() - started)
         if state is not None:
             self.remember(state)
         return state
@@ -506,15 +515,20 @@ class MemoryService:
         self, key: str, counter: int, seq: int, raw: bytes, event: MemoryEvent
     ) -> tuple[Any, bool]:
         """Journal (fsync) and append concurrently; ``(appended or None, degraded)``."""
+        started = time.perf_counter()
         journalled = asyncio.ensure_future(
             self.journal.record(
                 seq=seq, key=key, counter=counter, body=raw, high_water=event.timestamp
             )
         )
+        journalled.add_done_callback(
+            lambda _: self._observe_stage("journal", time.perf_counter() - started)
+        )
         appended: Any = None
         if self.log_available and not self.outbox_busy:
             try:
                 appended = await self.log.append(key.encode(), raw, ())
+                self._observe_stage("append", time.perf_counter() - started)
             except MemsyncError as exc:
                 if not exc.retriable:
                     await asyncio.gather(journalled, return_exceptions=True)

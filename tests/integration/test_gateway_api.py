@@ -307,6 +307,11 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
         "memsync_outbox_pending",
     ):
         assert name in text
+    # The write's stages: the id was given, so its state was read first.
+    for stage in ("read", "journal", "append"):
+        count = f'memsync_write_stage_seconds_count{{stage="{stage}"}}'
+        lines = [ln for ln in text.splitlines() if ln.startswith(count)]
+        assert lines and float(lines[0].split()[-1]) >= 1, (stage, lines)
 
     async def loop_lag_measured() -> bool:
         assert gw.client is not None
