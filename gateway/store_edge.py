@@ -4,7 +4,7 @@ Layout (shared with :mod:`gateway.store_server`, see
 :func:`gateway.store.memory_payload`): one point per memory, id
 :func:`gateway.store.point_id`, the named dense vector ``"dense"`` holding the
 LWW winner's embedding (no vector when there is none or its size is wrong),
-and a payload with the filterable fields, the BM25-indexed ``content`` and the
+and a payload with the filterable fields, the text-indexed ``content`` and the
 canonical state bytes.
 
 Design choices:
@@ -21,6 +21,11 @@ Design choices:
   a large batch upsert from the applier (measured: a 500-state upsert takes
   ~60 ms). Edge is safe to call from several threads and releases the GIL
   inside calls; the event loop never blocks.
+- **Full-text search ranks at query time.** The ``content`` index is
+  unscored: it finds the memories holding a query's words, and
+  :mod:`gateway.text_rank` ranks them with BM25 over the query's scope. A
+  scoring index made every update pay for its statistics, more as the
+  store grew (measured: ``loadtests.store_bench`` and docs/architecture.md).
 - **Page tokens** are the scroll's next point id, encoded opaquely
   (:func:`gateway.store.encode_page_token`); pages follow point-id order,
   which is stable while points are added or removed.
@@ -32,6 +37,7 @@ import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,17 +49,16 @@ from qdrant_edge import (
     EdgeVectorParams,
     FieldCondition,
     Filter,
-    Fusion,
     MatchAny,
+    MatchText,
+    MatchTextAny,
     MatchValue,
     PayloadSchemaType,
     Point,
-    Prefetch,
     Query,
     QueryRequest,
     ScrollRequest,
     TextIndexParams,
-    TextQuery,
     TokenizerType,
     UpdateOperation,
 )
@@ -76,6 +81,7 @@ from gateway.store import (
     state_from_payload,
     validate_search,
 )
+from gateway.text_rank import Corpus, bm25, mean_length, query_terms, rrf
 from replication.state import MemoryState
 
 if TYPE_CHECKING:
@@ -86,10 +92,59 @@ __all__ = ["QdrantEdgeStore"]
 _T = TypeVar("_T")
 _VECTOR = "dense"
 _STATE_ONLY = ["state"]
+_CONTENT_ONLY = ["content"]
+_TEXT_CANDIDATES = 500
 _RRF_K = 60
 _MEMORY = Filter(must=[FieldCondition(key="status", match=MatchAny([LIVE, DELETED]))])
 _KEYWORD_FIELDS = ("key", "tenant_id", "user_id", "kind", "topics", "status")
 _UNUSED_INDEX = "updated_at"
+
+
+@dataclass(frozen=True, slots=True)
+class _TextMatches:
+    contents: dict[str, str]  # point id -> content
+    corpus: Corpus
+
+
+def _text_matches(
+    shard: EdgeShard, scope: Callable[..., Filter], terms: Sequence[str]
+) -> _TextMatches:
+    """The memories in scope that contain the terms, and the scope's corpus figures.
+
+    Those with every term come first, then those with some, up to
+    :data:`_TEXT_CANDIDATES` in all: BM25 ranks a memory holding every term
+    above one holding fewer nearly always, so a large match set is cut where
+    it matters least.
+    """
+    if not terms:
+        return _TextMatches({}, Corpus(0, {}, 0.0))
+    joined = " ".join(terms)
+    every = FieldCondition(key="content", match=MatchText(joined))
+    some = FieldCondition(key="content", match=MatchTextAny(joined))
+    contents: dict[str, str] = {}
+    for flt in (scope([every]), scope([some], [every])):
+        room = _TEXT_CANDIDATES - len(contents)
+        if room <= 0:
+            break
+        records, _ = shard.scroll(
+            ScrollRequest(limit=room, filter=flt, with_payload=_CONTENT_ONLY, with_vector=False)
+        )
+        for r in records:
+            contents[str(r.id)] = str((r.payload or {}).get("content", ""))
+    if not contents:
+        return _TextMatches({}, Corpus(0, {}, 0.0))
+    documents = shard.count(CountRequest(filter=scope(), exact=True))
+    frequency = {
+        term: shard.count(
+            CountRequest(
+                filter=scope([FieldCondition(key="content", match=MatchText(term))]), exact=True
+            )
+        )
+        for term in terms
+    }
+    # The scope's mean length is estimated from the matches (reading every
+    # document in scope would cost what the index saves).
+    return _TextMatches(contents, Corpus(documents, frequency, mean_length(contents.values())))
 
 
 @contextmanager
@@ -118,6 +173,8 @@ def _memory_filter(
     kind: str | None,
     topics: Sequence[str] | None,
     include_deleted: bool,
+    also: Sequence[Any] = (),
+    never: Sequence[Any] = (),
 ) -> Filter:
     must: list[Any] = [FieldCondition(key="tenant_id", match=MatchValue(tenant_id))]
     statuses = [LIVE, DELETED] if include_deleted else [LIVE]
@@ -128,7 +185,8 @@ def _memory_filter(
         must.append(FieldCondition(key="kind", match=MatchValue(kind)))
     if topics is not None:
         must.append(FieldCondition(key="topics", match=MatchAny(list(topics))))
-    return Filter(must=must)
+    must.extend(also)
+    return Filter(must=must, must_not=list(never) or None)
 
 
 class QdrantEdgeStore:
@@ -219,35 +277,57 @@ class QdrantEdgeStore:
         return await self._scroll(flt, query.offset, query.limit)
 
     async def search(self, query: SearchQuery) -> list[tuple[MemoryState, float]]:
-        """Live memories ranked by BM25 over content, by cosine, or both fused (RRF)."""
+        """Live memories ranked by BM25 over content, by cosine, or both fused (RRF).
+
+        The text index only matches; BM25 ranks the matches here
+        (:mod:`gateway.text_rank`), over the query's scope.
+        """
         validate_search(query, self._vector_dim)
-        flt = _memory_filter(
-            query.tenant_id,
-            user_ids=query.user_ids,
-            kind=query.kind,
-            topics=query.topics,
-            include_deleted=False,
-        )
-        dense = None if query.embedding is None else Query.Nearest(list(query.embedding), _VECTOR)
-        text = TextQuery("content", query.text) if query.text else None
-        if dense is not None and text is not None:
-            depth = max(4 * query.limit, 40)
+
+        def scope(also: Sequence[Any] = (), never: Sequence[Any] = ()) -> Filter:
+            return _memory_filter(
+                query.tenant_id,
+                user_ids=query.user_ids,
+                kind=query.kind,
+                topics=query.topics,
+                include_deleted=False,
+                also=also,
+                never=never,
+            )
+
+        hybrid = bool(query.text) and query.embedding is not None
+        depth = max(4 * query.limit, 40) if hybrid else query.limit
+        found: dict[str, MemoryState] = {}
+        rankings: list[list[tuple[str, float]]] = []
+        if query.embedding is not None:
             request = QueryRequest(
-                limit=query.limit,
-                query=Fusion.Rrf(k=_RRF_K),  # type: ignore[arg-type]  # stub: Rrf is no Fusion
-                prefetches=[
-                    Prefetch(query=dense, limit=depth, filter=flt),
-                    Prefetch(query=text, limit=depth, filter=flt),
-                ],
-                filter=flt,
+                limit=depth,
+                query=Query.Nearest(list(query.embedding), _VECTOR),
+                filter=scope(),
                 with_payload=_STATE_ONLY,
             )
-        else:
-            request = QueryRequest(
-                limit=query.limit, query=dense or text, filter=flt, with_payload=_STATE_ONLY
+            hits = await self._call("query", lambda s: s.query(request), read=True)
+            for hit in hits:
+                found[str(hit.id)] = state_from_payload(hit.payload or {})
+            rankings.append([(str(hit.id), hit.score) for hit in hits])
+        if query.text:
+            terms = query_terms(query.text)
+            text = await self._call(
+                "text search", lambda s: _text_matches(s, scope, terms), read=True
             )
-        hits = await self._call("query", lambda s: s.query(request), read=True)
-        return [(state_from_payload(h.payload or {}), h.score) for h in hits]
+            rankings.append(bm25(terms, text.contents, text.corpus)[:depth])
+        if hybrid:
+            ranked = rrf([[doc for doc, _ in r] for r in rankings], _RRF_K)[: query.limit]
+        else:
+            ranked = rankings[0][: query.limit]
+        missing: list[PointId] = [doc for doc, _ in ranked if doc not in found]
+        if missing:
+            records = await self._call(
+                "retrieve", lambda s: s.retrieve(missing, _STATE_ONLY, False), read=True
+            )
+            for r in records:
+                found[str(r.id)] = state_from_payload(r.payload or {})
+        return [(found[doc], score) for doc, score in ranked if doc in found]
 
     async def scan(self, offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:
         """Every memory (deleted included, metadata excluded), in point-id order."""
@@ -303,8 +383,15 @@ class QdrantEdgeStore:
                 # bound under updates), so it is dropped.
                 if _UNUSED_INDEX in shard.info().payload_schema:
                     shard.update(UpdateOperation.delete_field_index(_UNUSED_INDEX))
-                text = TextIndexParams(tokenizer=TokenizerType.Word, lowercase=True, scoring=True)
-                shard.update(UpdateOperation.create_field_index("content", text))
+                # Unscored: BM25 is computed at query time (gateway.text_rank).
+                # A scoring index cost every update more as the store grew;
+                # a store made with one is re-indexed once, here.
+                content = shard.info().payload_schema.get("content")
+                if content is None or getattr(content.params, "scoring", None) is not None:
+                    text = TextIndexParams(
+                        tokenizer=TokenizerType.Word, lowercase=True, scoring=False
+                    )
+                    shard.update(UpdateOperation.create_field_index("content", text))
         except BaseException:
             shard.close()
             raise

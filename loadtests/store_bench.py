@@ -10,6 +10,9 @@ At every ``--step`` stored memories it measures, for ``--batches`` batches:
 - **insert**: ms per ``put_many`` of 50 new memories;
 - **update**: ms per ``put_many`` of 50 existing memories;
 - **lookup**: ms per ``get_many`` of 50 existing keys;
+- **search**: ms per full-text search (BM25, top 10) scoped to one user
+  (~1/500 of the memories) and to the whole tenant (every memory matches:
+  the worst case of ranking at query time);
 - **anon KiB/memory**: this process's anonymous memory (``RssAnon``) above the
   empty store, per stored memory;
 - **GIL pace while updating**: how fast a pure-Python counter thread runs
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.settings import StoreSettings
+from gateway.store import SearchQuery
 from gateway.store_edge import QdrantEdgeStore
 from loadtests.report import emit, summarize
 from replication import dvv
@@ -165,12 +169,21 @@ async def run(points: int, step: int, batches: int, workdir: Path) -> list[dict[
                 first = (b * BATCH * 104729) % max(1, filled - BATCH)
                 keys = [f"acme/mem-{n}" for n in range(first, first + BATCH)]
                 lookup.append(await _timed(store.get_many(keys)))
+            user_search, tenant_search = [], []
+            for b in range(max(1, batches // 4)):
+                by_user = SearchQuery(
+                    tenant_id="acme", text="coffee decaf", user_ids=(f"user-{b % 500}",)
+                )
+                user_search.append(await _timed(store.search(by_user)))
+                by_tenant = SearchQuery(tenant_id="acme", text="decaf")
+                tenant_search.append(await _timed(store.search(by_tenant)))
             for _ in range(batches):
                 fresh = states(10_000_000 + inserted, BATCH)
                 insert.append(await _timed(store.put_many(fresh)))
                 inserted += BATCH
             pace = await gil_pace(store, filled, batches)
             ins, upd, look = summarize(insert), summarize(update), summarize(lookup)
+            in_user, in_tenant = summarize(user_search), summarize(tenant_search)
             row = {
                 "memories": stored,
                 "fill_per_s": round(step / fill_s) if fill_s else None,
@@ -180,6 +193,8 @@ async def run(points: int, step: int, batches: int, workdir: Path) -> list[dict[
                 "update_p99_ms": round(upd["p99"], 2),
                 "lookup_p50_ms": round(look["median"], 3),
                 "lookup_p99_ms": round(look["p99"], 3),
+                "search_user_p50_ms": round(in_user["median"], 2),
+                "search_tenant_p50_ms": round(in_tenant["median"], 2),
                 "anon_kib_per_memory": round((anon - base_kib) / stored, 3),
                 "gil_pace_pct": pace,
             }
@@ -188,6 +203,8 @@ async def run(points: int, step: int, batches: int, workdir: Path) -> list[dict[
                 f"[{time.strftime('%H:%M:%S')}] {stored:,} memories: "
                 f"insert p50 {row['insert_p50_ms']} ms, update p50 {row['update_p50_ms']} ms, "
                 f"lookup p50 {row['lookup_p50_ms']} ms, "
+                f"search p50 {row['search_user_p50_ms']} ms (user), "
+                f"{row['search_tenant_p50_ms']} ms (tenant), "
                 f"{row['anon_kib_per_memory']} KiB/memory, GIL pace {row['gil_pace_pct']} %",
                 flush=True,
             )
@@ -214,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(run(points, step, batches, Path(tmp)))
     columns = [
         "memories", "fill_per_s", "insert_p50_ms", "insert_p99_ms", "update_p50_ms",
-        "update_p99_ms", "lookup_p50_ms", "lookup_p99_ms", "anon_kib_per_memory", "gil_pace_pct",
+        "update_p99_ms", "lookup_p50_ms", "lookup_p99_ms", "search_user_p50_ms",
+        "search_tenant_p50_ms", "anon_kib_per_memory", "gil_pace_pct",
     ]  # fmt: skip
     meta = {"batch": BATCH, "batches_per_measure": batches, "store": "qdrant-edge (adapter)"}
     emit("store_bench", rows, columns, meta)

@@ -426,3 +426,53 @@ async def test_an_edge_store_drops_the_index_that_grew_memory_on_updates(tmp_pat
         assert {"key", "tenant_id", "user_id", "deleted", "content"} <= set(schema)
     finally:
         await store.close()
+
+
+async def test_an_edge_store_with_a_scoring_text_index_is_reindexed_unscored(
+    tmp_path: Path,
+) -> None:
+    # A scoring (BM25) index on content made updates slower as the store grew;
+    # ranking now happens at query time, and older stores lose the scoring.
+    from qdrant_edge import EdgeShard, TextIndexParams, TokenizerType, UpdateOperation
+
+    store = QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM)
+    await store.open()
+    await _seed_search(store)
+    await store.close()
+    old = EdgeShard.load(str(tmp_path / "edge"), None)
+    scored = TextIndexParams(tokenizer=TokenizerType.Word, lowercase=True, scoring=True)
+    old.update(UpdateOperation.create_field_index("content", scored))
+    assert old.info().payload_schema["content"].params.scoring is not None
+    old.close()
+
+    store = QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM)
+    await store.open()
+    try:
+        schema = await store._call("info", lambda s: s.info().payload_schema)
+        assert schema["content"].params.scoring is None
+        hits = await store.search(SearchQuery(tenant_id="t1", text="green tea", user_ids=("u1",)))
+        assert _keys([s for s, _ in hits])[0] == "t1/tea"
+    finally:
+        await store.close()
+
+
+async def test_edge_text_search_ranks_by_bm25_over_many_matches(tmp_path: Path) -> None:
+    # More matches than the candidate cap: the memories holding every term are
+    # read first, so the best match is found however many hold only one.
+    from gateway import store_edge
+
+    store = QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM)
+    await store.open()
+    try:
+        filler = [
+            _state(f"f{i}", content=f"tea note {i}")
+            for i in range(store_edge._TEXT_CANDIDATES + 50)
+        ]
+        await store.put_many([*filler, _state("best", content="green tea")])
+        hits = await store.search(SearchQuery(tenant_id="t1", text="green tea", limit=3))
+        assert _keys([s for s, _ in hits])[0] == "t1/best"
+        assert len(hits) == 3
+        scores = [score for _, score in hits]
+        assert scores[0] > scores[1] >= scores[2] > 0
+    finally:
+        await store.close()
