@@ -56,6 +56,7 @@ from replication.log import KafkaEventLog, KafkaLogReader, OutgoingRecord, Segme
 
 __all__ = ["Runtime", "applier_group", "build_store"]
 
+_HEALTH_PROBE = "health-probe"  # a metadata name never written: reading it is the probe
 _log = structlog.get_logger(__name__)
 
 
@@ -515,7 +516,9 @@ class Runtime:
             except StoreError as exc:
                 _log.warning("store.maintenance_failed", error=str(exc))
         try:
-            await self._open_store.count()
+            # A one-point read: an exact count (the probe before) walked every
+            # memory each second (~27 ms at 100,000) and grew with the store.
+            await self._open_store.get_meta(_HEALTH_PROBE)
             self.modes.set("store_unavailable", False)
         except StoreError as exc:
             self.modes.set("store_unavailable", True)

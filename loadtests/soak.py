@@ -358,9 +358,19 @@ def verdict(
     return out
 
 
-def soak_region(workdir: Path, segment_ms: int | None, grace_ms: int | None = None) -> LocalRegion:
-    """A :class:`LocalRegion` with the soak's settings."""
+def soak_region(
+    workdir: Path,
+    segment_ms: int | None,
+    grace_ms: int | None = None,
+    settings: Sequence[str] = (),
+) -> LocalRegion:
+    """A :class:`LocalRegion` with the soak's settings (``NAME=VALUE`` ones last)."""
     env: dict[str, str] = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("MEMSYNC_"):
+            raise SystemExit(f"--set wants MEMSYNC_NAME=VALUE, got {item!r}")
+        env[name] = value
     if segment_ms is not None:
         env["MEMSYNC_KAFKA_SEGMENT_MS"] = str(segment_ms)
     if grace_ms is not None:
@@ -376,7 +386,7 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
         create_fraction=args.create_fraction,
         interval=args.interval,
     )
-    async with soak_region(workdir, args.segment_ms, args.grace_ms) as region:
+    async with soak_region(workdir, args.segment_ms, args.grace_ms, args.set) as region:
         log(
             f"broker {region.bootstrap} (pid {region.broker.pid}), gateway {region.url} "
             f"(pid {region.gateway_pid}); {cfg.events} events at {cfg.rate:g}/s"
@@ -391,6 +401,7 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
         "create_fraction": cfg.create_fraction,
         "interval_s": cfg.interval,
         "segment_ms": args.segment_ms,
+        "settings": list(args.set),
         "seconds": round(result.seconds, 1),
         "acknowledged": result.acknowledged,
         "errors": result.errors,
@@ -428,6 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per window")
     parser.add_argument("--tolerance", type=float, default=0.5, help="flatness tolerance")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MEMSYNC_NAME=VALUE",
+        help="a gateway setting for the run (repeatable), e.g. MEMSYNC_CACHE_BYTES=536870912",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="memsync-soak-"))
     log(f"working in {workdir}")
