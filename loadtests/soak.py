@@ -11,6 +11,10 @@ memories created earlier (``--create-fraction``), with at most
 offered rate. Every ``--interval`` seconds (default 10) it samples:
 
 - write latency p50/p99 of the window, achieved rate, errors;
+- where a write's time went: the journal's group commit p50/p99 and the
+  log append p99 (``memsync_write_stage_seconds``), how late the event loop
+  ran its timer (``memsync_event_loop_lag_seconds`` p99, histogram buckets)
+  and the time spent in garbage collection;
 - apply lag p50/p99 of the window (``memsync_apply_lag_seconds``) and the
   backlog (acknowledged writes − ``applied_events`` from ``/readyz``);
 - broker and gateway RSS (``/proc/<pid>/status`` ``VmRSS``);
@@ -99,6 +103,11 @@ class Window:
     p99_ms: float
     lag_p50_ms: float
     lag_p99_ms: float
+    journal_p50_ms: float
+    journal_p99_ms: float
+    append_p99_ms: float
+    loop_lag_p99_ms: float
+    gc_ms: float
     backlog: int
     applied: int
     log_lag_records: int
@@ -208,7 +217,9 @@ async def run_soak(region: LocalRegion, cfg: SoakConfig, *, progress: bool = Tru
                             log(
                                 f"t={w.t:>6.1f}s writes={w.writes} ({w.per_s:.0f}/s) "
                                 f"p50={w.p50_ms:.1f}ms p99={w.p99_ms:.1f}ms "
-                                f"lag p99={w.lag_p99_ms:.0f}ms backlog={w.backlog} "
+                                f"lag p99={w.lag_p99_ms:.0f}ms journal p50/p99="
+                                f"{w.journal_p50_ms:.1f}/{w.journal_p99_ms:.0f}ms "
+                                f"loop lag p99={w.loop_lag_p99_ms:.0f}ms backlog={w.backlog} "
                                 f"broker={w.broker_rss_mib:.0f}MiB gw={w.gateway_rss_mib:.0f}MiB "
                                 f"segments={w.segments} journal={w.journal_unacknowledged}"
                             )
@@ -289,6 +300,17 @@ async def _sample(
         "memsync_apply_lag_seconds"
     )
     dt = max(1e-9, s.at - last.at)
+
+    def stage(name: str) -> Histogram:
+        return s.histogram("memsync_write_stage_seconds", stage=name) - last.histogram(
+            "memsync_write_stage_seconds", stage=name
+        )
+
+    journal, append = stage("journal"), stage("append")
+    loop = s.histogram("memsync_event_loop_lag_seconds") - last.histogram(
+        "memsync_event_loop_lag_seconds"
+    )
+    gc_s = s.value("memsync_gc_pause_seconds_sum") - last.value("memsync_gc_pause_seconds_sum")
     applied = int(s.ready["applied_events"])
     try:
         segments = await count_segments(region.bootstrap)
@@ -303,6 +325,11 @@ async def _sample(
         p99_ms=round(percentile(lat, 99), 2),
         lag_p50_ms=round(lag.quantile(0.5) * 1000, 2),
         lag_p99_ms=round(lag.quantile(0.99) * 1000, 2),
+        journal_p50_ms=round(journal.quantile(0.5) * 1000, 2),
+        journal_p99_ms=round(journal.quantile(0.99) * 1000, 2),
+        append_p99_ms=round(append.quantile(0.99) * 1000, 2),
+        loop_lag_p99_ms=round(loop.quantile(0.99) * 1000, 2),
+        gc_ms=round(gc_s * 1000, 1),
         backlog=applied_base + acked - applied,
         applied=applied - applied_base,
         log_lag_records=int(s.value("memsync_log_lag_records")),
