@@ -53,6 +53,7 @@ from replication.segments import DEFAULT_GRACE_MS, DEFAULT_SEGMENT_MS
 
 __all__ = ["LinkStatus", "MirrorLink"]
 
+_COMMITS_BEFORE_RESTART = 3  # failed commits in a row before the source reader is restarted
 _log = structlog.get_logger("replication.mirror")
 _SILENCE_S = 3.0  # no successful contact with the source for this long: disconnected
 
@@ -160,6 +161,7 @@ class MirrorLink:
     ) -> None:
         backoff = 0.05
         last_commit = time.monotonic()
+        failed_commits = 0
         while True:
             try:
                 records = await self._reader.read(self._batch, 50)
@@ -178,11 +180,16 @@ class MirrorLink:
                     await self._reader.commit(batch)
                 except LogError as exc:
                     # Kept for the next attempt; the janitor waits meanwhile.
+                    failed_commits += 1
                     backoff = await self._retry("commit", exc, backoff)
+                    if failed_commits >= _COMMITS_BEFORE_RESTART:
+                        failed_commits = 0
+                        await self._restart_reader()
                 else:
                     del acked[: len(batch)]
                     last_commit = now
                     backoff = 0.05
+                    failed_commits = 0
 
     async def _write_loop(
         self, queue: asyncio.Queue[list[LogRecord]], acked: list[LogRecord]
@@ -229,6 +236,21 @@ class MirrorLink:
         await self._start_writer()
         self.status.state = "running"
         self._bound.info("mirror.started", group=self.group)
+
+    async def _restart_reader(self) -> None:
+        """Fresh source clients, reading on from the committed offsets.
+
+        aiokafka can keep failing a commit on a consumer whose coordinator
+        lookup got stuck (seen on the applier after a broker restart); a new
+        consumer finds the coordinator again. Records read but not committed
+        are read and mirrored again (at-least-once; the target's applier
+        deduplicates); ``acked`` ones are still committed by the new reader.
+        """
+        self._bound.warning("mirror.reader_restart", after_failed_commits=_COMMITS_BEFORE_RESTART)
+        try:
+            await self._reader.start()
+        except LogError as exc:
+            await self._retry("restart source reader", exc, 0.1)
 
     async def _start_writer(self) -> None:
         backoff = 0.1
