@@ -75,6 +75,10 @@ def build_store(settings: Settings, region_dir: Path) -> MemoryStore:
             collection=settings.store.collection,
             vector_dim=settings.store.vector_dim,
         )
+    if settings.store.backend == "edge-process":
+        from gateway.store_process import ProcessStore
+
+        return ProcessStore(region_dir / "store", vector_dim=settings.store.vector_dim)
     from gateway.store_edge import QdrantEdgeStore
 
     return QdrantEdgeStore(region_dir / "store", vector_dim=settings.store.vector_dim)

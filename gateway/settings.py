@@ -98,7 +98,7 @@ def parse_peers(text: str) -> tuple[Peer, ...]:
 class StoreSettings:
     """The regional store."""
 
-    backend: str = "edge"  # edge | server
+    backend: str = "edge"  # edge | edge-process | server
     url: str = ""  # Qdrant server URL when backend == server
     collection: str = "memsync"
     vector_dim: int = 384
@@ -173,9 +173,10 @@ class Settings:
             )
         if self.secret and len(self.secret) < 32 and not self.insecure_dev:
             raise SettingsError("MEMSYNC_SECRET must be at least 32 characters long")
-        if self.store.backend not in ("edge", "server"):
+        if self.store.backend not in ("edge", "edge-process", "server"):
             raise SettingsError(
-                f"MEMSYNC_STORE_BACKEND={self.store.backend!r}: expected 'edge' or 'server'"
+                f"MEMSYNC_STORE_BACKEND={self.store.backend!r}: "
+                "expected 'edge', 'edge-process' or 'server'"
             )
         if self.store.backend == "server" and not self.store.url:
             raise SettingsError("MEMSYNC_STORE_URL is required when MEMSYNC_STORE_BACKEND=server")

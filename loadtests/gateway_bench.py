@@ -97,18 +97,27 @@ def log(message: str) -> None:
 # -- processes ------------------------------------------------------------------------
 
 
-def rss_kib(pid: int | None) -> int | None:
-    """Resident set size of a process in KiB (``VmRSS``), ``None`` if unknown."""
+def rss_kib(pid: int | None, *, children: bool = True) -> int | None:
+    """Resident set size in KiB (``VmRSS``) of a process and, by default, its children.
+
+    A gateway with ``MEMSYNC_STORE_BACKEND=edge-process`` keeps its store in a
+    child process: its memory is the gateway's too. ``None`` if unknown.
+    """
     if pid is None:
         return None
     try:
         with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+            own = next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")), None)
     except OSError:
         return None
-    return None
+    if own is None or not children:
+        return own
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        kids = []
+    return own + sum(rss_kib(k, children=False) or 0 for k in kids)
 
 
 class LocalRegion:

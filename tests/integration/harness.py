@@ -24,7 +24,9 @@ SECRET = "integration-test-secret-0123456789abcdef"
 STOP_WITHIN_S = 90.0  # aiohttp alone may wait 60 s for handlers before cancelling them
 
 
-def settings_for(data_dir: Path, bootstrap: str, region: str = "test", **limits: Any) -> Settings:
+def settings_for(
+    data_dir: Path, bootstrap: str, region: str = "test", *, backend: str = "edge", **limits: Any
+) -> Settings:
     """Gateway settings for tests: small segments, small vectors, generous limits."""
     return Settings(
         region=region,
@@ -35,7 +37,7 @@ def settings_for(data_dir: Path, bootstrap: str, region: str = "test", **limits:
             bootstrap=bootstrap, partitions=4, segment_ms=2_000, grace_ms=500,
             request_timeout_ms=1_500,
         ),
-        store=StoreSettings(vector_dim=8),
+        store=StoreSettings(backend=backend, vector_dim=8),
         limits=Limits(
             **{"journal_ack_interval": 0.2, "max_body_bytes": 256 * 1024, **limits}
         ),
@@ -80,12 +82,15 @@ class Gateway:
     sticky_session: bool = False
     session: str = ""
     region: str = "test"
+    store_backend: str = "edge"
 
     async def start(self) -> Gateway:
         """Start (or restart) the gateway on the same data directory."""
-        app = create_app(
-            settings_for(self.data_dir, self.broker.bootstrap, self.region, **self.limits)
-        )
+        settings = settings_for(
+            self.data_dir, self.broker.bootstrap, self.region, backend=self.store_backend,
+            **self.limits,
+        )  # fmt: skip
+        app = create_app(settings)
         self.client = TestClient(TestServer(app))
         await self.client.start_server()
         return self

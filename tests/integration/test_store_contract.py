@@ -6,6 +6,7 @@ dir, and :class:`gateway.testing.InMemoryStore` must all behave the same.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.store import ListQuery, MemoryStore, SearchQuery, StoreError
 from gateway.store_edge import QdrantEdgeStore
+from gateway.store_process import ProcessStore
 from gateway.store_server import QdrantServerStore
 from gateway.testing import InMemoryStore
 from replication.dvv import EMPTY
@@ -28,12 +30,14 @@ StoreFactory = Callable[[], MemoryStore]
 def _factory(kind: str, path: Path) -> StoreFactory:
     if kind == "edge":
         return lambda: QdrantEdgeStore(path / "edge", vector_dim=DIM)
+    if kind == "edge-process":
+        return lambda: ProcessStore(path / "edge", vector_dim=DIM)
     if kind == "server":
         return lambda: QdrantServerStore.from_path(path / "local", vector_dim=DIM)
     return lambda: InMemoryStore(vector_dim=DIM)
 
 
-@pytest.fixture(params=["edge", "server", "memory"])
+@pytest.fixture(params=["edge", "edge-process", "server", "memory"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MemoryStore]:
     """An open, empty store of each kind, closed at teardown."""
     s = _factory(request.param, tmp_path)()
@@ -483,3 +487,28 @@ async def test_edge_text_search_ranks_by_bm25_over_many_matches(tmp_path: Path) 
         assert scores[0] > scores[1] >= scores[2] > 0
     finally:
         await store.close()
+
+
+async def test_a_store_process_that_dies_fails_calls_with_a_store_error(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    store = ProcessStore(tmp_path / "edge", vector_dim=DIM)
+    await store.open()
+    try:
+        await store.put_many([_state("a", content="tea")])
+        assert store.pid is not None
+        os.kill(store.pid, signal.SIGKILL)
+        with pytest.raises(StoreError, match="store process"):
+            for _ in range(100):  # until the end of the stream is seen
+                await store.get("t1/a")
+                await asyncio.sleep(0.02)
+    finally:
+        await store.close()
+    reopened = ProcessStore(tmp_path / "edge", vector_dim=DIM)
+    await reopened.open()
+    try:
+        state = await reopened.get("t1/a")
+        assert state is not None, "an acknowledged put survives the child's death (its WAL)"
+    finally:
+        await reopened.close()
