@@ -6,13 +6,15 @@ Not run by hand: the gateway starts it with one end of a socket pair as
 ``--fd``. It owns one :class:`gateway.store_edge.QdrantEdgeStore` and serves
 the frames described in :mod:`gateway.store_process` until it is asked to
 close or the socket closes (the gateway went away: the shard is flushed and
-closed then too).
+closed then too). It ignores SIGINT, which a terminal's Ctrl-C sends to the
+whole process group: the gateway decides when it closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -141,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--path", type=Path, required=True, help="the shard's directory")
     parser.add_argument("--vector-dim", type=int, required=True)
     args = parser.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group: the gateway
+    # closes this store itself (or its end of the socket closes), in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     store = QdrantEdgeStore(args.path, vector_dim=args.vector_dim)
     uvloop.run(serve(sock, store))
