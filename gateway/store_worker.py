@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from gateway.store_edge import QdrantEdgeStore
 from gateway.store_process import MAX_FRAME, read_frame, write_frame
 from replication.state import decode_state, encode_state
 
-__all__ = ["main", "serve"]
+__all__ = ["LOCK_WAIT_S", "main", "serve"]
 
 Handler = Callable[[QdrantEdgeStore, Any], Awaitable[Any]]
+LOCK_WAIT_S = 30.0  # how long an open waits for another process to release the shard
 
 
 async def _get_many(store: QdrantEdgeStore, keys: list[str]) -> list[bytes]:
@@ -65,7 +67,18 @@ async def _unknown(_store: QdrantEdgeStore, _args: Any) -> None:
 
 
 async def _open(store: QdrantEdgeStore, _args: Any) -> None:
-    await store.open()
+    # A gateway restarted at once (after a crash or SIGKILL) can start this
+    # child while the previous one still closes the shard and holds its lock.
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            await store.open()
+        except StoreError as exc:
+            if "WouldBlock" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        else:
+            return
 
 
 async def _close(store: QdrantEdgeStore, _args: Any) -> None:

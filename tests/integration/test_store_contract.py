@@ -512,3 +512,27 @@ async def test_a_store_process_that_dies_fails_calls_with_a_store_error(tmp_path
         assert state is not None, "an acknowledged put survives the child's death (its WAL)"
     finally:
         await reopened.close()
+
+
+async def test_a_store_process_waits_for_the_previous_owner_to_release_the_shard(
+    tmp_path: Path,
+) -> None:
+    # A gateway restarted at once can start its child while the old one still
+    # closes the shard: the open waits for the lock instead of failing.
+    holder = QdrantEdgeStore(tmp_path / "edge", vector_dim=DIM)
+    await holder.open()
+    await holder.put_many([_state("a", content="tea")])
+
+    async def release_later() -> None:
+        await asyncio.sleep(1.0)
+        await holder.close()
+
+    releasing = asyncio.create_task(release_later())
+    store = ProcessStore(tmp_path / "edge", vector_dim=DIM)
+    try:
+        await store.open()
+        assert releasing.done(), "the open returned while the shard was still held"
+        assert await store.get("t1/a") is not None
+    finally:
+        await releasing
+        await store.close()
