@@ -98,7 +98,7 @@ def parse_peers(text: str) -> tuple[Peer, ...]:
 class StoreSettings:
     """The regional store."""
 
-    backend: str = "edge"  # edge | edge-process | server
+    backend: str = "edge-process"  # edge | edge-process | server
     url: str = ""  # Qdrant server URL when backend == server
     collection: str = "memsync"
     vector_dim: int = 384

@@ -25,7 +25,12 @@ STOP_WITHIN_S = 90.0  # aiohttp alone may wait 60 s for handlers before cancelli
 
 
 def settings_for(
-    data_dir: Path, bootstrap: str, region: str = "test", *, backend: str = "edge", **limits: Any
+    data_dir: Path,
+    bootstrap: str,
+    region: str = "test",
+    *,
+    backend: str = "edge-process",
+    **limits: Any,
 ) -> Settings:
     """Gateway settings for tests: small segments, small vectors, generous limits."""
     return Settings(
@@ -82,7 +87,7 @@ class Gateway:
     sticky_session: bool = False
     session: str = ""
     region: str = "test"
-    store_backend: str = "edge"
+    store_backend: str = "edge-process"
 
     async def start(self) -> Gateway:
         """Start (or restart) the gateway on the same data directory."""
