@@ -19,8 +19,12 @@ Design choices:
 - **Two executors**: one thread runs every write, so writes apply in
   submission order; a second pool runs reads, so a read never queues behind
   a large batch upsert from the applier (measured: a 500-state upsert takes
-  ~60 ms). Edge is safe to call from several threads and releases the GIL
-  inside calls; the event loop never blocks.
+  ~60 ms). Edge is safe to call from several threads. It releases the GIL
+  for much of an upsert, but not for all of it, and a flush holds it for a
+  time that grows with the store (measured: ~135 ms at 150,000 memories):
+  in the gateway's process that stops the event loop, which is why the
+  default backend runs this class in a child process
+  (:mod:`gateway.store_process`).
 - **Full-text search ranks at query time.** The ``content`` index is
   unscored: it finds the memories holding a query's words, and
   :mod:`gateway.text_rank` ranks them with BM25 over the query's scope. A
