@@ -394,7 +394,7 @@ class QdrantEdgeStore:
                 # Unscored: BM25 is computed at query time (gateway.text_rank).
                 # A scoring index cost every update more as the store grew;
                 # a store made with one is re-indexed once, here.
-                content = shard.info().payload_schema.get("content")
+                content = schema.get("content")
                 if content is None or getattr(content.params, "scoring", None) is not None:
                     text = TextIndexParams(
                         tokenizer=TokenizerType.Word, lowercase=True, scoring=False

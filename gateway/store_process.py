@@ -43,6 +43,7 @@ MAX_IN_FLIGHT = 1024
 _HEADER = struct.Struct(">I")
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0
+_LOST = (EOFError, ConnectionError, OSError, StoreError, msgspec.DecodeError, TypeError, ValueError)
 _log = structlog.get_logger(__name__)
 
 _encoder = msgspec.msgpack.Encoder()
@@ -243,7 +244,9 @@ class ProcessStore:
                     done.set_exception(ValueError(result))
                 else:
                     done.set_exception(StoreError(str(result)))
-        except (EOFError, ConnectionError, OSError, StoreError, msgspec.DecodeError) as exc:
+        # TypeError / ValueError: a reply that is not [id, error, result]; a
+        # caller must never wait on it.
+        except _LOST as exc:
             reason = "the store process exited" if isinstance(exc, EOFError) else str(exc)
             self._failure = reason
             if self._proc is not None and self._proc.returncode is None:

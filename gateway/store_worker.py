@@ -125,7 +125,10 @@ async def serve(sock: socket.socket, store: QdrantEdgeStore) -> None:
             reply = [call_id, "value", str(exc)]
         except Exception as exc:  # noqa: BLE001 - every failure is answered, never lost
             reply = [call_id, "store", str(exc) if isinstance(exc, StoreError) else repr(exc)]
-        write_frame(writer, reply)
+        try:
+            write_frame(writer, reply)
+        except StoreError as exc:  # a result over the frame limit: say so, do not go silent
+            write_frame(writer, [call_id, "store", str(exc)])
         await writer.drain()
 
     try:

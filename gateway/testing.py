@@ -7,7 +7,6 @@ same contract suite as the real adapters.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from gateway.store import (
@@ -20,6 +19,7 @@ from gateway.store import (
     point_id,
     validate_search,
 )
+from gateway.text_rank import Corpus, bm25, mean_length, query_terms, rrf, words
 from replication.state import MemoryState, materialize
 
 __all__ = ["InMemoryStore"]
@@ -27,18 +27,7 @@ __all__ = ["InMemoryStore"]
 
 # --- MemoryStore: InMemoryStore ---------------------------------------------
 
-_WORD = re.compile(r"\w+")
 _RRF_K = 60
-
-
-def _terms(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _text_score(query: str, content: str) -> float:
-    """How many times the query's distinct terms occur in the content."""
-    words = _terms(content)
-    return float(sum(words.count(term) for term in set(_terms(query))))
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -55,7 +44,7 @@ def _ranked(scores: dict[str, float]) -> list[tuple[str, float]]:
 
 
 class InMemoryStore:
-    """A ``MemoryStore`` in a dict: term-count text scoring, exact cosine, RRF for both.
+    """A ``MemoryStore`` in a dict: BM25 text scoring, exact cosine, RRF for both.
 
     Pages follow point-id order and tokens are the same opaque next-point ids
     as the Qdrant adapters'. States are kept as given (they are frozen).
@@ -104,7 +93,7 @@ class InMemoryStore:
         return self._page(matching, query.offset, query.limit)
 
     async def search(self, query: SearchQuery) -> list[tuple[MemoryState, float]]:
-        """Live memories ranked by term counts, by cosine, or both fused (RRF)."""
+        """Live memories ranked by BM25 over content, by cosine, or both fused (RRF)."""
         validate_search(query, self._vector_dim)
         candidates = {
             s.key: s
@@ -117,10 +106,12 @@ class InMemoryStore:
         }
         rankings: list[list[tuple[str, float]]] = []
         if query.text:
-            text = {
-                k: _text_score(query.text, materialize(s).content) for k, s in candidates.items()
-            }
-            rankings.append(_ranked({k: v for k, v in text.items() if v > 0}))
+            # The same ranking as the Edge adapter's, over exact corpus figures.
+            terms = query_terms(query.text)
+            contents = {k: materialize(s).content for k, s in candidates.items()}
+            frequency = {t: sum(t in words(c) for c in contents.values()) for t in terms}
+            corpus = Corpus(len(contents), frequency, mean_length(contents.values()))
+            rankings.append(bm25(terms, contents, corpus))
         if query.embedding is not None:
             dense: dict[str, float] = {}
             for key, state in candidates.items():
@@ -131,11 +122,7 @@ class InMemoryStore:
         if len(rankings) == 1:
             ranked = rankings[0]
         else:
-            fused: dict[str, float] = {}
-            for ranking in rankings:
-                for rank, (key, _) in enumerate(ranking):
-                    fused[key] = fused.get(key, 0.0) + 1.0 / (_RRF_K + rank + 1)
-            ranked = _ranked(fused)
+            ranked = rrf([[k for k, _ in r] for r in rankings], _RRF_K)
         return [(candidates[k], score) for k, score in ranked[: query.limit]]
 
     async def scan(self, offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:

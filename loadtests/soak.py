@@ -392,12 +392,7 @@ def soak_region(
     settings: Sequence[str] = (),
 ) -> LocalRegion:
     """A :class:`LocalRegion` with the soak's settings (``NAME=VALUE`` ones last)."""
-    env: dict[str, str] = {}
-    for item in settings:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("MEMSYNC_"):
-            raise SystemExit(f"--set wants MEMSYNC_NAME=VALUE, got {item!r}")
-        env[name] = value
+    env: dict[str, str] = dict(item.split("=", 1) for item in settings)
     if segment_ms is not None:
         env["MEMSYNC_KAFKA_SEGMENT_MS"] = str(segment_ms)
     if grace_ms is not None:
@@ -448,6 +443,14 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     return 0 if v["flat"] and v["rss_bounded"] and result.caught_up else 1
 
 
+def _setting(item: str) -> str:
+    """An argparse type: ``MEMSYNC_NAME=VALUE``."""
+    name, sep, _ = item.partition("=")
+    if not sep or not name.startswith("MEMSYNC_"):
+        raise argparse.ArgumentTypeError(f"expected MEMSYNC_NAME=VALUE, got {item!r}")
+    return item
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import shutil
     import tempfile
@@ -470,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set",
         action="append",
         default=[],
+        type=_setting,
         metavar="MEMSYNC_NAME=VALUE",
         help="a gateway setting for the run (repeatable), e.g. MEMSYNC_CACHE_BYTES=536870912",
     )
