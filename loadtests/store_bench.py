@@ -9,6 +9,9 @@ At every ``--step`` stored memories it measures, for ``--batches`` batches:
 
 - **insert**: ms per ``put_many`` of 50 new memories;
 - **update**: ms per ``put_many`` of 50 existing memories;
+- **flush**: ms of one ``maintain()`` (the shard's flush) after those
+  updates; Qdrant Edge holds the GIL for much of it, and it grows with the
+  store;
 - **lookup**: ms per ``get_many`` of 50 existing keys;
 - **search**: ms per full-text search (BM25, top 10) scoped to one user
   (~1/500 of the memories) and to the whole tenant (every memory matches:
@@ -165,6 +168,8 @@ async def run(points: int, step: int, batches: int, workdir: Path) -> list[dict[
             for b in range(batches):
                 first = (b * BATCH * 7919) % max(1, filled - BATCH)
                 update.append(await _timed(store.put_many(states(first, BATCH, 2))))
+            # The gateway flushes every ~10 s; this one follows all the updates.
+            flush_ms = await _timed(store.maintain())
             for b in range(batches):
                 first = (b * BATCH * 104729) % max(1, filled - BATCH)
                 keys = [f"acme/mem-{n}" for n in range(first, first + BATCH)]
@@ -193,6 +198,7 @@ async def run(points: int, step: int, batches: int, workdir: Path) -> list[dict[
                 "update_p99_ms": round(upd["p99"], 2),
                 "lookup_p50_ms": round(look["median"], 3),
                 "lookup_p99_ms": round(look["p99"], 3),
+                "flush_ms": round(flush_ms, 1),
                 "search_user_p50_ms": round(in_user["median"], 2),
                 "search_tenant_p50_ms": round(in_tenant["median"], 2),
                 "anon_kib_per_memory": round((anon - base_kib) / stored, 3),
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(run(points, step, batches, Path(tmp)))
     columns = [
         "memories", "fill_per_s", "insert_p50_ms", "insert_p99_ms", "update_p50_ms",
-        "update_p99_ms", "lookup_p50_ms", "lookup_p99_ms", "search_user_p50_ms",
+        "update_p99_ms", "flush_ms", "lookup_p50_ms", "lookup_p99_ms", "search_user_p50_ms",
         "search_tenant_p50_ms", "anon_kib_per_memory", "gil_pace_pct",
     ]  # fmt: skip
     meta = {"batch": BATCH, "batches_per_measure": batches, "store": "qdrant-edge (adapter)"}
