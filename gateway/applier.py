@@ -3,16 +3,19 @@
 For each batch it reads: decode every record strictly (an undecodable or
 invalid one goes to the dead-letter topic with its reason, and the applier
 carries on); merge each event into its memory's state with the replication
-core (duplicates change nothing, I5); write the changed states to the store;
-update the cache; note the applied ``(replica, seq)`` for read-your-writes;
-tell listeners (fan-out); and only then commit the batch's offsets. If the
-store fails, the same batch is retried with backoff — never skipped, never
-half-applied.
+core (duplicates change nothing, I5); update the cache; write the changed
+states to the store *while* the listeners record the batch in the history
+and fan it out (a subscriber never waits for the store: the event is already
+in the log); once both are done, note the applied ``(replica, seq)`` for
+read-your-writes; and only then commit the batch's offsets. If the store
+fails, its states leave the cache and the same batch is retried with backoff
+— never skipped, never half-applied (listeners deduplicate what they had).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -157,6 +160,33 @@ class Applier:
         async with self.lock:
             return await self._apply_batch(records)
 
+    async def _persist(self, changed: dict[str, MemoryState], applied: DotContext) -> None:
+        """Write changed states and the applied context; on failure, forget them in the cache.
+
+        The cache already holds the merged states; if the store did not take
+        them, the retried batch must merge from the store again (from the
+        cache it would find nothing to write).
+        """
+        try:
+            if changed:
+                await self._store.put_many(list(changed.values()))
+            await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
+        except BaseException:
+            for key in changed:
+                self._service.cache.discard(key)
+            raise
+
+    def _observe(self, events: list[tuple[MemoryEvent, bytes]]) -> None:
+        """Feed the batch's timestamps to the clock and the apply-lag histogram."""
+        now = time.time() * 1000
+        lag = self._metrics.apply_lag.labels(source=self.name)
+        for event, _ in events:
+            try:
+                self._service.clock.observe(event.timestamp)
+            except ClockDriftError as exc:
+                _log.warning("applier.clock_drift", event_id=event.event_id, error=exc.message)
+            lag.observe(max(0.0, now - physical_ms(event.timestamp)) / 1000)
+
     async def merge_states(self, remote: Sequence[MemoryState]) -> int:
         """Join whole states from a peer (anti-entropy's state repair).
 
@@ -237,34 +267,35 @@ class Applier:
             states[event.key] = after
             changed[event.key] = after
             fresh.append((event, raw))
-        if changed:
-            await self._store.put_many(list(changed.values()))
+        # The store write runs while the batch is recorded and fanned out: a
+        # subscriber need not wait for the store (the event is in the log,
+        # and the cache answers reads). Read-your-writes waits for both.
+        dots = [Dot(e.dot.replica, e.seq) for e, _ in events]
+        for state in changed.values():
+            self._service.remember(state)
+        persist = asyncio.ensure_future(self._persist(changed, self._tracker.after(dots)))
+        try:
+            self._observe(events)
+            if self.batch_listeners:
+                # Every event of the batch, duplicates included: a listener that
+                # missed one (a crash before the offsets were committed) gets it
+                # again when the batch is read again.
+                frontier = self._tracker.applied
+                batch = [(e, raw, states[e.key]) for e, raw in events]
+                for batch_listener in self.batch_listeners:
+                    await batch_listener(batch, frontier)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await persist
+            raise
+        await persist
+        if self.digest is not None:
             for key, state in changed.items():
-                self._service.remember(state)
-                if self.digest is not None:
-                    self.digest.replace(originals.get(key), state)
-        now = time.time() * 1000
-        for event, _ in events:
-            try:
-                self._service.clock.observe(event.timestamp)
-            except ClockDriftError as exc:
-                _log.warning("applier.clock_drift", event_id=event.event_id, error=exc.message)
-            self._metrics.apply_lag.labels(source=self.name).observe(
-                max(0.0, now - physical_ms(event.timestamp)) / 1000
-            )
-        frontier = self._tracker.applied
-        await self._tracker.note([Dot(e.dot.replica, e.seq) for e, _ in events])
-        await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(self._tracker.applied))
+                self.digest.replace(originals.get(key), state)
+        await self._tracker.note(dots)
         self._metrics.applied.labels(source=self.name).inc(len(events))
         self.applied_total += len(events)
         self.last_applied_at = time.monotonic()
         for count in self.event_counters:
             count(self.name, len(events))
-        if self.batch_listeners:
-            # Every event of the batch, duplicates included: a listener that
-            # missed one (a crash between the store write and the listener)
-            # gets it again when the uncommitted batch is read again.
-            batch = [(e, raw, states[e.key]) for e, raw in events]
-            for batch_listener in self.batch_listeners:
-                await batch_listener(batch, frontier)
         return [e for e, _ in fresh]

@@ -49,6 +49,7 @@ __all__ = ["Delivery", "DirectWriter", "Fanout", "Subscription", "authorize_chan
 _encoder = msgspec.json.Encoder()
 _ids = itertools.count(1)
 _DIRECT_MAX_BYTES = 256 * 1024  # the most one direct write may carry
+_RUN_MAX = 256  # the most events one batch frame carries
 
 
 @dataclass(eq=False)
@@ -126,6 +127,14 @@ class DirectWriter(Protocol):
 
     def write(self, messages: list[bytes]) -> None:
         """Send these messages, in order, now (one frame each)."""
+        ...
+
+    def encode(self, messages: list[bytes]) -> bytes:
+        """These messages as the bytes :meth:`write` would send (the same for every connection)."""
+        ...
+
+    def write_encoded(self, data: bytes) -> None:
+        """Send what :meth:`encode` made, now."""
         ...
 
 
@@ -254,6 +263,38 @@ class Subscription:
                 break
         self.last_sent = time.monotonic()
 
+    def direct_writer(self) -> DirectWriter | None:
+        """The connection, when this subscriber is caught up and it can take a write now.
+
+        Eager, nothing queued, coalesced or held back, no pump holding taken
+        messages, the socket with room: what the fan-out writes goes out in
+        order with everything before it.
+        """
+        writer = self.writer
+        if (
+            writer is None
+            or self.closed is not None
+            or self._queue
+            or self._coalesced
+            or self._held is not None
+            or self.busy
+            or self.mode != "eager"
+            or not writer.ready()
+        ):
+            return None
+        return writer
+
+    def wrote(self, writer: DirectWriter, data: bytes, cursor: str) -> None:
+        """Send bytes :meth:`direct_writer`'s connection encoded; ``cursor`` stands after them."""
+        try:
+            writer.write_encoded(data)
+        except (OSError, RuntimeError):  # the connection went away under us
+            self._close("connection_lost")
+            self._wake()
+            return
+        self.cursor = self.sent_cursor = cursor
+        self.last_sent = time.monotonic()
+
     def send_repair(self, message: bytes) -> None:
         """Queue a state-repair batch; past ``hard_limit`` queued messages, drop the subscriber."""
         if self.closed is not None:
@@ -321,30 +362,19 @@ class Subscription:
         """
         out: list[tuple[bytes, str | None]] = []
         run: list[tuple[bytes, str | None, bytes]] = []
-
-        def flush_run() -> None:
-            if len(run) == 1:
-                out.append((run[0][0], run[0][1]))
-            elif run:
-                cursor = run[-1][1]
-                out.append(
-                    (
-                        b'{"op":"batch","events":[' + b",".join(r[2] for r in run)
-                        + b'],"states":[],"cursor":' + _encoder.encode(cursor) + b"}",
-                        cursor,
-                    )
-                )  # fmt: skip
-            run.clear()
-
         for message, cursor, raw in self._queue:
             if raw is not None:
                 run.append((message, cursor, raw))
-                if len(run) >= 256:
-                    flush_run()
+                if len(run) >= _RUN_MAX:
+                    out.append(_run_message(run))
+                    run.clear()
             else:
-                flush_run()
+                if run:
+                    out.append(_run_message(run))
+                    run.clear()
                 out.append((message, cursor))
-        flush_run()
+        if run:
+            out.append(_run_message(run))
         self._queue.clear()
         if self._coalesced and (flush_lazy or self._coalescing):
             out.append(self._coalesced_batch())
@@ -414,17 +444,55 @@ class Fanout:
     def publish(self, deliveries: Iterable[Delivery]) -> None:
         """Offer each delivery to every subscription that may see it, once.
 
-        Subscriptions that can be written to directly get the batch's
-        messages at the end, in one write each.
+        Deliveries are grouped by **audience** — tenant, channels, user and
+        ``shared``, everything that decides who may see one — so each
+        group's targets are found and authorised once, not per event. A
+        subscription in one audience of the batch that is caught up
+        (:meth:`Subscription.direct_writer`) gets the group's frames,
+        encoded once for all of them, in one write: per subscriber, the work
+        of a bare broadcast. Any other subscription is offered each
+        delivery in batch order and flushed at the end.
         """
-        offered: dict[int, Subscription] = {}
-        for d in deliveries:
-            for sub in self._targets(d.tenant, d.channels):
-                if sub.allows(d):
+        batch = list(deliveries)
+        groups: dict[tuple[str, tuple[str, ...], str, bool], list[Delivery]] = {}
+        for d in batch:
+            groups.setdefault((d.tenant, d.channels, d.user, d.shared), []).append(d)
+        audiences: list[tuple[list[Delivery], list[Subscription]]] = []
+        seen: set[int] = set()
+        several: dict[int, Subscription] = {}  # subscriptions in more than one audience
+        for group in groups.values():
+            first = group[0]
+            subs = [s for s in self._targets(first.tenant, first.channels) if s.allows(first)]
+            for sub in subs:
+                if sub.id in seen:
+                    several[sub.id] = sub
+                seen.add(sub.id)
+            audiences.append((group, subs))
+        offered: list[Subscription] = list(several.values())
+        if several:  # offered in batch order, across their audiences
+            audience_of = {id(d): subs for group, subs in audiences for d in group}
+            for d in batch:
+                for sub in audience_of[id(d)]:
+                    if sub.id in several:
+                        sub.offer(d)
+                        self.delivered += 1
+        for group, subs in audiences:
+            encoded: bytes | None = None
+            for sub in subs:
+                if sub.id in several:
+                    continue
+                self.delivered += len(group)
+                writer = sub.direct_writer()
+                if writer is not None and (sub.skip is EMPTY or not _skips(sub.skip, group)):
+                    if encoded is None:
+                        encoded = writer.encode(_messages(group))
+                    if len(encoded) <= _DIRECT_MAX_BYTES:
+                        sub.wrote(writer, encoded, group[-1].cursor)
+                        continue
+                for d in group:
                     sub.offer(d)
-                    offered[sub.id] = sub
-                    self.delivered += 1
-        for sub in offered.values():
+                offered.append(sub)
+        for sub in offered:
             sub.flush()
 
     def publish_states(
@@ -476,6 +544,38 @@ class Fanout:
     def subscriptions(self) -> list[Subscription]:
         """Every live subscription."""
         return list(self._subs.values())
+
+
+def _run_message(run: list[tuple[bytes, str | None, bytes]]) -> tuple[bytes, str | None]:
+    """Queued events ``(message, cursor, raw)`` as one message: itself, or a ``batch``."""
+    if len(run) == 1:
+        return run[0][0], run[0][1]
+    cursor = run[-1][1]
+    return (
+        b'{"op":"batch","events":[' + b",".join(r[2] for r in run)
+        + b'],"states":[],"cursor":' + _encoder.encode(cursor) + b"}",
+        cursor,
+    )  # fmt: skip
+
+
+def _messages(group: list[Delivery]) -> list[bytes]:
+    """The messages :meth:`Subscription.take` would make of these deliveries, queued."""
+    out = []
+    for i in range(0, len(group), _RUN_MAX):
+        run = group[i : i + _RUN_MAX]
+        if len(run) == 1:
+            out.append(run[0].message)
+        else:
+            out.append(
+                b'{"op":"batch","events":[' + b",".join(d.raw for d in run)
+                + b'],"states":[],"cursor":' + _encoder.encode(run[-1].cursor) + b"}"
+            )  # fmt: skip
+    return out
+
+
+def _skips(skip: DotContext, group: list[Delivery]) -> bool:
+    """Whether the client already has one of these deliveries (a resumed cursor)."""
+    return any(dvv.contains(skip, d.dot) for d in group)
 
 
 def _settle(waiter: asyncio.Future[None] | None) -> None:

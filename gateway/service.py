@@ -108,9 +108,13 @@ class SeqTracker:
         """Whether every event named by a session token has been applied here."""
         return dvv.is_subset(session, self.applied)
 
+    def after(self, dots: Sequence[Dot]) -> DotContext:
+        """What :attr:`applied` becomes once these events are noted."""
+        return heal_gaps(dvv.join(self.applied, dvv.context_of(dots)))
+
     async def note(self, dots: Sequence[Dot]) -> None:
         """Record applied events and wake waiters."""
-        self.applied = heal_gaps(dvv.join(self.applied, dvv.context_of(dots)))
+        self.applied = self.after(dots)
         async with self._changed:
             self._changed.notify_all()
 

@@ -90,7 +90,14 @@ class _DirectFrames:
         )
 
     def write(self, messages: list[bytes]) -> None:
-        self._transport.write(b"".join(_frame(0x81, m) for m in messages))
+        self._transport.write(self.encode(messages))
+
+    @staticmethod
+    def encode(messages: list[bytes]) -> bytes:
+        return b"".join([_frame(0x81, m) for m in messages])
+
+    def write_encoded(self, data: bytes) -> None:
+        self._transport.write(data)
 
     def drop(self, last: list[bytes], code: int, reason: bytes) -> None:
         """Send ``last`` and a close frame after what is buffered, then close the socket.

@@ -12,6 +12,7 @@ from gateway.history import Cursor
 from gateway.streams import Pump, Streams
 from replication.dvv import EMPTY as dvv_empty_context
 from replication.dvv import Dot
+from replication.dvv import add as dvv_add
 from replication.testing import Replica
 
 
@@ -113,6 +114,12 @@ class _Socket:
 
     def write(self, messages: list[bytes]) -> None:
         self.writes.append(messages)
+
+    def encode(self, messages: list[bytes]) -> bytes:
+        return b"\0".join(messages)
+
+    def write_encoded(self, data: bytes) -> None:
+        self.writes.append(data.split(b"\0"))
 
 
 async def _pump_waiting(sub: Subscription) -> asyncio.Task[None]:
@@ -338,3 +345,51 @@ def test_a_repair_and_a_mode_switch_go_straight_to_a_socket_with_room() -> None:
     sub.send_repair(b'{"op":"batch","events":[],"states":[],"cursor":null}')
     assert asked == [] and len(socket.writes) == 2
     assert json.loads(socket.writes[0][0])["events"][0] == {"n": 1}
+
+
+def test_one_audience_is_encoded_once_and_written_as_the_queued_path_would() -> None:
+    fan = Fanout(10)
+    sockets = [_Socket() for _ in range(3)]
+    subs = [Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=s)
+            for s in sockets]  # fmt: skip
+    for sub in subs:
+        fan.add(sub)
+    encoded: list[list[bytes]] = []
+    original = sockets[0].encode
+    sockets[0].encode = lambda m: (encoded.append(m), original(m))[1]  # type: ignore[method-assign]
+    sockets[1].encode = sockets[0].encode  # type: ignore[method-assign]
+    sockets[2].encode = sockets[0].encode  # type: ignore[method-assign]
+    subs[2].busy = True  # its pump holds messages: this batch is queued for it
+    fan.publish([_delivery(n) for n in range(1, 5)])
+    assert len(encoded) == 1  # once for every caught-up subscriber
+    assert sockets[0].writes == sockets[1].writes and sockets[2].writes == []
+    subs[2].busy = False
+    subs[2].flush()  # the queued path: the same frames
+    assert sockets[2].writes == sockets[0].writes
+    assert [e["n"] for e in json.loads(sockets[0].writes[0][0])["events"]] == [1, 2, 3, 4]
+    assert all(s.sent_cursor == s.cursor == "c4" for s in subs)
+    assert fan.delivered == 12
+
+
+def test_a_subscriber_of_several_audiences_gets_the_batch_in_order_once() -> None:
+    fan, socket = Fanout(10), _Socket()
+    channels = {"user:u1:memories", "tenant:t1:shared", "topic:x:updates"}
+    sub = Subscription(claims=_claims(), writer=socket, channels=channels)
+    fan.add(sub)
+    batch = [_delivery(1), _delivery(2, shared=True), _delivery(3, topics=("x",)),
+             _delivery(4, user="u2", topics=("x",), shared=True), _delivery(5)]  # fmt: skip
+    fan.publish(batch)
+    (write,) = socket.writes
+    assert [e["n"] for e in json.loads(write[0])["events"]] == [1, 2, 3, 4, 5]
+
+
+def test_a_resumed_subscriber_is_not_sent_what_its_cursor_holds() -> None:
+    fan, socket = Fanout(10), _Socket()
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    sub.skip = dvv_add(dvv_empty_context, Dot("r1", 2))
+    fan.add(sub)
+    fan.publish([_delivery(1), _delivery(2), _delivery(3)])
+    (write,) = socket.writes
+    assert [e["n"] for e in json.loads(write[0])["events"]] == [1, 3]
+    fan.publish([_delivery(4)])
+    assert json.loads(socket.writes[1][0])["cursor"] == "c4"
