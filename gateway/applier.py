@@ -7,7 +7,8 @@ core (duplicates change nothing, I5); update the cache; write the changed
 states to the store *while* the listeners record the batch in the history
 and fan it out (a subscriber never waits for the store: the event is already
 in the log); once both are done, note the applied ``(replica, seq)`` for
-read-your-writes; and only then commit the batch's offsets. If the store
+read-your-writes; and only then commit the batch's offsets (at most
+``MEMSYNC_APPLY_COMMIT_MS`` later, one commit for several batches). If the store
 fails, its states leave the cache and the same batch is retried with backoff
 — never skipped, never half-applied (listeners deduplicate what they had).
 """
@@ -104,6 +105,7 @@ class Applier:
         metrics: Metrics,
         batch: int = 500,
         poll_ms: int = 100,
+        commit_every: float = 0.1,
         lock: asyncio.Lock | None = None,
         digest: RunningDigest | None = None,
     ) -> None:
@@ -118,6 +120,7 @@ class Applier:
         self._metrics = metrics
         self._batch = batch
         self._poll_ms = poll_ms
+        self._commit_every = commit_every
         # Called once per batch with its events (state after the batch) and the
         # applied context before the batch (history and fan-out).
         self.batch_listeners: list[BatchListener] = []
@@ -136,24 +139,41 @@ class Applier:
             self._tracker.applied = dvv.join(self._tracker.applied, _applied_decoder.decode(raw))
 
     async def run(self) -> None:
-        """Apply forever (until cancelled)."""
+        """Apply forever (until cancelled).
+
+        Offsets are committed after the batches they cover were applied, at
+        most ``commit_every`` seconds late (at once when the log goes quiet):
+        not one broker round trip per batch. A crash re-reads what was not
+        committed, and applying it again changes nothing (I5).
+        """
         backoff = 0.05
+        uncommitted: dict[tuple[str, int], Any] = {}  # the last record per partition
+        last_commit = time.monotonic()
         while True:
             records = await self._reader.read(self._batch, self._poll_ms)
-            if not records:
-                continue
-            while True:
-                try:
-                    await self.apply_batch(records)
-                    break
-                except MemsyncError as exc:
-                    _log.warning(
-                        "applier.retry", applier=self.name, error=exc.message, backoff=backoff
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-            backoff = 0.05
-            await self._reader.commit(records)
+            if records:
+                while True:
+                    try:
+                        await self.apply_batch(records)
+                        break
+                    except MemsyncError as exc:
+                        _log.warning(
+                            "applier.retry", applier=self.name, error=exc.message, backoff=backoff
+                        )
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 2.0)
+                backoff = 0.05
+                for record in records:
+                    uncommitted[(record.topic, record.partition)] = record
+            now = time.monotonic()
+            if uncommitted and (not records or now - last_commit >= self._commit_every):
+                await self._reader.commit(list(uncommitted.values()))
+                uncommitted.clear()
+                last_commit = time.monotonic()
+                self._stage("commit", last_commit - now)
+
+    def _stage(self, stage: str, seconds: float) -> None:
+        self._metrics.apply_stage.labels(source=self.name, stage=stage).observe(seconds)
 
     async def apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
         """Merge a batch into the store; the events that changed something."""
@@ -244,6 +264,7 @@ class Applier:
                 heartbeat_listener(self.name, record.value, tuple(record.headers))
         if not events:
             return []
+        started = time.perf_counter()
         keys = list(dict.fromkeys(e.key for e, _ in events))
         states: dict[str, MemoryState] = {}
         missing = []
@@ -274,6 +295,8 @@ class Applier:
         for state in changed.values():
             self._service.remember(state)
         persist = asyncio.ensure_future(self._persist(changed, self._tracker.after(dots)))
+        merged = time.perf_counter()
+        self._stage("merge", merged - started)
         try:
             self._observe(events)
             if self.batch_listeners:
@@ -288,7 +311,10 @@ class Applier:
             with contextlib.suppress(Exception):
                 await persist
             raise
+        published = time.perf_counter()
+        self._stage("publish", published - merged)
         await persist
+        self._stage("store", time.perf_counter() - published)
         if self.digest is not None:
             for key, state in changed.items():
                 self.digest.replace(originals.get(key), state)

@@ -53,6 +53,16 @@ class Metrics:
             "Events the applier had already applied (exactly-once effect).",
             registry=r,
         )
+        self.apply_stage = Histogram(
+            "memsync_apply_stage_seconds",
+            "Where an applied batch's time goes: reading states and merging "
+            "(merge), recording in the history and fanning out (publish), the "
+            "store write still running after that (store), committing offsets "
+            "(commit).",
+            ["source", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.apply_lag = Histogram(
             "memsync_apply_lag_seconds",
             "Event timestamp to applied in this region.",

@@ -290,6 +290,7 @@ class Runtime:
             dead_letters=self.dead_letters,
             metrics=self.metrics,
             batch=self.settings.limits.apply_batch,
+            commit_every=self.settings.limits.apply_commit_ms / 1000,
             lock=self.apply_lock,
             digest=self.digest,
         )

@@ -128,6 +128,7 @@ class Limits:
     tenant_burst: float = 40_000.0
     outbox_max_events: int = 1_000_000
     apply_batch: int = 500
+    apply_commit_ms: int = 100  # the most an applier's offset commits wait (one per batch at 0)
     journal_ack_interval: float = 1.0
     max_subscriptions: int = 20_000
     subscriber_soft_limit: int = 256  # queued messages before an eager one coalesces
@@ -249,6 +250,7 @@ class Settings:
                 tenant_rate=r.as_float("MEMSYNC_TENANT_RATE", d.limits.tenant_rate),
                 tenant_burst=r.as_float("MEMSYNC_TENANT_BURST", d.limits.tenant_burst),
                 max_subscriptions=r.as_int("MEMSYNC_MAX_SUBSCRIPTIONS", d.limits.max_subscriptions),
+                apply_commit_ms=r.as_int("MEMSYNC_APPLY_COMMIT_MS", d.limits.apply_commit_ms),
                 subscriber_soft_limit=r.as_int(
                     "MEMSYNC_SUBSCRIBER_SOFT_LIMIT", d.limits.subscriber_soft_limit
                 ),

@@ -73,6 +73,7 @@ from loadtests.gateway_bench import (
     TENANT,
     Latencies,
     LocalRegion,
+    Sample,
     http_session,
     log,
     open_loop,
@@ -868,9 +869,8 @@ async def measure_propagation(
     await _wait_deliveries(pool, warm_tag, warm.ok * subs, 1.0, 10.0)
     await pool.ask({"cmd": "mark"})
     closed_before = (await pool.received(warm_tag))[1]
-    cpu = CpuMeter(
-        {"gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid()}
-    )
+    cpu = CpuMeter(_pids(region))
+    before = await scrape(writer.http, region.url)
     if seconds is None:
         big = pool.count >= max(plan.subscribers)
         seconds = plan.write_seconds_big if big else plan.write_seconds
@@ -890,11 +890,13 @@ async def measure_propagation(
     expected = acks.ok * (subs - closed_before)
     _got, drain = await _wait_deliveries(pool, tag, expected, plan.drain_quiet, plan.drain_max)
     usage = cpu.pct()
+    stages = _stages(before, await scrape(writer.http, region.url))
     rep = await pool.report(tag)
     log(
         f"(b) {subs} subscribers: {rep.received}/{expected} deliveries, "
         f"p99 {rep.quantile(99):.1f} ms, gateway cpu {usage['gateway']} %"
     )
+    log("    stages p50/p99 ms: " + ", ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in stages.items()))
     rows.append(
         {
             **acks.row(f"b write ack (POST) {at}, {subs} subs", took, rate),
@@ -946,7 +948,41 @@ async def measure_propagation(
         "per_subscriber_received_min": rep.per_sub_min,
         "per_subscriber_received_max": rep.per_sub_max,
         "cpu_pct": {**usage, "subscriber_workers": rep.client_cpu_pct},
+        "gateway_stages_p50_p99_ms": stages,
     }
+
+
+def _pids(region: LocalRegion) -> dict[str, int | None]:
+    """The processes whose CPU a phase reports: gateway, its store process, broker, bench."""
+    pids = {"gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid()}
+    gw = region.gateway_pid
+    if gw is not None:
+        with contextlib.suppress(OSError, ValueError):
+            children = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
+            if children:
+                pids["store_process"] = int(children[0])
+    return pids
+
+
+_STAGES = (
+    ("write", "memsync_write_stage_seconds", "stage"),
+    ("apply", "memsync_apply_stage_seconds", "stage"),
+    ("loop lag", "memsync_event_loop_lag_seconds", ""),
+)
+
+
+def _stages(before: Sample, after: Sample) -> dict[str, tuple[float, float]]:
+    """p50/p99 (ms) of the gateway's write and apply stages and loop lag between two scrapes."""
+    out: dict[str, tuple[float, float]] = {}
+    for what, name, label in _STAGES:
+        values = sorted({lab.get(label, "") for lab, _ in after.metrics.get(name + "_count", [])})
+        for value in values:
+            labels = {label: value} if label else {}
+            h = after.histogram(name, **labels) - before.histogram(name, **labels)
+            if h.count:
+                key = f"{what} {value}".strip()
+                out[key] = (round(h.quantile(0.5) * 1000, 2), round(h.quantile(0.99) * 1000, 2))
+    return out
 
 
 # -- (c) one event to many ------------------------------------------------------------
@@ -967,9 +1003,7 @@ async def measure_fanout(
         await writer.write(f"w{tag}", i)
     await _wait_deliveries(pool, f"w{tag}", 3 * subs, 1.0, 10.0)
     await pool.ask({"cmd": "mark"})
-    cpu = CpuMeter(
-        {"gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid()}
-    )
+    cpu = CpuMeter(_pids(region))
     acks: list[float] = []
     log(f"(c) one write → {subs} subscribers, {repeats} times")
     for k in range(repeats):
@@ -1176,9 +1210,7 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
             )
 
             # reference: the same writes with nobody subscribed
-            cpu = CpuMeter(
-                {"gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid()}
-            )
+            cpu = CpuMeter(_pids(region))
             n = int(plan.rate * plan.write_seconds / 2)
             log(f"(b) no subscribers: {n} writes at {plan.rate:.0f}/s open loop (reference)")
             acks = Latencies()
