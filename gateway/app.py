@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 
@@ -45,8 +46,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     app[METRICS] = metrics
     app[MODE] = modes
     app[RUNTIME] = Runtime(settings, metrics, modes, store=store)
-    connections: set[web.StreamResponse] = set()
-    app[CONNECTIONS] = connections
+    app[CONNECTIONS] = set()
     app.add_routes(api.routes())
     app.add_routes(subscribe.routes())
     app.add_routes(health.routes())
@@ -78,7 +78,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     async def going_away(app: web.Application) -> None:
         """Close live streams with GOING_AWAY (clients resume elsewhere with their cursor)."""
         watchdog.start()
-        live: set[web.StreamResponse] = app[CONNECTIONS]
+        live = app[CONNECTIONS]
         # Concurrently, each bounded: a client that stopped reading cannot hold the shutdown.
         await asyncio.gather(*(_going_away(conn) for conn in list(live)))
         for sub in app[STREAMS].fanout.subscriptions() if STREAMS in app else ():
@@ -86,6 +86,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
             sub.send_direct(b"")
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(subscribe.liveness)
     app.on_shutdown.append(going_away)
     return app
 
@@ -93,10 +94,10 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
 _CLOSE_TIMEOUT_S = 5.0
 
 
-async def _going_away(conn: web.StreamResponse) -> None:
+async def _going_away(conn: Any) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
         async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-            if isinstance(conn, web.WebSocketResponse):
-                await conn.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
-            else:
+            if isinstance(conn, web.StreamResponse):  # SSE
                 await conn.write_eof()
+            else:  # a WebSocket's connection
+                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,5 +32,7 @@ MODE: web.AppKey[Modes] = web.AppKey("modes")
 SERVICE: web.AppKey[MemoryService] = web.AppKey("service")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 STREAMS: web.AppKey[Streams] = web.AppKey("streams")
-CONNECTIONS: web.AppKey[set[web.StreamResponse]] = web.AppKey("connections")
+# Live streams: each WebSocket's connection (``subscribe._Connection``), each
+# SSE response; counted against ``max_subscriptions``, closed at shutdown.
+CONNECTIONS: web.AppKey[set[Any]] = web.AppKey("connections")
 TOKENS: web.AppKey[TokenCache] = web.AppKey("tokens")

@@ -468,3 +468,36 @@ async def test_an_idle_websocket_holds_no_pump_task_and_still_gets_heartbeats(
         await ws.close()
     finally:
         await g.stop()
+
+
+async def test_quiet_websockets_are_pinged_and_silent_ones_dropped(
+    tmp_path: Path, broker: TansuBroker
+) -> None:
+    g = await Gateway(tmp_path / "pings", broker, limits={"ws_heartbeat": 0.3}).start()
+    try:
+        assert g.client is not None
+        headers = {"Authorization": f"Bearer {g.default_token}"}
+        answering = await g.client.ws_connect("/v1/subscribe", headers=headers, autoping=False)
+        silent = await g.client.ws_connect("/v1/subscribe", headers=headers, autoping=False)
+        await answering.ping(b"are you there")
+        pong = await asyncio.wait_for(answering.receive(), 3.0)
+        assert (pong.type, pong.data) == (WSMsgType.PONG, b"are you there")
+        pings = 0
+        deadline = asyncio.get_running_loop().time() + 1.5
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                msg = await asyncio.wait_for(answering.receive(), left)
+            except TimeoutError:
+                break
+            if msg.type == WSMsgType.PING:
+                pings += 1
+                await answering.pong(msg.data)
+        assert pings >= 2 and not answering.closed  # pinged while quiet, kept while answering
+        seen = []
+        while len(seen) < 20 and (not seen or seen[-1] not in (WSMsgType.CLOSE, WSMsgType.CLOSED)):
+            seen.append((await asyncio.wait_for(silent.receive(), 3.0)).type)
+        assert seen[0] == WSMsgType.PING and seen[-1] in (WSMsgType.CLOSE, WSMsgType.CLOSED), seen
+        await _subscribe(answering, channels=["user:alice:memories"])
+        await answering.close()
+    finally:
+        await g.stop()
