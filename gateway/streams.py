@@ -70,6 +70,7 @@ class Streams:
     def __init__(self, history: History, fanout: Fanout) -> None:
         self.history = history
         self.fanout = fanout
+        self._head: tuple[Cursor | None, str] = (None, "")
 
     async def on_batch(
         self, batch: Sequence[tuple[MemoryEvent, bytes, MemoryState]], frontier: DotContext
@@ -125,8 +126,15 @@ class Streams:
         )
 
     def head_token(self) -> str:
-        """The cursor of "now": everything applied so far."""
-        return self.history.encode_cursor(self.history.head)
+        """The cursor of "now": everything applied so far.
+
+        Sealed once per head: subscribers that start at the same head share
+        one string (each idle connection keeps its cursor).
+        """
+        head = self.history.head
+        if self._head[0] is not head:
+            self._head = (head, self.history.encode_cursor(head))
+        return self._head[1]
 
 
 def repair_route(before: MemoryState | None, after: MemoryState) -> tuple[tuple[str, ...], bool]:

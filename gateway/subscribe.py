@@ -148,7 +148,7 @@ def _new_subscription(request: web.Request) -> tuple[Subscription, Any]:
         raise OverloadedError("this gateway holds its maximum of subscriptions", retry_after=5.0)
     sub = Subscription(
         claims=claims,
-        channels=set(),
+        channels=(),
         soft_limit=limits.subscriber_soft_limit,
         hard_limit=limits.subscriber_hard_limit,
     )
@@ -359,13 +359,13 @@ def _handle_op(request: web.Request, sub: Subscription, conn: _Connection, raw: 
         streams.fanout.remove(sub, channels)
         sub.send_direct(control("unsubscribed", channels=list(channels)))
         return
-    new = set(channels) - sub.channels
+    new = [ch for ch in channels if ch not in sub.channels]
     sub.set_mode(op.mode, op.interval_ms)
-    sub.channels |= new
+    sub.channels = (*sub.channels, *new)
     streams.fanout.add(sub)
     if op.since is not None:
         cursor = streams.history.decode_cursor(op.since)
-        conn.pump.request_replay(cursor, new or set(channels), op.since)
+        conn.pump.request_replay(cursor, set(new or channels), op.since)
     else:
         head = streams.head_token()
         sub.send_direct(control("subscribed", channels=sorted(sub.channels), cursor=head), head)
@@ -387,7 +387,7 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
     since = request.headers.get("Last-Event-ID") or request.query.get("since")
     cursor = streams.history.decode_cursor(since) if since else None
     sub.mode = mode
-    sub.channels = set(channels)
+    sub.channels = channels
     limits = request.app[SETTINGS].limits
     resp = web.StreamResponse(
         headers={
@@ -449,7 +449,7 @@ async def sync(request: web.Request) -> web.Response:
         raise BadRequestError("query parameter 'limit' must be between 1 and 1000")
     streams = request.app[STREAMS]
     service = request.app[SERVICE]
-    sub = Subscription(claims=claims, channels=set(channels))
+    sub = Subscription(claims=claims, channels=channels)
     since = request.query.get("since")
     if since:
         cursor = streams.history.decode_cursor(since)

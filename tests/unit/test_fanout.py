@@ -393,3 +393,21 @@ def test_a_resumed_subscriber_is_not_sent_what_its_cursor_holds() -> None:
     assert [e["n"] for e in json.loads(write[0])["events"]] == [1, 3]
     fan.publish([_delivery(4)])
     assert json.loads(socket.writes[1][0])["cursor"] == "c4"
+
+
+def test_a_channel_index_grows_and_shrinks_between_one_and_several_listeners() -> None:
+    fan = Fanout(10)
+    a, b = (Subscription(claims=_claims(), channels={"user:u1:memories"}) for _ in range(2))
+    fan.add(a)
+    fan.add(a)  # adding again changes nothing
+    fan.add(b)
+    fan.publish([_delivery(1)])
+    assert a.pending == b.pending == 1
+    fan.remove(a)
+    fan.publish([_delivery(2)])
+    assert (a.pending, b.pending) == (1, 2) and len(fan) == 1
+    fan.add(a)
+    fan.remove(b, ["user:u1:memories"])  # its last channel: gone
+    fan.remove(a)
+    fan.publish([_delivery(3)])
+    assert (a.pending, b.pending, len(fan)) == (1, 2, 0)
