@@ -155,8 +155,9 @@ class Subscription:
     skip: DotContext = EMPTY  # dots the client already has (a resumed cursor)
     closed: str | None = None  # why the server is closing it
     # (message, cursor, raw event or None for control messages)
-    _queue: list[tuple[bytes, str | None, bytes | None]] = field(default_factory=list)
-    _coalesced: dict[str, Delivery] = field(default_factory=dict)
+    # Made on first use, dropped when emptied: most connections are idle.
+    _queue: list[tuple[bytes, str | None, bytes | None]] | None = None
+    _coalesced: dict[str, Delivery] | None = None
     _coalescing: bool = False
     _held: list[Delivery] | None = None  # live deliveries held back during a replay
     # The pump's wake-up: a future only while it waits (an Event and its
@@ -174,6 +175,13 @@ class Subscription:
 
     def __post_init__(self) -> None:
         self.channels = tuple(dict.fromkeys(self.channels))
+
+    def _enqueue(self, item: tuple[bytes, str | None, bytes | None]) -> int:
+        """Append to the outbound queue (made on first use); its length."""
+        if self._queue is None:
+            self._queue = []
+        self._queue.append(item)
+        return len(self._queue)
 
     def close_lost(self) -> None:
         """The connection failed under a send: close this subscription."""
@@ -222,12 +230,13 @@ class Subscription:
             self._wake()
             return
         if self.mode == "lazy" or self._coalescing:
+            if self._coalesced is None:
+                self._coalesced = {}
             self._coalesced[d.key] = d
             if len(self._coalesced) > self.hard_limit:
                 self._close("slow_consumer")
         else:
-            self._queue.append((d.message, d.cursor, d.raw))
-            if len(self._queue) > self.soft_limit:
+            if self._enqueue((d.message, d.cursor, d.raw)) > self.soft_limit:
                 self._coalescing = True
         self.cursor = d.cursor
         if self.writer is None or self._coalescing or self.mode == "lazy":
@@ -304,8 +313,7 @@ class Subscription:
         """Queue a state-repair batch; past ``hard_limit`` queued messages, drop the subscriber."""
         if self.closed is not None:
             return
-        self._queue.append((message, None, None))
-        if len(self._queue) > self.hard_limit:
+        if self._enqueue((message, None, None)) > self.hard_limit:
             self._close("slow_consumer")
             self._wake()
         else:
@@ -317,7 +325,7 @@ class Subscription:
         Written straight to the connection when it can take it now, else
         queued for the pump.
         """
-        self._queue.append((message, cursor, None))
+        self._enqueue((message, cursor, None))
         if cursor is not None:
             self.cursor = cursor
         if self.closed is not None:
@@ -367,7 +375,7 @@ class Subscription:
         """
         out: list[tuple[bytes, str | None]] = []
         run: list[tuple[bytes, str | None, bytes]] = []
-        for message, cursor, raw in self._queue:
+        for message, cursor, raw in self._queue or ():
             if raw is not None:
                 run.append((message, cursor, raw))
                 if len(run) >= _RUN_MAX:
@@ -380,14 +388,14 @@ class Subscription:
                 out.append((message, cursor))
         if run:
             out.append(_run_message(run))
-        self._queue.clear()
+        self._queue = None
         if self._coalesced and (flush_lazy or self._coalescing):
             out.append(self._coalesced_batch())
         return out
 
     def _coalesced_batch(self) -> tuple[bytes, str]:
-        batch = list(self._coalesced.values())
-        self._coalesced.clear()
+        batch = list((self._coalesced or {}).values())
+        self._coalesced = None
         self._coalescing = False
         events = b",".join(d.raw for d in batch)
         states = b",".join(d.state_json for d in batch)
@@ -403,7 +411,7 @@ class Subscription:
         pending = mode != "lazy" and bool(self._coalesced) and not self._coalescing
         if pending:
             message, cursor = self._coalesced_batch()
-            self._queue.append((message, cursor, None))
+            self._enqueue((message, cursor, None))
         self.mode = mode
         self.interval_ms = interval_ms
         if pending:
@@ -412,7 +420,7 @@ class Subscription:
     @property
     def pending(self) -> int:
         """Messages and coalesced memories waiting to be sent."""
-        return len(self._queue) + len(self._coalesced) + len(self._held or ())
+        return len(self._queue or ()) + len(self._coalesced or ()) + len(self._held or ())
 
 
 class Fanout:
