@@ -174,8 +174,12 @@ async def subscribe_ws(request: web.Request) -> web.StreamResponse:
             return ws
         conn.attach(transport)
         # Client operations are read here, in the handler's own task (no
-        # coroutine more per connection than the handler itself).
-        async for msg in ws:
+        # coroutine more per connection than the handler itself; receive()
+        # rather than ``async for``: one suspended frame less, ~0.25 KiB).
+        while True:
+            msg = await ws.receive()
+            if msg.type in _ENDED:
+                break
             conn.seen = _monotonic()
             if msg.type == WSMsgType.TEXT:
                 conn.handle(request, msg.data)
@@ -303,6 +307,7 @@ class _Connection(_DirectFrames):
 
 
 _DROPPED = ("slow_consumer", "connection_lost")
+_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 _PING = _frame(0x89, b"")
 
 
