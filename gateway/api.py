@@ -29,7 +29,7 @@ from gateway.requests import decode_create, decode_patch, decode_search
 from gateway.service import WriteResult
 from replication.limits import ID_PATTERN
 
-__all__ = ["error_middleware", "routes"]
+__all__ = ["STREAM_ROUTES", "error_middleware", "error_response", "observe", "routes"]
 
 _log = structlog.get_logger(__name__)
 _ID = re.compile(ID_PATTERN)
@@ -63,49 +63,72 @@ _HTTP_CODES = {
 }
 
 
+STREAM_ROUTES = frozenset({"subscribe", "events"})  # route names of long-lived streams
+
+
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape; time every request."""
+def error_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Turn every failure into the JSON error shape; time every request.
+
+    A stream's handler (a route named in :data:`STREAM_ROUTES`) is returned
+    as it is, not awaited here: a WebSocket lives for hours, and a frame
+    suspended here for each costs ~0.3 KiB. Streams render their own
+    handshake errors with :func:`error_response` and time the handshake
+    with :func:`observe`.
+    """
+    if request.match_info.route.name in STREAM_ROUTES:
+        return handler(request)
+    return _guarded(request, handler)
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    status = 500
     try:
         response = await handler(request)
-        status = response.status
-    except MemsyncError as exc:
-        status = exc.status
+    except Exception as exc:  # noqa: BLE001 - the outermost handler: every failure answered
+        response = error_response(request, exc)
+    observe(request, response, started)
+    return response
+
+
+def error_response(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON error answer for a failure (an unexpected one is logged as a 500).
+
+    A redirect (an ``HTTPException`` below 400) is raised again.
+    """
+    if isinstance(exc, MemsyncError):
         headers = {}
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             headers["Retry-After"] = str(max(1, round(retry_after + 0.49)))
-        response = json_response(error_body(exc.code, exc.message), exc.status, headers)
-    except msgspec.ValidationError as exc:
-        status = 422
-        response = json_response(error_body("invalid", f"invalid body: {exc}"), 422)
-    except msgspec.DecodeError as exc:
-        status = 400
-        response = json_response(error_body("malformed", f"body is not valid JSON: {exc}"), 400)
-    except web.HTTPException as exc:
-        status = exc.status
+        return json_response(error_body(exc.code, exc.message), exc.status, headers)
+    if isinstance(exc, msgspec.ValidationError):
+        return json_response(error_body("invalid", f"invalid body: {exc}"), 422)
+    if isinstance(exc, msgspec.DecodeError):
+        return json_response(error_body("malformed", f"body is not valid JSON: {exc}"), 400)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
         if exc.status == 413:
             message = "request body is larger than the limit of this gateway"
         else:
             message = exc.reason
         code = _HTTP_CODES.get(exc.status, "http_error")
-        if exc.status < 400:
-            raise
-        response = json_response(error_body(code, message), exc.status)
-    except Exception:  # noqa: BLE001 - the outermost handler: log, answer 500
-        _log.exception("http.unhandled", method=request.method, path=request.path)
-        response = json_response(error_body("internal", "internal error; see the gateway log"), 500)
+        return json_response(error_body(code, message), exc.status)
+    _log.error("http.unhandled", method=request.method, path=request.path, exc_info=exc)
+    return json_response(error_body("internal", "internal error; see the gateway log"), 500)
+
+
+def observe(request: web.Request, response: web.StreamResponse, started: float) -> None:
+    """Mark a degraded answer and time it in ``memsync_http_request_seconds``."""
     mode = request.app[MODE].current()
-    if mode != "normal":
+    if mode != "normal" and not response.prepared:
         response.headers["X-Memsync-Degraded"] = mode
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].requests.labels(request.method, name, str(status)).observe(
+    request.app[METRICS].requests.labels(request.method, name, str(response.status)).observe(
         time.perf_counter() - started
     )
-    return response
 
 
 def _claims(request: web.Request) -> auth.Claims:

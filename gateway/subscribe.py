@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -22,10 +23,10 @@ import msgspec
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway.api import _claims, json_response
+from gateway.api import _claims, error_response, json_response, observe
 from gateway.errors import BadRequestError, ForbiddenError, MemsyncError, OverloadedError
 from gateway.fanout import Subscription, authorize_channels
-from gateway.history import ResyncRequiredError
+from gateway.history import Cursor, ResyncRequiredError
 from gateway.keys import CONNECTIONS, SERVICE, SETTINGS, STREAMS
 from gateway.store import ListQuery
 from gateway.streams import Pump, Streams, channel_allows, control
@@ -156,23 +157,23 @@ def _new_subscription(request: web.Request) -> tuple[Subscription, Any]:
 
 
 async def subscribe_ws(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/subscribe``: the WebSocket stream."""
-    sub, streams = _new_subscription(request)
-    limits = request.app[SETTINGS].limits
-    # No per-connection heartbeat timer (and no automatic pings): one sweep
-    # pings every quiet connection (:func:`liveness`), ~0.5 KiB less each.
-    ws = web.WebSocketResponse(
-        heartbeat=None, autoping=False, max_msg_size=limits.ws_max_msg_bytes, compress=False
-    )
-    conn = _Connection(ws, sub, streams, limits.stream_heartbeat)
-    connections = request.app[CONNECTIONS]
-    connections.add(conn)  # counted before the first await: no burst gets past
+    """``GET /v1/subscribe``: the WebSocket stream.
+
+    Not wrapped by the error middleware (see :data:`gateway.api.STREAM_ROUTES`):
+    a failed handshake is answered here, and only the handshake is timed.
+    """
+    started = time.perf_counter()
     try:
-        await ws.prepare(request)
-        transport = request.transport
-        if transport is None:  # gone already
-            return ws
-        conn.attach(transport)
+        ws, conn = await _ws_handshake(request)
+    except Exception as exc:  # noqa: BLE001 - answered like any request's failure
+        response = error_response(request, exc)
+        observe(request, response, started)
+        return response
+    observe(request, ws, started)
+    if conn is None:  # gone already
+        return ws
+    connections = request.app[CONNECTIONS]
+    try:
         # Client operations are read here, in the handler's own task (no
         # coroutine more per connection than the handler itself; receive()
         # rather than ``async for``: one suspended frame less, ~0.25 KiB).
@@ -189,6 +190,33 @@ async def subscribe_ws(request: web.Request) -> web.StreamResponse:
         connections.discard(conn)
         await conn.finish()
     return ws
+
+
+async def _ws_handshake(
+    request: web.Request,
+) -> tuple[web.WebSocketResponse, _Connection | None]:
+    """Authorise, count and upgrade; the connection (None if the client went away)."""
+    sub, streams = _new_subscription(request)
+    limits = request.app[SETTINGS].limits
+    # No per-connection heartbeat timer (and no automatic pings): one sweep
+    # pings every quiet connection (:func:`liveness`), ~0.5 KiB less each.
+    ws = web.WebSocketResponse(
+        heartbeat=None, autoping=False, max_msg_size=limits.ws_max_msg_bytes, compress=False
+    )
+    conn = _Connection(ws, sub, streams, limits.stream_heartbeat)
+    connections = request.app[CONNECTIONS]
+    connections.add(conn)  # counted before the first await: no burst gets past
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        connections.discard(conn)
+        raise
+    transport = request.transport
+    if transport is None:
+        connections.discard(conn)
+        return ws, None
+    conn.attach(transport)
+    return ws, conn
 
 
 class _Connection(_DirectFrames):
@@ -378,35 +406,16 @@ def _handle_op(request: web.Request, sub: Subscription, conn: _Connection, raw: 
 
 async def events_sse(request: web.Request) -> web.StreamResponse:
     """``GET /v1/events?channels=a,b[&mode=lazy&interval_ms=N]``: Server-Sent Events."""
-    sub, streams = _new_subscription(request)
-    names = [c for c in request.query.get("channels", "").split(",") if c]
-    if not names:
-        raise BadRequestError("query parameter 'channels' is required (comma-separated)")
+    started = time.perf_counter()
     try:
-        channels = authorize_channels(sub.claims, names)
-    except ValueError as exc:
-        raise BadRequestError(str(exc)) from exc
-    mode = request.query.get("mode", "eager")
-    if mode not in ("eager", "lazy"):
-        raise BadRequestError("query parameter 'mode' must be 'eager' or 'lazy'")
-    since = request.headers.get("Last-Event-ID") or request.query.get("since")
-    cursor = streams.history.decode_cursor(since) if since else None
-    sub.mode = mode
-    sub.channels = channels
+        resp, sub, streams, cursor, since = await _sse_handshake(request)
+    except Exception as exc:  # noqa: BLE001 - answered like any request's failure
+        response = error_response(request, exc)
+        observe(request, response, started)
+        return response
+    observe(request, resp, started)
     limits = request.app[SETTINGS].limits
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    request.app[CONNECTIONS].add(resp)
-    try:
-        await resp.prepare(request)
-    except BaseException:
-        request.app[CONNECTIONS].discard(resp)
-        raise
+    channels = sub.channels
 
     async def send(message: bytes, cursor: str | None) -> None:
         head = b"id: " + cursor.encode() + b"\n" if cursor else b""
@@ -415,7 +424,7 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
     pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
     streams.fanout.add(sub)
     if cursor is not None:
-        pump.request_replay(cursor, set(channels), since or "")
+        pump.request_replay(cursor, set(channels), since)
     else:
         head = streams.head_token()
         sub.send_direct(control("subscribed", channels=sorted(channels), cursor=head), head)
@@ -433,6 +442,41 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
         streams.fanout.remove(sub)
         request.app[CONNECTIONS].discard(resp)
     return resp
+
+
+async def _sse_handshake(
+    request: web.Request,
+) -> tuple[web.StreamResponse, Subscription, Streams, Cursor | None, str]:
+    """Authorise, count and start the event stream."""
+    sub, streams = _new_subscription(request)
+    names = [c for c in request.query.get("channels", "").split(",") if c]
+    if not names:
+        raise BadRequestError("query parameter 'channels' is required (comma-separated)")
+    try:
+        channels = authorize_channels(sub.claims, names)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from exc
+    mode = request.query.get("mode", "eager")
+    if mode not in ("eager", "lazy"):
+        raise BadRequestError("query parameter 'mode' must be 'eager' or 'lazy'")
+    since = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
+    cursor = streams.history.decode_cursor(since) if since else None
+    sub.mode = mode
+    sub.channels = channels
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    request.app[CONNECTIONS].add(resp)
+    try:
+        await resp.prepare(request)
+    except BaseException:
+        request.app[CONNECTIONS].discard(resp)
+        raise
+    return resp, sub, streams, cursor, since
 
 
 async def sync(request: web.Request) -> web.Response:
@@ -557,7 +601,7 @@ def _unseal_page(request: web.Request, token: str) -> tuple[str, int, str | None
 def routes() -> list[web.RouteDef]:
     """The streaming and sync routes."""
     return [
-        web.get("/v1/subscribe", subscribe_ws),
-        web.get("/v1/events", events_sse),
+        web.get("/v1/subscribe", subscribe_ws, name="subscribe"),
+        web.get("/v1/events", events_sse, name="events"),
         web.get("/v1/sync", sync),
     ]

@@ -501,3 +501,58 @@ async def test_quiet_websockets_are_pinged_and_silent_ones_dropped(
         await answering.close()
     finally:
         await g.stop()
+
+
+async def _sse_messages(resp: Any, n: int) -> list[tuple[str | None, dict[str, Any]]]:
+    """The next ``n`` SSE messages: ``(id or None, data)``."""
+    out: list[tuple[str | None, dict[str, Any]]] = []
+    event_id: str | None = None
+    while len(out) < n:
+        line = (await asyncio.wait_for(resp.content.readline(), 10.0)).decode().rstrip("\n")
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            out.append((event_id, json.loads(line[6:])))
+            event_id = None
+    return out
+
+
+async def test_server_sent_events_deliver_and_resume_from_last_event_id(gw: Gateway) -> None:
+    assert gw.client is not None
+    headers = {"Authorization": f"Bearer {gw.default_token}"}
+    resp = await gw.client.get("/v1/events?channels=user:alice:memories", headers=headers)
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+    ((_, subscribed),) = await _sse_messages(resp, 1)
+    assert subscribed["op"] == "subscribed"
+    await _write(gw, "POST", "/v1/memories", user_id="alice", id="s1", kind="fact")
+    await _write(gw, "POST", "/v1/memories", user_id="bob", id="s2", kind="fact")  # not alice's
+    await _write(gw, "POST", "/v1/memories", user_id="alice", id="s3", kind="fact")
+    (first_id, first), (_, second) = await _sse_messages(resp, 2)
+    assert [first["event"]["memory"]["id"], second["event"]["memory"]["id"]] == ["s1", "s3"]
+    resp.close()
+    again = await gw.client.get(
+        "/v1/events?channels=user:alice:memories", headers={**headers, "Last-Event-ID": first_id}
+    )
+    replayed = [m for _, m in await _sse_messages(again, 1)]
+    events = [e for m in replayed for e in ([m["event"]] if "event" in m else m["events"])]
+    assert [e["memory"]["id"] for e in events] == ["s3"]  # after the cursor, nothing before
+    again.close()
+
+
+async def test_stream_handshake_failures_are_json_errors_and_timed(gw: Gateway) -> None:
+    assert gw.client is not None
+    good = {"Authorization": f"Bearer {gw.default_token}"}
+    cases = [
+        ("/v1/subscribe", {}, 401, "unauthorized"),
+        ("/v1/subscribe", good, 400, "bad_request"),  # a plain GET: no WebSocket upgrade
+        ("/v1/events", good, 400, "bad_request"),  # no channels
+        ("/v1/events?channels=user:alice:memories&mode=fast", good, 400, "bad_request"),
+        ("/v1/events?channels=tenant:other:shared", good, 403, "forbidden"),
+    ]
+    for path, headers, status, code in cases:
+        resp = await gw.client.get(path, headers=headers)
+        body = await resp.json()
+        assert (resp.status, body["error"]["code"]) == (status, code), (path, body)
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert 'route="/v1/subscribe",status="401"' in metrics
+    assert 'route="/v1/events",status="403"' in metrics
