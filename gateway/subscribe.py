@@ -332,6 +332,12 @@ class _Connection(_DirectFrames):
             sub.send_direct(b"")  # wakes a waiting pump to finish
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
                 await asyncio.wait_for(pumping, 5.0)
+        # Break the connection <-> subscription cycle: reference counting
+        # frees the connection at once, not a full collection later (10,000
+        # closing together left ~0.5 s of cyclic garbage for one pause).
+        sub.writer = None
+        self._pump = self._pumping = None
+        self._transport = None
 
 
 _DROPPED = ("slow_consumer", "connection_lost")

@@ -968,6 +968,7 @@ _STAGES = (
     ("write", "memsync_write_stage_seconds", "stage"),
     ("apply", "memsync_apply_stage_seconds", "stage"),
     ("loop lag", "memsync_event_loop_lag_seconds", ""),
+    ("gc gen", "memsync_gc_pause_seconds", "generation"),
 )
 
 
@@ -982,6 +983,8 @@ def _stages(before: Sample, after: Sample) -> dict[str, tuple[float, float]]:
             if h.count:
                 key = f"{what} {value}".strip()
                 out[key] = (round(h.quantile(0.5) * 1000, 2), round(h.quantile(0.99) * 1000, 2))
+                if label == "generation":  # pauses: how many, and the longest bucket reached
+                    out[key] = (h.count, round(h.quantile(1.0) * 1000, 2))
     return out
 
 

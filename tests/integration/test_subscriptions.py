@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 from pathlib import Path
@@ -556,3 +557,30 @@ async def test_stream_handshake_failures_are_json_errors_and_timed(gw: Gateway) 
     metrics = await (await gw.client.get("/metrics")).text()
     assert 'route="/v1/subscribe",status="401"' in metrics
     assert 'route="/v1/events",status="403"' in metrics
+
+
+async def test_a_closed_websocket_leaves_no_cyclic_garbage(gw: Gateway) -> None:
+    """Freed by reference counting when it ends: a mass disconnect costs no long GC pause."""
+    from gateway.keys import CONNECTIONS
+    from gateway.subscribe import _Connection
+
+    assert gw.client is not None
+    gc.collect()
+    gc.disable()
+    try:
+        ws = await _ws(gw)
+        await _subscribe(ws, channels=["user:alice:memories"])
+        await _write(gw, "POST", "/v1/memories", user_id="alice", id="g1", kind="fact")
+        await _events(ws, 1)
+        await ws.close()
+        live = gw.client.app[CONNECTIONS]  # type: ignore[index]
+        await eventually(lambda: _true(not live), what="the connection to end")
+        await asyncio.sleep(0.1)
+        left = [o for o in gc.get_objects() if isinstance(o, _Connection)]
+        assert left == []
+    finally:
+        gc.enable()
+
+
+async def _true(value: bool) -> bool:
+    return value
