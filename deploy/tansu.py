@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ __all__ = [
     "BrokerStartError",
     "TansuBroker",
     "free_port",
+    "free_port_run",
     "tansu_binary",
 ]
 
@@ -101,6 +103,27 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_port_run(n: int) -> int:
+    """A base port with ``n`` free ports from it, below the ephemeral range.
+
+    ``memsync up`` serves region i on ``base + i``; a base from the ephemeral
+    range can see ``base + 1`` taken by some client connection meanwhile (a
+    CI run failed so: "address already in use").
+    """
+    rng = random.Random()  # noqa: S311 - picking a port, not a secret
+    for _ in range(200):
+        base = rng.randrange(20_000, 32_000 - n)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + n):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no run of {n} free ports found")
 
 
 class TansuBroker:

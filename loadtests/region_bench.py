@@ -95,15 +95,16 @@ class Cluster:
         self.info: dict[str, Any] = {}
 
     async def __aenter__(self) -> Cluster:
-        from deploy.tansu import free_port
+        from deploy.tansu import free_port, free_port_run
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
         env.update({"MEMSYNC_AGENT_RATE": "100000", "MEMSYNC_AGENT_BURST": "100000",
                     "MEMSYNC_TENANT_RATE": "100000", "MEMSYNC_TENANT_BURST": "100000"})  # fmt: skip
+        base = free_port_run(len(REGIONS))
         out = (self.workdir / "up.out").open("wb")
         self.proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our own CLI, started once
             [sys.executable, "-m", "gateway.cli", "up", "--regions", ",".join(REGIONS),
-             "--data-dir", str(self.workdir / "data"), "--base-port", str(free_port()),
+             "--data-dir", str(self.workdir / "data"), "--base-port", str(base),
              "--toxiproxy-port", str(free_port()), "--insecure-dev"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
@@ -112,7 +113,8 @@ class Cluster:
         deadline = time.monotonic() + 120
         while not cluster_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"memsync up failed; see {self.workdir / 'up.out'}")
+                tail = (self.workdir / "up.out").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"memsync up failed:\n{tail}")
             await asyncio.sleep(0.1)
         self.info = json.loads(cluster_file.read_text())
         return self

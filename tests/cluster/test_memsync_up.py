@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +14,7 @@ from typing import Any
 import httpx
 from toxiproxy import Toxiproxy
 
-from deploy.tansu import free_port
+from deploy.tansu import free_port, free_port_run
 
 REGIONS = ("us-east", "eu-west", "ap-south")
 
@@ -45,27 +42,6 @@ def _start(data_dir: Path, base_port: int, api_port: int) -> subprocess.Popen[st
     return proc
 
 
-def _free_run(n: int) -> int:
-    """A base port with ``n`` free ports from it, below the ephemeral range.
-
-    ``memsync up`` serves region i on ``base + i``; a base from the ephemeral
-    range can see ``base + 1`` taken by some client connection meanwhile (a
-    CI run failed so: "address already in use").
-    """
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 32_000 - n)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + n):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no run of {n} free ports found")
-
-
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -81,7 +57,7 @@ def _wait_for(check: Any, within: float, what: str) -> None:
 
 
 def test_memsync_up_runs_three_regions_through_the_fault_proxy(tmp_path: Path) -> None:
-    base, api_port = _free_run(len(REGIONS)), free_port()
+    base, api_port = free_port_run(len(REGIONS)), free_port()
     proc = _start(tmp_path, base, api_port)
     try:
         cluster = json.loads((tmp_path / "cluster.json").read_text())
