@@ -23,7 +23,9 @@ c. **fan-out of one event** to 1,000 subscribers: a single write, the time
 d. **idle subscribers** — 10,000 WebSocket connections, each subscribed to
    its own user channel, held open: gateway RSS before/after → KiB per
    connection (measured first, on a fresh gateway, so memory freed by other
-   phases cannot hide the cost).
+   phases cannot hide the cost; the gateway is then restarted on the same
+   data, so the other phases do not inherit the teardown of those
+   connections).
 
 Subscribers run in child processes (``--worker``): a minimal RFC 6455 client
 on raw asyncio transports (no extensions offered, so no permessage-deflate,
@@ -129,8 +131,8 @@ QUICK = Plan(
     idle=1000,
     idle_rate=1000.0,
     idle_hold=1.5,
-    drain_quiet=2.0,
-    drain_max=10.0,
+    drain_quiet=5.0,
+    drain_max=30.0,
     ref_seconds=2.0,
 )
 DEFAULT = Plan(
@@ -144,7 +146,10 @@ DEFAULT = Plan(
     idle=10_000,
     idle_rate=1000.0,
     idle_hold=5.0,
-    drain_quiet=3.0,
+    # Under overload (1,000 subscribers at 1,000 writes/s) a few subscribers'
+    # deliveries were seen to pause ~6 s and then arrive: with a 3 s quiet
+    # window they were reported missing. Late is measured as late.
+    drain_quiet=20.0,
     drain_max=90.0,
 )
 
@@ -1186,6 +1191,14 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
             # (d) first: a fresh gateway, so freed memory of other phases hides nothing
             idle = await measure_idle(region, token, http, plan)
             meta["d_idle"] = idle
+            # Then a fresh gateway again: the latency phases should not inherit
+            # the teardown of 10,000 connections (full collections of 0.5-1 s
+            # followed it; docs/architecture.md, known problem 9).
+            seconds = await region.restart_gateway()
+            log(f"gateway restarted after (d) in {seconds:.1f} s")
+            writer = Writer(http, region.url, token)  # a new port
+            warm = Latencies()
+            await open_loop(500, 300, lambda i: writer.write("w1", i), warm.record, workers=32)
 
             log(f"(a) floor: produce→consume at {plan.rate:.0f}/s for {plan.floor_seconds} s")
             floor, floor_acks, n = await measure_floor(
