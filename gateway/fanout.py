@@ -125,12 +125,8 @@ class DirectWriter(Protocol):
         """Whether the connection is open and its send buffer has room now."""
         ...
 
-    def write(self, messages: list[bytes]) -> None:
-        """Send these messages, in order, now (one frame each)."""
-        ...
-
     def encode(self, messages: list[bytes]) -> bytes:
-        """These messages as the bytes :meth:`write` would send (the same for every connection)."""
+        """These messages as frames, one each (the same bytes for every connection)."""
         ...
 
     def write_encoded(self, data: bytes) -> None:
@@ -247,66 +243,59 @@ class Subscription:
         """Write what is queued straight to the connection, or wake the pump for it."""
         if not self._queue or self.closed is not None:
             return
-        writer = self.writer
-        if (
-            writer is None
-            or self.busy
-            or self._held is not None
-            or self._coalescing
-            or self.mode == "lazy"
-            or not writer.ready()
-        ):
-            self._wake()
-            return
-        if sum(len(m) for m, _, _ in self._queue) > _DIRECT_MAX_BYTES:
-            self._wake()  # a big backlog: the pump sends it with flow control
+        writer = self._writable()
+        if writer is None or sum(len(m) for m, _, _ in self._queue) > _DIRECT_MAX_BYTES:
+            self._wake()  # the pump sends it (a big backlog: with flow control)
             return
         out = self.take(flush_lazy=False)
         messages = [message for message, _ in out if message]
-        if not messages:
-            return
-        try:
-            writer.write(messages)
-        except (OSError, RuntimeError):  # the connection went away under us
-            self._close("connection_lost")
-            self._wake()
-            return
-        for _, cursor in reversed(out):
-            if cursor:
-                self.sent_cursor = cursor
-                break
-        self.last_sent = time.monotonic()
+        if messages:
+            cursor = next((c for _, c in reversed(out) if c), None)
+            self._send_now(writer, writer.encode(messages), cursor)
 
     def direct_writer(self) -> DirectWriter | None:
         """The connection, when this subscriber is caught up and it can take a write now.
 
-        Eager, nothing queued, coalesced or held back, no pump holding taken
-        messages, the socket with room: what the fan-out writes goes out in
-        order with everything before it.
+        Nothing queued or coalesced besides what :meth:`_writable` asks: what
+        the fan-out writes goes out in order with everything before it.
+        """
+        if self._queue or self._coalesced:
+            return None
+        return self._writable()
+
+    def wrote(self, writer: DirectWriter, data: bytes, cursor: str) -> None:
+        """Send bytes :meth:`direct_writer`'s connection encoded; ``cursor`` stands after them."""
+        self.cursor = cursor
+        self._send_now(writer, data, cursor)
+
+    def _writable(self) -> DirectWriter | None:
+        """The connection, if the fan-out may write to it now.
+
+        Open, eager and not catching up (no coalescing), no replay holding
+        live events back, no pump holding taken messages, the socket with room.
         """
         writer = self.writer
         if (
             writer is None
             or self.closed is not None
-            or self._queue
-            or self._coalesced
             or self._held is not None
             or self.busy
+            or self._coalescing
             or self.mode != "eager"
             or not writer.ready()
         ):
             return None
         return writer
 
-    def wrote(self, writer: DirectWriter, data: bytes, cursor: str) -> None:
-        """Send bytes :meth:`direct_writer`'s connection encoded; ``cursor`` stands after them."""
+    def _send_now(self, writer: DirectWriter, data: bytes, cursor: str | None) -> None:
         try:
             writer.write_encoded(data)
         except (OSError, RuntimeError):  # the connection went away under us
             self._close("connection_lost")
             self._wake()
             return
-        self.cursor = self.sent_cursor = cursor
+        if cursor:
+            self.sent_cursor = cursor
         self.last_sent = time.monotonic()
 
     def send_repair(self, message: bytes) -> None:
@@ -575,31 +564,29 @@ class Fanout:
         return list(self._subs.values())
 
 
+def _batch(raws: Iterable[bytes], cursor: str | None) -> bytes:
+    """``{"op": "batch", "events": [...], "states": [], "cursor": ...}`` of raw events."""
+    return (
+        b'{"op":"batch","events":[' + b",".join(raws)
+        + b'],"states":[],"cursor":' + _encoder.encode(cursor) + b"}"
+    )  # fmt: skip
+
+
 def _run_message(run: list[tuple[bytes, str | None, bytes]]) -> tuple[bytes, str | None]:
     """Queued events ``(message, cursor, raw)`` as one message: itself, or a ``batch``."""
     if len(run) == 1:
         return run[0][0], run[0][1]
     cursor = run[-1][1]
-    return (
-        b'{"op":"batch","events":[' + b",".join(r[2] for r in run)
-        + b'],"states":[],"cursor":' + _encoder.encode(cursor) + b"}",
-        cursor,
-    )  # fmt: skip
+    return _batch((r[2] for r in run), cursor), cursor
 
 
 def _messages(group: list[Delivery]) -> list[bytes]:
     """The messages :meth:`Subscription.take` would make of these deliveries, queued."""
-    out = []
-    for i in range(0, len(group), _RUN_MAX):
-        run = group[i : i + _RUN_MAX]
-        if len(run) == 1:
-            out.append(run[0].message)
-        else:
-            out.append(
-                b'{"op":"batch","events":[' + b",".join(d.raw for d in run)
-                + b'],"states":[],"cursor":' + _encoder.encode(run[-1].cursor) + b"}"
-            )  # fmt: skip
-    return out
+    runs = (group[i : i + _RUN_MAX] for i in range(0, len(group), _RUN_MAX))
+    return [
+        run[0].message if len(run) == 1 else _batch((d.raw for d in run), run[-1].cursor)
+        for run in runs
+    ]
 
 
 def _skips(skip: DotContext, group: list[Delivery]) -> bool:

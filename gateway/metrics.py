@@ -145,12 +145,6 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
-        self.gc_tracked = Gauge(
-            "memsync_gc_tracked_objects",
-            "Objects the garbage collector tracks, counted after each full collection "
-            "(what the next full collection walks; frozen start-up objects excluded).",
-            registry=r,
-        )
         self.loop_lag = Histogram(
             "memsync_event_loop_lag_seconds",
             "How late a 100 ms timer of the event loop fires: time the loop was busy elsewhere.",

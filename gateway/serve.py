@@ -28,8 +28,6 @@ def _time_gc(metrics: Metrics) -> None:
         else:
             pause = time.perf_counter() - started[0]
             metrics.gc_pause.labels(str(info["generation"])).observe(pause)
-            if info["generation"] == 2:
-                metrics.gc_tracked.set(len(gc.get_objects()))
 
     gc.callbacks.append(callback)
 

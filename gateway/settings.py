@@ -198,6 +198,10 @@ class Settings:
             )
         if self.replication.heartbeat_ms < 100:
             raise SettingsError("MEMSYNC_HEARTBEAT_MS must be ≥ 100")
+        if not 0 <= self.limits.apply_commit_ms <= 60_000:
+            raise SettingsError(
+                "MEMSYNC_APPLY_COMMIT_MS must be between 0 (commit after every batch) and 60000"
+            )
         return self
 
     @classmethod

@@ -97,9 +97,6 @@ class _DirectFrames:
             and t.get_write_buffer_size() <= _DIRECT_BUFFER
         )
 
-    def write(self, messages: list[bytes]) -> None:
-        self.write_encoded(self.encode(messages))
-
     @staticmethod
     def encode(messages: list[bytes]) -> bytes:
         return b"".join([_frame(0x81, m) for m in messages])

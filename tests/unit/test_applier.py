@@ -119,3 +119,47 @@ async def test_a_failed_store_write_leaves_the_cache_and_is_written_on_retry() -
     assert stored is not None and stored == service.cache.peek(event.key)
     assert tracker.covers(context_of([Dot("r1", event.seq)]))
     assert seen == [[event], [event]]  # listeners deduplicate (the history does)
+
+
+class _Reader:
+    """Scripted reads (then nothing, forever); records what is committed."""
+
+    def __init__(self, script: list[list[_Record]]) -> None:
+        self.script = script
+        self.commits: list[list[tuple[int, int]]] = []
+        self.drained = asyncio.Event()
+
+    async def read(self, max_records: int, timeout_ms: int) -> list[_Record]:
+        if self.script:
+            return self.script.pop(0)
+        self.drained.set()
+        await asyncio.sleep(timeout_ms / 1000)
+        return []
+
+    async def commit(self, records: list[_Record]) -> None:
+        self.commits.append(sorted((r.partition, r.offset) for r in records))
+
+
+async def test_offsets_are_committed_once_for_several_batches_and_when_the_log_goes_quiet() -> None:
+    replica = Replica("r1")
+    records = []
+    for n in range(6):
+        event = replica.write(f"m{n}", "fact", "create", user="u1", content=str(n))
+        assert event is not None
+        records.append(_Record(encode(event), partition=n % 2, offset=n // 2))
+    reader = _Reader([records[0:2], records[2:4], records[4:6]])
+    store, service, tracker = _Store(), _Service(), SeqTracker()
+    applier = Applier(
+        name="local", reader=reader, store=store, service=cast(MemoryService, service),
+        tracker=tracker, dead_letters=_Dlq(), metrics=Metrics("r"), poll_ms=10, commit_every=60,
+    )  # fmt: skip
+    task = asyncio.create_task(applier.run())
+    try:
+        await asyncio.wait_for(reader.drained.wait(), 5)
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    # Three batches, one commit (the log went quiet): the last record of each partition.
+    assert reader.commits == [[(0, 2), (1, 2)]]
+    for key in replica.states:
+        assert await store.get(key) is not None  # every batch applied before its commit

@@ -17,8 +17,8 @@ async def _handler(request: web.Request) -> web.WebSocketResponse:
     assert request.transport is not None
     frames = _DirectFrames(ws, request.transport)
     assert frames.ready()
-    frames.write(PAYLOADS[:3])  # several frames in one write
-    frames.write(PAYLOADS[3:])
+    frames.write_encoded(frames.encode(PAYLOADS[:3]))  # several frames in one write
+    frames.write_encoded(frames.encode(PAYLOADS[3:]))
     frames.drop([b'{"op":"error"}'], WSCloseCode.TRY_AGAIN_LATER, b"slow consumer")
     assert not frames.ready()
     async for _ in ws:  # until the socket closes

@@ -112,9 +112,6 @@ class _Socket:
     def ready(self) -> bool:
         return self.room
 
-    def write(self, messages: list[bytes]) -> None:
-        self.writes.append(messages)
-
     def encode(self, messages: list[bytes]) -> bytes:
         return b"\0".join(messages)
 

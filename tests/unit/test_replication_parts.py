@@ -188,3 +188,11 @@ def test_running_digest_matches_a_digest_computed_from_scratch() -> None:
     assert digest.count == 50
     with pytest.raises(ValueError):
         RunningDigest(0)
+
+
+def test_the_applier_commit_delay_is_checked() -> None:
+    env = {"MEMSYNC_REGION": "us-east", "MEMSYNC_INSECURE_DEV": "1"}
+    assert Settings.from_env({**env, "MEMSYNC_APPLY_COMMIT_MS": "0"}).validated()
+    for bad in ("-1", "600000"):
+        with pytest.raises(SettingsError, match="MEMSYNC_APPLY_COMMIT_MS"):
+            Settings.from_env({**env, "MEMSYNC_APPLY_COMMIT_MS": bad}).validated()
