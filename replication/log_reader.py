@@ -106,9 +106,11 @@ class KafkaLogReader:
         self._max_records = max_records
         self._refresh_s = refresh_ms / 1000
         # While records wait for a later fetch of an earlier segment (an
-        # empty fetch does not wake getmany), look again at half the fetch
-        # wait: held ~10.5 -> ~7.9 ms (median) after each roll, measured.
-        self._gate_poll_s = max(0.002, fetch_max_wait_ms / 2000)
+        # empty fetch does not wake getmany), look again after two fetch
+        # waits. Half a fetch wait held records ~7.9 ms instead of ~10.5 ms,
+        # but a CI run then hung in the segment-deletion test (not reproduced
+        # in 22 runs alone): reverted until that is understood.
+        self._gate_poll_s = max(0.01, 2 * fetch_max_wait_ms / 1000)
         self._request_timeout_ms = request_timeout_ms
         self._clock = clock
         self._routes = routes
