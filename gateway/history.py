@@ -8,6 +8,18 @@ batch up to and including it — and a hint ``(history id, idx)`` that lets
 the same gateway resume by index. Any other gateway resumes by replaying
 every retained event the context does not cover (I6).
 
+A cursor's context is a *lower bound*: events arrive out of ``seq`` order
+across partitions (a link catching up after a partition reads partitions
+unevenly), so the exact context can hold thousands of loose dots — a token
+of tens of KiB per event, sealed for every delivery and past the 8 KiB a
+client may send back. A cursor therefore keeps its loose dots only while
+there are at most :data:`CURSOR_MAX_LOOSE`; beyond that it keeps the
+version vector alone. Resuming by index (same history) is exact either
+way; another gateway replays what the vector does not cover, so the
+dropped loose dots come again: duplicate deliveries, never a gap, and no
+duplicate effect (applying an event twice changes nothing, I5). The
+history's own exact context is :attr:`History.recorded`.
+
 The history is bounded (``max_events``, oldest trimmed first) and durable
 (SQLite beside the journal), so a subscription resumes with no gap across a
 gateway restart. The union of trimmed events' dots is kept: a cursor that
@@ -31,9 +43,21 @@ from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.token import seal, unseal
 
-__all__ = ["Cursor", "History", "HistoryEntry", "Missing", "ResyncRequiredError"]
+__all__ = [
+    "CURSOR_MAX_LOOSE",
+    "Cursor",
+    "History",
+    "HistoryEntry",
+    "Missing",
+    "ResyncRequiredError",
+    "cursor_context",
+]
 
 R = TypeVar("R")
+
+# Loose dots a cursor keeps (each ~20 bytes in the token); more and it keeps
+# only the version vector, a subset of what it has seen (module docstring).
+CURSOR_MAX_LOOSE = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -65,6 +89,13 @@ class Cursor(msgspec.Struct, frozen=True, gc=False, array_like=True):
     idx: int = 0
 
 
+def cursor_context(ctx: DotContext) -> DotContext:
+    """What a cursor keeps of a context: all of it, or its vector past too many loose dots."""
+    if len(ctx.cloud) <= CURSOR_MAX_LOOSE:
+        return ctx
+    return DotContext(ctx.vv, ())
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     """One applied event as the history keeps it."""
@@ -92,6 +123,9 @@ class History:
         self._next_idx = 1
         self._oldest = 1
         self.trimmed: DotContext = EMPTY
+        # Every event this history ever recorded (retained or trimmed), exactly;
+        # cursors carry a bounded subset of it.
+        self.recorded: DotContext = EMPTY
         self.head = Cursor(EMPTY, history_id, 0)
 
     # -- lifecycle -----------------------------------------------------------
@@ -114,6 +148,10 @@ class History:
             self.head = _cursor_codec.decode(row[0])
         elif "head" in meta:
             self.head = _cursor_codec.decode(meta["head"])
+        retained = dvv.context_of(
+            Dot(replica, seq) for replica, seq in db.execute("SELECT replica, seq FROM events")
+        )
+        self.recorded = dvv.join(dvv.join(self.trimmed, retained), self.head.context)
 
     async def close(self) -> None:
         """Close the database."""
@@ -138,22 +176,23 @@ class History:
 
     # -- appending -----------------------------------------------------------
 
-    def stamp(
-        self, batch: Sequence[tuple[Dot, str, tuple[str, ...], bytes]], frontier: DotContext
-    ) -> list[HistoryEntry]:
+    def stamp(self, batch: Sequence[tuple[Dot, str, tuple[str, ...], bytes]]) -> list[HistoryEntry]:
         """Give a batch of applied events their indexes and cursors (in memory).
 
-        ``frontier`` is the applied context before the batch; each event's
-        cursor adds the batch's dots up to and including its own.
+        Each event's cursor holds what the history recorded before the batch
+        plus the batch's dots up to and including its own (bounded by
+        :func:`cursor_context`).
         """
-        ctx = frontier
+        ctx = self.recorded
         out = []
         for dot, tenant, channels, body in batch:
             ctx = dvv.add(ctx, dot)
             idx = self._next_idx
             self._next_idx += 1
-            out.append(HistoryEntry(idx, dot, tenant, channels, body, Cursor(ctx, self.id, idx)))
+            cursor = Cursor(cursor_context(ctx), self.id, idx)
+            out.append(HistoryEntry(idx, dot, tenant, channels, body, cursor))
         if out:
+            self.recorded = ctx
             self.head = out[-1].cursor
         return out
 
@@ -307,7 +346,7 @@ class History:
                         more = True
                         break
                     out.append(HistoryEntry(idx, dot, tenant, chans, bytes(body), after))
-            last = Cursor(dvv.join(cursor.context, after.context), self.id, idx)
+            last = Cursor(cursor_context(dvv.join(cursor.context, after.context)), self.id, idx)
         else:
             more = len(rows) == max(limit * 8, 1000)
         return out, last, more

@@ -81,7 +81,7 @@ async def context(request: web.Request) -> web.Response:
         {
             "region": runtime.settings.region,
             "applied": runtime.service.tracker.applied,
-            "history": dvv.join(runtime.history.head.context, runtime.history.trimmed),
+            "history": runtime.history.recorded,
             "count": digest.count,
             "buckets": [b.hex() for b in digest.buckets],
         }

@@ -81,11 +81,11 @@ class Streams:
         recorded before, plus the batch up to the event (``frontier`` is not
         needed for that, and the history stays consistent with itself).
         """
-        seen = self.history.head.context
+        seen = self.history.recorded  # retained and trimmed events alike
         fresh = []
         for e, raw, state in batch:
             dot = Dot(e.dot.replica, e.seq)
-            if not dvv.contains(seen, dot) and not dvv.contains(self.history.trimmed, dot):
+            if not dvv.contains(seen, dot):
                 fresh.append((e, raw, state))
                 seen = dvv.add(seen, dot)
         if not fresh:
@@ -94,8 +94,7 @@ class Streams:
             [
                 (Dot(e.dot.replica, e.seq), e.memory.tenant_id, e.channels, raw)
                 for e, raw, _ in fresh
-            ],
-            self.history.head.context,
+            ]
         )
         await self.history.append(entries)
         self.fanout.publish(
