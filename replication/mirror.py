@@ -56,6 +56,11 @@ __all__ = ["LinkStatus", "MirrorLink"]
 _COMMITS_BEFORE_RESTART = 3  # failed commits in a row before the source reader is restarted
 _log = structlog.get_logger("replication.mirror")
 _SILENCE_S = 3.0  # no successful contact with the source for this long: disconnected
+# Longest pause between retries. A link that was cut resumes at most this long
+# after the heal (plus a reconnect); a retry against a peer that is down costs
+# a refused connection or one request timeout, so retrying often is cheap.
+# Measured after a 30 s partition: first delivery 1.2 s after the heal with 2 s.
+_MAX_BACKOFF_S = 0.25
 
 
 @dataclass
@@ -270,7 +275,7 @@ class MirrorLink:
             self._bound.warning("mirror.retry", step=what, error=exc.message, backoff=backoff)
         self.status.last_error = exc.message
         await asyncio.sleep(backoff)
-        return min(backoff * 2, 2.0)
+        return min(backoff * 2, _MAX_BACKOFF_S)
 
     def _outgoing(self, records: Sequence[LogRecord]) -> list[OutgoingRecord]:
         now = str(int(time.time() * 1000)).encode()
