@@ -83,6 +83,7 @@ from loadtests.gateway_bench import (
     run_main,
     scrape,
 )
+from loadtests.http1 import Http1Client
 from loadtests.report import emit, summarize
 
 __all__ = ["Plan", "SubscriberPool", "main"]
@@ -731,22 +732,27 @@ class Writer:
     """``POST /v1/memories`` for user ``u1``; each write carries its send time."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
-        self.http = http
-        self.url = f"{url}/v1/memories"
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.http = http  # for scrapes; writes go through the lean client
+        self.fast = Http1Client.for_url(url, limit=256)
+        self.head = self.fast.head(
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
 
     async def write(self, tag: str, seq: int) -> int:
         """One create; the HTTP status (0 on a transport error)."""
         body = {"id": f"pb-{tag}-{seq}", "user_id": USER, "kind": "fact"}
         body["content"] = _content(tag, seq)  # stamped as late as possible
         try:
-            async with self.http.post(
-                self.url, data=json.dumps(body).encode(), headers=self.headers
-            ) as resp:
-                await resp.read()
-                return resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError):
+            reply = await self.fast.request(
+                "POST", "/v1/memories", json.dumps(body).encode(), self.head
+            )
+        except (OSError, TimeoutError):  # HttpError is an OSError
             return 0
+        return reply.status
+
+    async def close(self) -> None:
+        """Close the write connections."""
+        await self.fast.close()
 
 
 async def _wait_deliveries(
@@ -1196,6 +1202,7 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
             # followed it; docs/architecture.md, known problem 9).
             seconds = await region.restart_gateway()
             log(f"gateway restarted after (d) in {seconds:.1f} s")
+            await writer.close()
             writer = Writer(http, region.url, token)  # a new port
             warm = Latencies()
             await open_loop(500, 300, lambda i: writer.write("w1", i), warm.record, workers=32)
@@ -1255,6 +1262,7 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
                 _check_pool(pool, meta)
                 await measure_fanout(region, writer, pool, plan.fanout_repeats, rows, meta)
                 await measure_propagation(region, writer, pool, plan, rows, meta)
+            await writer.close()
             final = await scrape(http, region.url, metrics=False)
             meta["gateway_subscriptions_at_end"] = final.ready.get("subscriptions")
             meta["gateway_rss_kib_at_end"] = rss_kib(region.gateway_pid)

@@ -52,6 +52,7 @@ import aiohttp
 
 from gateway.logs import configure_logging
 from loadtests.gateway_bench import log, open_loop, run_main
+from loadtests.http1 import Http1Client
 from loadtests.report import emit, summarize
 from replication.log import KafkaEventLog, OutgoingRecord
 from replication.log_reader import KafkaLogReader
@@ -195,9 +196,8 @@ class Writer:
     """``POST /v1/memories`` for user ``u1`` in one region."""
 
     def __init__(self, http: aiohttp.ClientSession, cluster: Cluster, region: str) -> None:
-        self._http = http
-        self._url = f"{cluster.url(region)}/v1/memories"
-        self._headers = {**cluster.headers, "Content-Type": "application/json"}
+        self._http = Http1Client.for_url(cluster.url(region), limit=256)
+        self._head = self._http.head({**cluster.headers, "Content-Type": "application/json"})
         self.statuses: dict[int, int] = {}
         self.acked_ms: dict[str, list[float]] = {}  # tag → write latencies (sent → 2xx)
 
@@ -206,17 +206,20 @@ class Writer:
         content = f"RB|{tag}|{seq}|{int(sent * 1e6)}|{PAD}"
         body = {"id": f"rb-{tag}-{seq}", "user_id": USER, "kind": "fact", "content": content}
         try:
-            async with self._http.post(
-                self._url, data=json.dumps(body).encode(), headers=self._headers
-            ) as resp:
-                await resp.read()
-                status = resp.status
+            reply = await self._http.request(
+                "POST", "/v1/memories", json.dumps(body).encode(), self._head
+            )
+            status = reply.status
             if status < 300:
                 self.acked_ms.setdefault(tag, []).append((time.time() - sent) * 1000)
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (OSError, TimeoutError):  # HttpError is an OSError
             status = 0
         self.statuses[status] = self.statuses.get(status, 0) + 1
         return status
+
+    async def close(self) -> None:
+        """Close the write connections."""
+        await self._http.close()
 
 
 async def _toxics(http: aiohttp.ClientSession, api: str, proxy: str, add: bool) -> None:
@@ -315,6 +318,7 @@ async def measure_propagation(
         acked = writer.statuses.get(201, 0)
         await _wait_count(sub, tag, acked, 30)
     finally:
+        await writer.close()
         if toxic:
             await _toxics(http, cluster.api, LINK, add=False)
     warm = int(plan.rate * plan.warmup_s)
@@ -348,6 +352,8 @@ async def measure_partition(
                   lambda *_: None, workers=32)
         for r in REGIONS
     ))  # fmt: skip
+    for w in writers.values():
+        await w.close()
     acked = {r: writers[r].statuses.get(201, 0) for r in REGIONS}
     other = {"us-east": "eu-west", "eu-west": "us-east"}
     leaked = {r: subs[r].count(f"part-{other[r]}") for r in REGIONS}
@@ -358,12 +364,25 @@ async def measure_partition(
         _wait_count(subs[r], f"part-{other[r]}", acked[other[r]], 120) for r in REGIONS
     ))  # fmt: skip
     converge = max(waits)
+    # When the first write of the other side arrived, and how the rest followed:
+    # the link's reconnection vs the catch-up itself.
+    heal_wall = time.time() - (time.monotonic() - healed)
+    first = {}
+    halfway = {}
+    for r in REGIONS:
+        got = sorted(t for _sent, t in subs[r].arrivals.get(f"part-{other[r]}", {}).values())
+        if got:
+            first[r] = round(got[0] - heal_wall, 3)
+            halfway[r] = round(got[len(got) // 2] - heal_wall, 3)
+    log(f"after the heal: first delivery {first} s, half delivered {halfway} s, all {waits}")
     return {
         "phase": f"converge after a {plan.partition_s:.0f} s partition",
         "backlog_events": sum(acked.values()),
         "seen_across_during_partition": sum(leaked.values()),
         "converged_s": round(converge, 3),
         "per_region_s": {r: round(w, 3) for r, w in zip(REGIONS, waits, strict=True)},
+        "first_delivery_s": first,
+        "half_delivered_s": halfway,
         "received": {r: subs[r].count(f"part-{other[r]}") for r in REGIONS},
         "since_heal_s": round(time.monotonic() - healed, 3),
         "target_s": TARGET_CONVERGE_S,
@@ -371,7 +390,7 @@ async def measure_partition(
     }
 
 
-async def run_bench(plan: Plan, workdir: Path) -> int:
+async def run_bench(plan: Plan, workdir: Path, phases: str = "all") -> int:
     log("starting memsync up --regions us-east,eu-west")
     async with (
         Cluster(workdir) as cluster,
@@ -383,25 +402,28 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
             await sub.start()
         await asyncio.sleep(2.0)  # links assigned, heartbeats flowing
         rows: list[dict[str, Any]] = []
-        for toxic in (False, True):
+        for toxic in (False, True) if phases in ("all", "propagation") else ():
             log(f"floor{' with the 50 ms toxic' if toxic else ''}")
             rows.append(await measure_floor(http, cluster, plan, toxic))
             log(f"propagation{' with the 50 ms toxic' if toxic else ''} at {plan.rate:.0f}/s")
             rows.append(await measure_propagation(http, cluster, plan, subs["eu-west"], toxic))
-        emit(
-            "cross-region propagation (ms)",
-            rows,
-            ["phase", "count", "median", "p90", "p99", "max", "received", "target_p99", "meets"],
-            meta={"plan": plan.__dict__, "regions": REGIONS},
-        )
-        part = await measure_partition(http, cluster, plan, subs)
-        emit(
-            "convergence after a partition",
-            [part],
-            ["phase", "backlog_events", "seen_across_during_partition", "converged_s",
-             "target_s", "meets"],
-            meta={"detail": part},
-        )  # fmt: skip
+        if rows:
+            emit(
+                "cross-region propagation (ms)",
+                rows,
+                ["phase", "count", "median", "p90", "p99", "max", "received", "target_p99",
+                 "meets"],
+                meta={"plan": plan.__dict__, "regions": REGIONS},
+            )  # fmt: skip
+        if phases in ("all", "convergence"):
+            part = await measure_partition(http, cluster, plan, subs)
+            emit(
+                "convergence after a partition",
+                [part],
+                ["phase", "backlog_events", "seen_across_during_partition", "converged_s",
+                 "first_delivery_s", "half_delivered_s", "target_s", "meets"],
+                meta={"detail": part},
+            )  # fmt: skip
         async with http.get(f"{cluster.url('eu-west')}/v1/replication",
                             headers=cluster.headers) as resp:  # fmt: skip
             log(f"eu-west /v1/replication: {await resp.text()}")
@@ -418,13 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="short phases (< 90 s in all)")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument(
+        "--phases",
+        choices=("all", "propagation", "convergence"),
+        default="all",
+        help="run only the floor and propagation phases, or only the partition (default: all)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
     configure_logging("warning")  # the in-process floor link logs to stderr, not the tables
     workdir = Path(tempfile.mkdtemp(prefix="memsync-region-bench-"))
     log(f"working in {workdir}")
     try:
-        return run_main(lambda: run_bench(plan, workdir))
+        return run_main(lambda: run_bench(plan, workdir, args.phases))
     finally:
         if not args.keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)

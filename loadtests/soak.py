@@ -51,7 +51,6 @@ from loadtests.gateway_bench import (
     LocalRegion,
     Sample,
     count_segments,
-    http_session,
     log,
     open_loop,
     rss_kib,
@@ -185,8 +184,9 @@ async def run_soak(region: LocalRegion, cfg: SoakConfig, *, progress: bool = Tru
             result.errors[status] = result.errors.get(status, 0) + 1
 
     if True:
-        async with http_session(cfg.concurrency) as http:
-            client = Client(http, region.url, region.token(), f"s{random.getrandbits(20):05x}")
+        async with Client(
+            region.url, region.token(), f"s{random.getrandbits(20):05x}", limit=cfg.concurrency
+        ) as client:
             client.created = _Discard()  # type: ignore[assignment] - nothing reads it here
             if cfg.keep_sessions:
                 client.sessions = result.sessions
@@ -265,8 +265,7 @@ async def verify_applied(
     acknowledged write was applied.
     """
     statuses: dict[int, int] = {}
-    async with http_session(64) as http:
-        client = Client(http, region.url, region.token(), "verify")
+    async with Client(region.url, region.token(), "verify", limit=64) as client:
 
         async def check(i: int) -> int:
             mid, session = sessions[i]
