@@ -50,6 +50,38 @@ CREATE INDEX IF NOT EXISTS events_segment ON events(segment);
 """
 
 
+_ROWS = 200  # rows per INSERT (4 parameters each, well under SQLite's 32,766)
+_SEQS = 900  # seqs per UPDATE of acknowledgements
+_UPSERT_META = (
+    "INSERT INTO meta(name, value) VALUES (?, ?), (?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET value = "
+    "CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)"
+)
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _insert_events(rows: int) -> str:
+    values = ",".join(["(?, ?, ?, ?, NULL)"] * rows)
+    # placeholders only: every value is bound
+    return f"INSERT OR REPLACE INTO events(seq, key, counter, body, segment) VALUES {values}"  # noqa: S608
+
+
+def _mark(db: sqlite3.Connection, entries: list[tuple[int, int]]) -> None:
+    """Record ``(seq, segment)`` acknowledgements: one statement per segment and chunk."""
+    by_segment: dict[int, list[int]] = {}
+    for seq, segment in entries:
+        by_segment.setdefault(segment, []).append(seq)
+    for segment, seqs in by_segment.items():
+        for chunk in _chunks(seqs, _SEQS):
+            marks = ",".join("?" * len(chunk))  # placeholders only: every value is bound
+            sql = f"UPDATE events SET segment = ? WHERE seq IN ({marks})"  # noqa: S608
+            db.execute(sql, [segment, *chunk])
+
+
 @dataclass(frozen=True)
 class JournalRow:
     """One journalled event."""
@@ -211,25 +243,22 @@ class Journal:
         await self.mark_logged(entries)
 
     def _write_batch(self, batch: list[_Pending], logged: list[tuple[int, int]]) -> None:
+        """One transaction: the batch's rows, the meta, the noted acknowledgements.
+
+        Few statements, each covering many rows: the sqlite3 module lets go of
+        the GIL around every statement step, and this thread then waits to get
+        it back while the event loop runs (up to the 5 ms switch interval), so
+        a statement per row made a group commit wait once per row.
+        """
         db = self._conn
+        hw = max(p.high_water for p in batch)
+        top = max(p.seq for p in batch)
         db.execute("BEGIN")
         try:
-            db.executemany(
-                "INSERT OR REPLACE INTO events(seq, key, counter, body, segment) "
-                "VALUES (?, ?, ?, ?, NULL)",
-                [(p.seq, p.key, p.counter, p.body) for p in batch],
-            )
-            hw = max(p.high_water for p in batch)
-            top = max(p.seq for p in batch)
-            db.executemany(
-                "INSERT INTO meta(name, value) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = "
-                "CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
-                [("high_water", str(hw)), ("seq", str(top))],
-            )
-            db.executemany(
-                "UPDATE events SET segment = ? WHERE seq = ?", [(g, q) for q, g in logged]
-            )
+            for chunk in _chunks([(p.seq, p.key, p.counter, p.body) for p in batch], _ROWS):
+                db.execute(_insert_events(len(chunk)), [v for row in chunk for v in row])
+            db.execute(_UPSERT_META, ("high_water", str(hw), "seq", str(top)))
+            _mark(db, logged)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -242,9 +271,7 @@ class Journal:
             await self._run(self._mark_logged_sync, entries)
 
     def _mark_logged_sync(self, entries: list[tuple[int, int]]) -> None:
-        self._conn.executemany(
-            "UPDATE events SET segment = ? WHERE seq = ?", [(g, q) for q, g in entries]
-        )
+        _mark(self._conn, entries)
 
     async def pending(self, limit: int) -> list[JournalRow]:
         """The oldest events not yet in the log (the outbox), in seq order."""
