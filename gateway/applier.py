@@ -230,6 +230,8 @@ class Applier:
                     if self.digest is not None:
                         self.digest.replace(before, after)
             if changed:
+                for key in changed:
+                    self._service.note_known(key)  # before the store has it
                 await self._store.put_many(list(changed.values()))
                 for state in changed.values():
                     self._service.remember(state)

@@ -42,6 +42,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.existence_checks = Counter(
+            "memsync_create_existence_checks_total",
+            "Creates with a client-chosen id: whether the memory's state was read "
+            "(read) or the id was known to be new here (skipped; gateway/known_keys.py).",
+            ["result"],
+            registry=r,
+        )
         self.applied = Counter(
             "memsync_events_applied_total",
             "Events merged into the store by the applier (duplicates included).",

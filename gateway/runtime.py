@@ -32,6 +32,7 @@ from gateway.deadletter import KafkaDeadLetters
 from gateway.fanout import Fanout
 from gateway.history import History
 from gateway.journal import Journal
+from gateway.known_keys import KnownKeys
 from gateway.metrics import Metrics
 from gateway.modes import Modes
 from gateway.ratelimit import RateLimiter
@@ -203,6 +204,8 @@ class Runtime:
             limits=s.limits,
             key=s.secret_bytes,
             observe_stage=self._observe_write_stage,
+            known=KnownKeys(),
+            on_existence_check=self._observe_existence_check,
         )
         self.reader = KafkaLogReader(
             k.bootstrap,
@@ -362,14 +365,19 @@ class Runtime:
         m.gauge_fn("memsync_cache_bytes", "Estimated bytes in the cache.", lambda: cache.size_bytes)
         m.gauge_fn("memsync_cache_entries", "Memories in the cache.", lambda: len(cache))
 
+    def _observe_existence_check(self, read: bool) -> None:
+        self.metrics.existence_checks.labels("read" if read else "skipped").inc()
+
     async def _build_digest(self) -> None:
-        """The running state digest, from one scan of the store."""
+        """The running state digest and the known keys, from one scan of the store."""
         store = self._open_store
         offset: str | None = None
         started = time.perf_counter()
         while True:
             states, offset = await store.scan(offset, 1000)
             self.digest.add_all(states)
+            for state in states:
+                self.service.note_known(state.key)  # before any create can ask
             if offset is None:
                 break
         _log.info(

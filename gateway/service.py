@@ -33,6 +33,7 @@ from gateway.errors import (
     ValidationError,
 )
 from gateway.journal import Journal
+from gateway.known_keys import KnownKeys
 from gateway.ratelimit import RateLimiter
 from gateway.requests import CreateRequest, PatchRequest, SearchRequest
 from gateway.settings import Limits
@@ -131,6 +132,10 @@ class SeqTracker:
         return True
 
 
+def _ignore_check(_read: bool) -> None:
+    return None
+
+
 def _ignore_stage(_stage: str, _seconds: float) -> None:
     pass
 
@@ -152,8 +157,13 @@ class MemoryService:
         limits: Limits,
         key: bytes,
         observe_stage: Callable[[str, float], None] | None = None,
+        known: KnownKeys | None = None,
+        on_existence_check: Callable[[bool], None] | None = None,
     ) -> None:
         self.region = region
+        # Keys whose state may be here (None: assume any may be, always read).
+        self.known = known
+        self._on_existence_check = on_existence_check or _ignore_check
         self._observe_stage = observe_stage or _ignore_stage
         self.store = store
         self.cache = cache
@@ -214,8 +224,14 @@ class MemoryService:
 
     def remember(self, state: MemoryState) -> None:
         """Put a state in the cache, joined with what is there (never regresses)."""
+        self.note_known(state.key)
         old = self.cache.peek(state.key)
         self.cache.put(state if old is None else join(old, state))
+
+    def note_known(self, key: str) -> None:
+        """A state of ``key`` may now be in the cache or the store (before it is)."""
+        if self.known is not None:
+            self.known.add(key)
 
     def _visible(self, claims: Claims, state: MemoryState | None, memory_id: str) -> MemoryState:
         if (
@@ -312,8 +328,14 @@ class MemoryService:
         policy = req.policy or default_policy(req.kind)
         memory_id = req.id or uuid.uuid4().hex
         key = f"{claims.tenant}/{memory_id}"
-        # A generated id (uuid4) is new by construction: no lookup on the hot path.
-        state = await self.current(key) if req.id is not None else None
+        # A generated id (uuid4) is new by construction, and a key this gateway
+        # has never seen (gateway/known_keys.py) is not here: no lookup then.
+        state = None
+        if req.id is not None:
+            may_exist = self.known is None or key in self.known
+            self._on_existence_check(may_exist)
+            if may_exist:
+                state = await self.current(key)
         if state is not None:
             if state.tenant_id == claims.tenant and state.deleted:
                 raise ConflictError(f"memory {memory_id!r} was deleted; ids are never reused")

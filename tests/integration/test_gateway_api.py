@@ -159,6 +159,27 @@ async def test_restart_keeps_data(gw: Gateway) -> None:
     assert body["conflicts"] == []  # dots kept advancing across the restart
 
 
+async def test_a_create_reads_only_ids_it_may_hold_and_still_refuses_existing_ones(
+    gw: Gateway,
+) -> None:
+    made = await _create(gw, id="held", kind="fact", content="here before the restart")
+    await _read(gw, "held", str(made["session"]))
+    await gw.stop()
+    await gw.start()  # the known keys come back from the store
+    checks = gw.runtime.metrics.existence_checks
+    read_before = checks.labels("read")._value.get()
+    skipped_before = checks.labels("skipped")._value.get()
+    resp, again = await _create_raw(gw, id="held", kind="fact")
+    assert resp.status == 409, again
+    resp, fresh = await _create_raw(gw, id="brand-new", kind="fact", content="new")
+    assert resp.status == 201, fresh
+    assert checks.labels("read")._value.get() == read_before + 1
+    assert checks.labels("skipped")._value.get() == skipped_before + 1
+    await _read(gw, "brand-new", resp.headers["X-Memsync-Session"])
+    resp, twice = await _create_raw(gw, id="brand-new", kind="fact")
+    assert resp.status == 409, twice  # known once applied
+
+
 @pytest.mark.parametrize("backend", ["edge-process", "edge"])
 async def test_either_edge_backend_keeps_data_across_restarts(
     tmp_path: Path, broker: TansuBroker, backend: str
@@ -320,6 +341,8 @@ async def test_openapi_describes_every_route(gw: Gateway) -> None:
 async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
     made = await _create(gw, id="m", kind="fact", content="x")
     await _read(gw, "m", str(made["session"]))
+    resp, _ = await gw.request("GET", "/v1/memories/never-written")  # a store read
+    assert resp.status == 404
     assert gw.client is not None
     resp = await gw.client.get("/metrics")
     text = await resp.text()
@@ -329,9 +352,10 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
         "memsync_cache_hit_ratio",
         "memsync_events_applied_total",
         "memsync_outbox_pending",
+        'memsync_create_existence_checks_total{result="skipped"}',
     ):
         assert name in text
-    # The write's stages: the id was given, so its state was read first.
+    # The stages: a state read from the store (the GET), the write's journal and append.
     for stage in ("read", "journal", "append"):
         count = f'memsync_write_stage_seconds_count{{stage="{stage}"}}'
         lines = [ln for ln in text.splitlines() if ln.startswith(count)]
