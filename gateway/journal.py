@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +44,17 @@ CREATE TABLE IF NOT EXISTS events (
     key TEXT NOT NULL,
     counter INTEGER NOT NULL,
     body BLOB NOT NULL,
-    segment INTEGER           -- NULL: pending (outbox); else the log segment holding it
+    segment INTEGER,          -- NULL: pending (outbox); else the log segment holding it
+    hw INTEGER                -- the HLC high-water mark when it was written
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE segment IS NULL;
 CREATE INDEX IF NOT EXISTS events_segment ON events(segment);
 """
 
 
-_ROWS = 200  # rows per INSERT (4 parameters each, well under SQLite's 32,766)
+_ROWS = 1000  # rows per INSERT (5 parameters each, well under SQLite's 32,766)
+_MARKS_EVERY_S = 1.0  # write the log's acknowledgements with a commit at most this often
+_MARKS_DUE = 2000  # ... or once this many wait
 _SEQS = 900  # seqs per UPDATE of acknowledgements
 _UPSERT_META = (
     "INSERT INTO meta(name, value) VALUES (?, ?), (?, ?) "
@@ -65,9 +69,9 @@ def _chunks(items: list[T], size: int) -> list[list[T]]:
 
 
 def _insert_events(rows: int) -> str:
-    values = ",".join(["(?, ?, ?, ?, NULL)"] * rows)
+    values = ",".join(["(?, ?, ?, ?, NULL, ?)"] * rows)
     # placeholders only: every value is bound
-    return f"INSERT OR REPLACE INTO events(seq, key, counter, body, segment) VALUES {values}"  # noqa: S608
+    return f"INSERT OR REPLACE INTO events(seq, key, counter, body, segment, hw) VALUES {values}"  # noqa: S608
 
 
 def _mark(db: sqlite3.Connection, entries: list[tuple[int, int]]) -> None:
@@ -116,6 +120,7 @@ class Journal:
         self._queue: list[_Pending] = []
         self._logged: list[tuple[int, int]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._marked_at = time.monotonic()
         self.replica = ""
         self.high_water = 0
         self._seq = 0
@@ -136,7 +141,11 @@ class Journal:
             replica = f"{self._region}.{secrets.token_hex(4)}"
             db.execute("INSERT INTO meta VALUES ('replica', ?)", (replica,))
         self.replica = replica
-        self.high_water = int(rows.get("high_water", "0"))
+        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        if "hw" not in columns:  # a journal from before the column
+            db.execute("ALTER TABLE events ADD COLUMN hw INTEGER")
+        (hw,) = db.execute("SELECT MAX(hw) FROM events").fetchone()
+        self.high_water = max(int(rows.get("high_water", "0")), int(hw or 0))
         self._live = dict(db.execute("SELECT key, MAX(counter) FROM events GROUP BY key"))
         seq_row = db.execute("SELECT MAX(seq) FROM events").fetchone()
         self._seq = max(int(rows.get("seq", "0")), int(seq_row[0] or 0))
@@ -219,7 +228,11 @@ class Journal:
 
     async def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        logged, self._logged = self._logged, []
+        logged: list[tuple[int, int]] = []
+        now = time.monotonic()
+        if len(self._logged) >= _MARKS_DUE or now - self._marked_at >= _MARKS_EVERY_S:
+            logged, self._logged = self._logged, []
+            self._marked_at = now
         try:
             await self._run(self._write_batch, batch, logged)
         except UnavailableError as exc:
@@ -234,7 +247,13 @@ class Journal:
                 p.done.set_result(None)
 
     def note_logged(self, seq: int, segment: int) -> None:
-        """Remember that the log acknowledged an event (written with the next batch)."""
+        """Remember that the log acknowledged an event (written with a later batch).
+
+        The marks ride along at most once a second (or every 2,000), so that
+        most commits are a single statement. A mark not written yet costs
+        nothing but an event counted as pending: :meth:`pending`,
+        :meth:`counts` and :meth:`prune_below` write the marks first.
+        """
         self._logged.append((seq, segment))
 
     async def flush_logged(self) -> None:
@@ -243,27 +262,32 @@ class Journal:
         await self.mark_logged(entries)
 
     def _write_batch(self, batch: list[_Pending], logged: list[tuple[int, int]]) -> None:
-        """One transaction: the batch's rows, the meta, the noted acknowledgements.
+        """Durably write the batch: one statement when it can (and most commits can).
 
-        Few statements, each covering many rows: the sqlite3 module lets go of
-        the GIL around every statement step, and this thread then waits to get
-        it back while the event loop runs (up to the 5 ms switch interval), so
-        a statement per row made a group commit wait once per row.
+        The sqlite3 module lets go of the GIL around every statement step, and
+        this thread then waits to get it back from the busy event loop (up to
+        the 5 ms switch interval), so a commit waited once per statement (once
+        per row, before rows were folded into one INSERT). A lone INSERT in
+        autocommit mode is its own transaction: one step, one fsync. Each row
+        carries the HLC high-water mark (read back by :meth:`_load`), and the
+        log's acknowledgements come along only now and then (see
+        :meth:`note_logged`), so the meta table is not touched here.
         """
         db = self._conn
-        hw = max(p.high_water for p in batch)
-        top = max(p.seq for p in batch)
-        db.execute("BEGIN")
-        try:
-            for chunk in _chunks([(p.seq, p.key, p.counter, p.body) for p in batch], _ROWS):
-                db.execute(_insert_events(len(chunk)), [v for row in chunk for v in row])
-            db.execute(_UPSERT_META, ("high_water", str(hw), "seq", str(top)))
-            _mark(db, logged)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.high_water = max(self.high_water, hw)
+        rows = [(p.seq, p.key, p.counter, p.body, p.high_water) for p in batch]
+        if not logged and len(rows) <= _ROWS:
+            db.execute(_insert_events(len(rows)), [v for row in rows for v in row])
+        else:
+            db.execute("BEGIN")
+            try:
+                for chunk in _chunks(rows, _ROWS):
+                    db.execute(_insert_events(len(chunk)), [v for row in chunk for v in row])
+                _mark(db, logged)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self.high_water = max(self.high_water, max(p.high_water for p in batch))
 
     async def mark_logged(self, entries: list[tuple[int, int]]) -> None:
         """Record ``(seq, segment)`` pairs as acknowledged by the log."""
@@ -298,10 +322,16 @@ class Journal:
     async def prune_below(self, segment: int) -> int:
         """Forget logged events in segments before ``segment`` (every consumer passed them)."""
 
+        await self.flush_logged()
+
         def prune() -> list[tuple[str, int]]:
             db = self._conn
             db.execute("BEGIN")
             try:
+                # The rows keep the high-water mark and the last seq: keep them
+                # in the meta before the rows go.
+                hw, top = db.execute("SELECT MAX(hw), MAX(seq) FROM events").fetchone()
+                db.execute(_UPSERT_META, ("high_water", str(hw or 0), "seq", str(top or 0)))
                 rows = db.execute(
                     "SELECT key, counter FROM events WHERE segment IS NOT NULL AND segment < ?",
                     (segment,),
