@@ -222,8 +222,6 @@ class KafkaLogReader:
                 await self._refresh()
             gated = await self._gate()
             ready = self._take(limit)
-            if not ready and await self._confirm_earlier():
-                ready = self._take(limit)
             if ready:
                 return ready
             now = time.monotonic()
@@ -240,8 +238,6 @@ class KafkaLogReader:
                     batch = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=limit)
             self._hold(batch)
             records = self._take(limit)
-            if not records and await self._confirm_earlier():
-                records = self._take(limit)
             if self._epoch_changed:
                 await self._reset("epoch_changed")
             if records or time.monotonic() >= deadline:
@@ -327,63 +323,6 @@ class KafkaLogReader:
             ):
                 return False
         return True
-
-    async def _confirm_earlier(self) -> bool:
-        """Ask the broker whether earlier segments grew; whether held records may go now.
-
-        Held records wait (see :meth:`_take`) until every earlier segment's
-        partition was fetched *after* them. An empty fetch comes back only
-        when the broker's fetch wait expires and does not wake ``getmany``,
-        so that wait held ~40 % of the records ~10 ms in the 4 s after each
-        roll. A ListOffsets request answers at once: asked now (after the
-        held records were fetched), an end offset no higher than the
-        partition's last fetched highwater means nothing was appended there
-        since — every record that could precede the held ones was returned.
-        That holds for Apache Kafka (the end offset is the highwater) and for
-        the bundled broker, whose end offset is the last batch's base + 1
-        (a new batch would start at the old highwater, so it reads higher).
-        Any failure leaves the records to the next fetch, as before.
-        """
-        consumer, _ = self._require()
-        waiting: dict[TopicPartition, list[tuple[TopicPartition, int]]] = {}
-        for tp, pending in self._pending.items():
-            if pending.verified:
-                continue
-            segment = parse_topic(self._log_name, tp.topic)
-            blockers = []
-            for s, partitions in self._live.items():
-                if segment is None or s >= segment or tp.partition >= partitions:
-                    continue
-                earlier = self._tp(s, tp.partition)
-                highwater = consumer.highwater(earlier)
-                if (
-                    earlier in self._pending
-                    or highwater is None
-                    or self._delivered(earlier) < highwater
-                ):
-                    break  # records of it are still to come: a fetch brings them
-                blockers.append((earlier, highwater))
-            else:
-                waiting[tp] = blockers
-        ask = {earlier: hw for blockers in waiting.values() for earlier, hw in blockers}
-        if not ask:
-            return False
-        try:
-            with _translated("end offsets"):
-                async with asyncio.timeout(self._request_timeout_ms / 1000):
-                    ends = await consumer.end_offsets(list(ask))
-        except LogError as exc:
-            self._bound.debug("confirm_failed", error=exc.message)
-            return False
-        released = False
-        for tp, blockers in waiting.items():
-            held = self._pending.get(tp)
-            if held is None or held.verified:
-                continue
-            if all(ends.get(earlier, hw + 1) <= hw for earlier, hw in blockers):
-                held.verified = True
-                released = True
-        return released
 
     def _delivered(self, tp: TopicPartition) -> int:
         """The offset after what was returned from ``tp`` (where it was sought if nothing)."""
