@@ -29,8 +29,6 @@ class KnownKeys:
         self._m = bits
         self._k = max(1, round(bits / capacity * math.log(2)))
         self._bits = bytearray((bits + 7) // 8)
-        self.capacity = capacity
-        self.added = 0  # add() calls (keys seen more than once count again)
 
     @property
     def size_bytes(self) -> int:
@@ -49,7 +47,6 @@ class KnownKeys:
         bits = self._bits
         for p in self._positions(key):
             bits[p >> 3] |= 1 << (p & 7)
-        self.added += 1
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):

@@ -140,12 +140,12 @@ class Http1Client:
         self._closed = False
 
     @classmethod
-    def for_url(cls, url: str, **kwargs: float) -> Http1Client:
+    def for_url(cls, url: str, *, limit: int = 64, timeout: float = 30.0) -> Http1Client:
         """A client for ``http://host:port`` (the benchmarks' gateway URLs)."""
         if not url.startswith("http://"):
             raise ValueError(f"only http:// URLs are supported, not {url!r}")
         host, _, port = url[len("http://") :].rstrip("/").partition(":")
-        return cls(host, int(port or 80), **kwargs)  # type: ignore[arg-type]
+        return cls(host, int(port or 80), limit=limit, timeout=timeout)
 
     def head(self, headers: Mapping[str, str]) -> bytes:
         """Pre-encoded header lines, to pass as ``head`` to :meth:`request`."""

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.journal import Journal
+
+
+@contextlib.asynccontextmanager
+async def _opened(path: Path) -> AsyncIterator[Journal]:
+    journal = Journal(path, "r")
+    await journal.open()
+    try:
+        yield journal
+    finally:
+        await journal.close()
 
 
 async def _record(journal: Journal, n: int) -> list[int]:
@@ -46,32 +58,22 @@ async def test_large_group_commits_keep_every_row_and_acknowledgement(tmp_path: 
         assert [r.seq for r in await journal.pending(100)] == seqs[1_200:] + more
     finally:
         await journal.close()
-    again = Journal(tmp_path / "journal.sqlite3", "r")
-    await again.open()
-    try:
+    async with _opened(tmp_path / "journal.sqlite3") as again:
         assert again.last_seq == more[-1]
         assert again.high_water == more[-1] * 10
         assert again.last_counter(f"t/m{more[-1] % 37}") == more[-1]
-    finally:
-        await again.close()
 
 
 async def test_the_high_water_mark_and_seq_survive_pruning_every_row(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3", "r")
-    await journal.open()
-    seqs = await _record(journal, 10)
-    for seq in seqs:
-        journal.note_logged(seq, 3)
-    assert await journal.prune_below(4) == 10  # every row gone: the meta keeps them
-    await journal.close()
-    again = Journal(tmp_path / "journal.sqlite3", "r")
-    await again.open()
-    try:
+    async with _opened(tmp_path / "journal.sqlite3") as journal:
+        seqs = await _record(journal, 10)
+        for seq in seqs:
+            journal.note_logged(seq, 3)
+        assert await journal.prune_below(4) == 10  # every row gone: the meta keeps them
+    async with _opened(tmp_path / "journal.sqlite3") as again:
         assert again.last_seq == seqs[-1]
         assert again.high_water == seqs[-1] * 10
         assert await again.counts() == (0, 0)
-    finally:
-        await again.close()
 
 
 async def test_a_journal_from_before_the_high_water_column_opens_and_keeps_it(
