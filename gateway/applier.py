@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
+from gateway.known_keys import KnownKeys
 from gateway.metrics import Metrics
 from gateway.service import MemoryService, SeqTracker
 from gateway.state_digest import RunningDigest
@@ -37,11 +38,12 @@ from replication.merge import apply, join
 from replication.schema import MemoryEvent, decode_event
 from replication.state import MemoryState
 
-__all__ = ["APPLIED_META", "Applier", "DeadLetterSink", "Reader", "Record"]
+__all__ = ["APPLIED_META", "WRITTEN", "Applier", "DeadLetterSink", "Reader", "Record"]
 
 _log = structlog.get_logger(__name__)
 
 APPLIED_META = "applied-seqs"
+WRITTEN = "written"  # the apply-stage source of write-through batches (Applier.apply_written)
 _applied_decoder = msgspec.msgpack.Decoder(DotContext)
 
 
@@ -108,8 +110,12 @@ class Applier:
         commit_every: float = 0.1,
         lock: asyncio.Lock | None = None,
         digest: RunningDigest | None = None,
+        known: KnownKeys | None = None,
     ) -> None:
         self.name = name
+        # Keys whose state may be in the store (None: any may be). Only for a
+        # store this gateway alone writes: a key it never saw is not there.
+        self._known = known
         self.lock = lock or asyncio.Lock()
         self.digest = digest
         self._reader = reader
@@ -131,6 +137,7 @@ class Applier:
         self.event_counters: list[Callable[[str, int], None]] = []
         self.applied_total = 0
         self.last_applied_at = 0.0
+        self._persisted: DotContext | None = None  # the applied context last written
 
     async def load_applied(self) -> None:
         """Restore which events were applied before a restart."""
@@ -172,8 +179,9 @@ class Applier:
                 last_commit = time.monotonic()
                 self._stage("commit", last_commit - now)
 
-    def _stage(self, stage: str, seconds: float) -> None:
-        self._metrics.apply_stage.labels(source=self.name, stage=stage).observe(seconds)
+    def _stage(self, stage: str, seconds: float, *, delivered: bool = True) -> None:
+        source = self.name if delivered else WRITTEN
+        self._metrics.apply_stage.labels(source=source, stage=stage).observe(seconds)
 
     async def apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
         """Merge a batch into the store; the events that changed something."""
@@ -190,7 +198,9 @@ class Applier:
         try:
             if changed:
                 await self._store.put_many(list(changed.values()))
-            await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
+            if applied != self._persisted:
+                await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
+                self._persisted = applied
         except BaseException:
             for key in changed:
                 self._service.cache.discard(key)
@@ -264,6 +274,24 @@ class Applier:
         for record in beats:
             for heartbeat_listener in self.heartbeat_listeners:
                 heartbeat_listener(self.name, record.value, tuple(record.headers))
+        return await self._apply_events(events, delivered=True)
+
+    async def apply_written(self, events: Sequence[tuple[MemoryEvent, bytes]]) -> None:
+        """Apply events this gateway wrote, once the log acknowledged them (write-through).
+
+        The same merge, cache, store, history and fan-out as for a batch read
+        from the log, without waiting for the log to deliver it back: local
+        subscribers and read-your-writes see the write one fetch cycle (or a
+        segment roll's hold) sooner. When the log delivers the events, they
+        are duplicates here (I5) and change nothing; the log's delivery is
+        what is counted, timed and committed.
+        """
+        async with self.lock:
+            await self._apply_events(list(events), delivered=False)
+
+    async def _apply_events(
+        self, events: list[tuple[MemoryEvent, bytes]], *, delivered: bool
+    ) -> list[MemoryEvent]:
         if not events:
             return []
         started = time.perf_counter()
@@ -276,6 +304,9 @@ class Applier:
                 states[key] = cached
             else:
                 missing.append(key)
+        if missing and self._known is not None:
+            known = self._known
+            missing = [key for key in missing if key in known]  # never a false "absent"
         if missing:
             states.update(await self._store.get_many(missing))
         originals = dict(states)
@@ -285,7 +316,8 @@ class Applier:
             before = states.get(event.key)
             after = apply(before, event)
             if after is before:
-                self._metrics.duplicates.inc()
+                if delivered:
+                    self._metrics.duplicates.inc()
                 continue
             states[event.key] = after
             changed[event.key] = after
@@ -298,9 +330,10 @@ class Applier:
             self._service.remember(state)
         persist = asyncio.ensure_future(self._persist(changed, self._tracker.after(dots)))
         merged = time.perf_counter()
-        self._stage("merge", merged - started)
+        self._stage("merge", merged - started, delivered=delivered)
         try:
-            self._observe(events)
+            if delivered:
+                self._observe(events)
             if self.batch_listeners:
                 # Every event of the batch, duplicates included: a listener that
                 # missed one (a crash before the offsets were committed) gets it
@@ -314,16 +347,19 @@ class Applier:
                 await persist
             raise
         published = time.perf_counter()
-        self._stage("publish", published - merged)
+        self._stage("publish", published - merged, delivered=delivered)
         await persist
-        self._stage("store", time.perf_counter() - published)
+        self._stage("store", time.perf_counter() - published, delivered=delivered)
         if self.digest is not None:
             for key, state in changed.items():
                 self.digest.replace(originals.get(key), state)
         await self._tracker.note(dots)
-        self._metrics.applied.labels(source=self.name).inc(len(events))
-        self.applied_total += len(events)
-        self.last_applied_at = time.monotonic()
-        for count in self.event_counters:
-            count(self.name, len(events))
+        if delivered:
+            self._metrics.applied.labels(source=self.name).inc(len(events))
+            self.applied_total += len(events)
+            self.last_applied_at = time.monotonic()
+            for count in self.event_counters:
+                count(self.name, len(events))
+        else:
+            self._metrics.written_through.inc(len(fresh))
         return [e for e, _ in fresh]

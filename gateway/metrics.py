@@ -55,6 +55,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.written_through = Counter(
+            "memsync_events_written_through_total",
+            "This gateway's own writes applied as soon as the log acknowledged them "
+            "(write-through), ahead of the log's delivery (which then finds duplicates).",
+            registry=r,
+        )
+        self.written_through_dropped = Counter(
+            "memsync_write_through_dropped_total",
+            "Own writes not applied at once because the write-through queue was full or "
+            "its apply failed; the log's delivery applies them.",
+            registry=r,
+        )
         self.duplicates = Counter(
             "memsync_events_duplicate_total",
             "Events the applier had already applied (exactly-once effect).",

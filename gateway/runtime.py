@@ -5,6 +5,8 @@ dead-letter sink and the segment janitor, and runs these background tasks
 (the app cancels them with :func:`replication.tasks.cancel_all`):
 
 - the **applier** (regional log → store, cache, listeners);
+- **write-through**: this gateway's own acknowledged writes applied at once,
+  ahead of the log's delivery (``gateway/write_through.py``);
 - the **outbox drainer** (journal rows the log did not take → log, in order);
 - **maintenance** every second: detect a broker that lost its log (epoch
   change) and re-publish the journal; delete segments every consumer has
@@ -42,6 +44,7 @@ from gateway.settings import Settings
 from gateway.state_digest import RunningDigest
 from gateway.store import MemoryStore, StoreError
 from gateway.streams import Streams, control
+from gateway.write_through import WriteThrough
 from replication.clock import HybridClock
 from replication.errors import MemsyncError
 from replication.heartbeat import (
@@ -130,6 +133,7 @@ class Runtime:
     apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     digest: RunningDigest = field(default_factory=RunningDigest, init=False)
     antientropy: AntiEntropy = field(init=False)
+    write_through: WriteThrough | None = field(default=None, init=False)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _epoch: str | None = field(default=None, init=False)
     _ticks: int = field(default=0, init=False)
@@ -232,6 +236,14 @@ class Runtime:
             s.region, rep.peer_names, interval_ms=rep.heartbeat_ms, alert_ms=rep.lag_alert_ms
         )
         self.applier = self._applier("local", self.reader, tracker)
+        if s.limits.write_through_queue:
+            self.write_through = WriteThrough(
+                self.applier.apply_written,
+                limit=s.limits.write_through_queue,
+                batch=s.limits.apply_batch,
+                on_drop=self.metrics.written_through_dropped.inc,
+            )
+            self.service.on_logged = self.write_through.offer
         for peer in rep.peer_names:
             log = mirrored_log(peer, k.log)
             reader = KafkaLogReader(
@@ -296,6 +308,8 @@ class Runtime:
             commit_every=self.settings.limits.apply_commit_ms / 1000,
             lock=self.apply_lock,
             digest=self.digest,
+            # A store only this gateway writes: a key it never saw is not there.
+            known=self.service.known if self.settings.store.backend != "server" else None,
         )
         applier.heartbeat_listeners.append(self._on_heartbeat)
         applier.event_counters.append(self.replication.events)
@@ -323,6 +337,12 @@ class Runtime:
                 _supervised("stream heartbeats", self._stream_heartbeat_loop), name="ws-beats"
             ),
         ]
+        if self.write_through is not None:
+            tasks.append(
+                asyncio.create_task(
+                    _supervised("write-through", self.write_through.run), name="write-through"
+                )
+            )
         for peer, (reader, applier, _) in self.remote.items():
             loop = functools.partial(self._remote_apply_loop, reader, applier)
             tasks.append(

@@ -178,6 +178,9 @@ class MemoryService:
         self.outbox_busy = False
         self._inflight: set[int] = set()
         self._wake_drainer = asyncio.Event()
+        # Told of each event the log acknowledged (not of outbox writes):
+        # gateway/write_through.py applies them here without waiting for the log.
+        self.on_logged: Callable[[MemoryEvent, bytes], None] | None = None
 
     # -- tokens ---------------------------------------------------------------
 
@@ -533,6 +536,8 @@ class MemoryService:
             _, degraded = await self._journal_and_append(key, counter, seq, raw, event)
         finally:
             self._inflight.discard(seq)
+        if not degraded and self.on_logged is not None:
+            self.on_logged(event, raw)
         after = apply(state, event)
         new_session = dvv.add(session, Dot(replica, seq))
         return WriteResult(self.view(after), self.session_token(new_session), degraded, event)

@@ -129,6 +129,9 @@ class Limits:
     outbox_max_events: int = 1_000_000
     apply_batch: int = 500
     apply_commit_ms: int = 100  # the most an applier's offset commits wait (one per batch at 0)
+    # Own acknowledged writes waiting to be applied at once (write-through;
+    # 0: off, they wait for the log's delivery like everything else).
+    write_through_queue: int = 10_000
     journal_ack_interval: float = 1.0
     max_subscriptions: int = 20_000
     subscriber_soft_limit: int = 256  # queued messages before an eager one coalesces
@@ -202,6 +205,11 @@ class Settings:
             raise SettingsError(
                 "MEMSYNC_APPLY_COMMIT_MS must be between 0 (commit after every batch) and 60000"
             )
+        if not 0 <= self.limits.write_through_queue <= 1_000_000:
+            raise SettingsError(
+                "MEMSYNC_WRITE_THROUGH_QUEUE must be between 0 (off: own writes wait for the "
+                "log's delivery) and 1000000"
+            )
         return self
 
     @classmethod
@@ -255,6 +263,9 @@ class Settings:
                 tenant_burst=r.as_float("MEMSYNC_TENANT_BURST", d.limits.tenant_burst),
                 max_subscriptions=r.as_int("MEMSYNC_MAX_SUBSCRIPTIONS", d.limits.max_subscriptions),
                 apply_commit_ms=r.as_int("MEMSYNC_APPLY_COMMIT_MS", d.limits.apply_commit_ms),
+                write_through_queue=r.as_int(
+                    "MEMSYNC_WRITE_THROUGH_QUEUE", d.limits.write_through_queue
+                ),
                 subscriber_soft_limit=r.as_int(
                     "MEMSYNC_SUBSCRIBER_SOFT_LIMIT", d.limits.subscriber_soft_limit
                 ),

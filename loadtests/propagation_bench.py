@@ -84,7 +84,7 @@ from loadtests.gateway_bench import (
     scrape,
 )
 from loadtests.http1 import Http1Client
-from loadtests.report import emit, summarize
+from loadtests.report import add_settings_option, emit, settings_env, summarize
 
 __all__ = ["Plan", "SubscriberPool", "main"]
 
@@ -1161,7 +1161,7 @@ async def measure_idle(
 # -- the benchmark --------------------------------------------------------------------
 
 
-async def run_bench(plan: Plan, workdir: Path) -> int:
+async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None = None) -> int:
     """Every phase, then the tables."""
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {
@@ -1179,6 +1179,8 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
     started = time.monotonic()
     env = {"MEMSYNC_AGENT_RATE": "1e9", "MEMSYNC_TENANT_RATE": "1e9",
            "MEMSYNC_AGENT_BURST": "1e9", "MEMSYNC_TENANT_BURST": "1e9"}  # fmt: skip
+    env.update(settings or {})
+    meta["settings"] = settings or {}
     async with LocalRegion(workdir, env) as region:
         log(f"broker {region.bootstrap} (pid {region.broker.pid}), gateway {region.url}")
         token = mint(
@@ -1331,6 +1333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small and short (< 90 s)")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    add_settings_option(parser)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker_entry(args.worker)
@@ -1338,7 +1341,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="memsync-prop-"))
     log(f"working in {workdir}")
     try:
-        return run_main(lambda: run_bench(plan, workdir))
+        return run_main(lambda: run_bench(plan, workdir, settings_env(args.set)))
     finally:
         _kill_children()
         if args.keep_dir:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["emit", "percentile", "summarize"]
+__all__ = ["add_settings_option", "emit", "percentile", "settings_env", "summarize"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -52,3 +53,28 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:,.3f}" if v < 100 else f"{v:,.0f}"
     return "" if v is None else str(v)
+
+
+def _setting(item: str) -> str:
+    """An argparse type: ``MEMSYNC_NAME=VALUE``."""
+    name, sep, _ = item.partition("=")
+    if not sep or not name.startswith("MEMSYNC_"):
+        raise argparse.ArgumentTypeError(f"expected MEMSYNC_NAME=VALUE, got {item!r}")
+    return item
+
+
+def add_settings_option(parser: argparse.ArgumentParser) -> None:
+    """``--set MEMSYNC_NAME=VALUE`` (repeatable): a gateway setting for the run."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="MEMSYNC_NAME=VALUE",
+        help="a gateway setting for the run (repeatable), e.g. MEMSYNC_WRITE_THROUGH_QUEUE=0",
+    )
+
+
+def settings_env(items: Sequence[str]) -> dict[str, str]:
+    """The ``--set`` items as an environment mapping."""
+    return dict(item.split("=", 1) for item in items)

@@ -58,7 +58,7 @@ from loadtests.gateway_bench import (
     scrape,
     wait_applied,
 )
-from loadtests.report import emit, percentile
+from loadtests.report import add_settings_option, emit, percentile
 
 __all__ = [
     "LocalRegion",
@@ -442,14 +442,6 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     return 0 if v["flat"] and v["rss_bounded"] and result.caught_up else 1
 
 
-def _setting(item: str) -> str:
-    """An argparse type: ``MEMSYNC_NAME=VALUE``."""
-    name, sep, _ = item.partition("=")
-    if not sep or not name.startswith("MEMSYNC_"):
-        raise argparse.ArgumentTypeError(f"expected MEMSYNC_NAME=VALUE, got {item!r}")
-    return item
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import shutil
     import tempfile
@@ -468,14 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per window")
     parser.add_argument("--tolerance", type=float, default=0.5, help="flatness tolerance")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        type=_setting,
-        metavar="MEMSYNC_NAME=VALUE",
-        help="a gateway setting for the run (repeatable), e.g. MEMSYNC_CACHE_BYTES=536870912",
-    )
+    add_settings_option(parser)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="memsync-soak-"))
     log(f"working in {workdir}")

@@ -344,10 +344,22 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
     resp, _ = await gw.request("GET", "/v1/memories/never-written")  # a store read
     assert resp.status == 404
     assert gw.client is not None
-    resp = await gw.client.get("/metrics")
-    text = await resp.text()
+
+    async def metrics_text() -> str:
+        assert gw.client is not None
+        return await (await gw.client.get("/metrics")).text()
+
+    # The session read may be answered by write-through; the log's delivery
+    # (what the applier's metrics count and time) follows.
+    async def delivered() -> bool:
+        return 'memsync_events_applied_total{source="local"}' in await metrics_text()
+
+    await eventually(delivered)
+    text = await metrics_text()
     for name in (
         "memsync_http_request_seconds_bucket",
+        "memsync_events_written_through_total 1.0",
+        "memsync_events_duplicate_total 1.0",  # the log's delivery of the written-through write
         "memsync_apply_lag_seconds_bucket",
         "memsync_cache_hit_ratio",
         "memsync_events_applied_total",

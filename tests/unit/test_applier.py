@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from gateway.applier import Applier
 from gateway.cache import StateCache
+from gateway.known_keys import KnownKeys
 from gateway.metrics import Metrics
 from gateway.service import MemoryService, SeqTracker
 from gateway.store import StoreError
@@ -163,3 +164,86 @@ async def test_offsets_are_committed_once_for_several_batches_and_when_the_log_g
     assert reader.commits == [[(0, 2), (1, 2)]]
     for key in replica.states:
         assert await store.get(key) is not None  # every batch applied before its commit
+
+
+class _CountingStore(_Store):
+    """Counts reads and metadata writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[list[str]] = []
+        self.meta_writes = 0
+
+    async def get_many(self, keys: list[str]) -> dict[str, MemoryState]:
+        self.reads.append(list(keys))
+        return await super().get_many(keys)
+
+    async def put_meta(self, name: str, value: bytes) -> None:
+        self.meta_writes += 1
+        await super().put_meta(name, value)
+
+
+def _counted(metrics: Metrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+async def test_a_written_through_event_is_applied_once_and_its_delivery_is_a_duplicate() -> None:
+    store, service, tracker, metrics = _Store(), _Service(), SeqTracker(), Metrics("r")
+    seen: list[list[MemoryEvent]] = []
+
+    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState]], _: Any) -> None:
+        seen.append([e for e, _, _ in batch])
+
+    applier = Applier(
+        name="local", reader=cast(Any, None), store=store,
+        service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
+        metrics=metrics,
+    )  # fmt: skip
+    applier.batch_listeners.append(listener)
+    event = _event()
+    raw = encode(event)
+    await applier.apply_written([(event, raw)])
+    state = service.cache.peek(event.key)
+    assert state is not None and (await store.get(event.key)) == state
+    assert tracker.covers(context_of([Dot("r1", event.seq)]))  # read-your-writes at once
+    assert seen == [[event]]
+    assert applier.applied_total == 0  # the log's delivery is what is counted
+    assert _counted(metrics, "memsync_events_written_through_total") == 1
+    assert await applier.apply_batch([_Record(raw)]) == []  # the delivery changes nothing
+    assert service.cache.peek(event.key) is state
+    assert applier.applied_total == 1
+    assert _counted(metrics, "memsync_events_duplicate_total") == 1
+    assert seen == [[event], [event]]  # listeners deduplicate (the history does)
+
+
+async def test_keys_never_seen_are_not_read_from_the_store() -> None:
+    store, service, tracker = _CountingStore(), _Service(), SeqTracker()
+    known = KnownKeys(capacity=1000)
+    applier = Applier(
+        name="local", reader=cast(Any, None), store=store,
+        service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
+        metrics=Metrics("r"), known=known,
+    )  # fmt: skip
+    replica = Replica("r1")
+    new = replica.write("new", "fact", "create", user="u1", content="a")
+    old = replica.write("old", "fact", "create", user="u1", content="b")
+    assert new is not None and old is not None
+    known.add(old.key)  # as the start-up scan of the store would
+    await applier.apply_batch([_Record(encode(new)), _Record(encode(old))])
+    assert store.reads == [[old.key]]  # only the key the store may hold
+    assert (await store.get(new.key)) is not None and (await store.get(old.key)) is not None
+
+
+async def test_a_batch_of_duplicates_writes_nothing_to_the_store() -> None:
+    store, service, tracker = _CountingStore(), _Service(), SeqTracker()
+    applier = Applier(
+        name="local", reader=cast(Any, None), store=store,
+        service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
+        metrics=Metrics("r"),
+    )  # fmt: skip
+    record = _Record(encode(_event()))
+    await applier.apply_batch([record])
+    assert store.meta_writes == 1
+    await applier.apply_batch([record])  # a duplicate: the applied context is unchanged
+    assert store.meta_writes == 1
