@@ -498,7 +498,11 @@ async def test_quiet_websockets_are_pinged_and_silent_ones_dropped(
         while len(seen) < 20 and (not seen or seen[-1] not in (WSMsgType.CLOSE, WSMsgType.CLOSED)):
             seen.append((await asyncio.wait_for(silent.receive(), 3.0)).type)
         assert seen[0] == WSMsgType.PING and seen[-1] in (WSMsgType.CLOSE, WSMsgType.CLOSED), seen
-        await _subscribe(answering, channels=["user:alice:memories"])
+        # Still served: a subscription is answered (pings keep coming meanwhile).
+        await answering.send_json({"op": "subscribe", "channels": ["user:alice:memories"]})
+        while (msg := await asyncio.wait_for(answering.receive(), 3.0)).type == WSMsgType.PING:
+            await answering.pong(msg.data)
+        assert msg.type == WSMsgType.TEXT and json.loads(msg.data)["op"] == "subscribed", msg
         await answering.close()
     finally:
         await g.stop()
