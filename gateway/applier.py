@@ -174,10 +174,27 @@ class Applier:
                     uncommitted[(record.topic, record.partition)] = record
             now = time.monotonic()
             if uncommitted and (not records or now - last_commit >= self._commit_every):
+                # The applied set first: a commit must never cover events a
+                # restart would not know were applied (read-your-writes).
+                await self.save_applied()
                 await self._reader.commit(list(uncommitted.values()))
                 uncommitted.clear()
                 last_commit = time.monotonic()
                 self._stage("commit", last_commit - now)
+            elif not records:
+                await self.save_applied()  # write-through and repairs, while the log is quiet
+
+    async def save_applied(self) -> None:
+        """Write which events were applied to the store, if that changed since last time.
+
+        Once per offset commit (and when the log is quiet), not once per
+        batch: one store round trip fewer per batch. What a crash loses of
+        it, the log gives back (its offsets were not committed either).
+        """
+        applied = self._tracker.applied
+        if applied != self._persisted:
+            await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
+            self._persisted = applied
 
     def _stage(self, stage: str, seconds: float, *, delivered: bool = True) -> None:
         source = self.name if delivered else WRITTEN
@@ -188,19 +205,17 @@ class Applier:
         async with self.lock:
             return await self._apply_batch(records)
 
-    async def _persist(self, changed: dict[str, MemoryState], applied: DotContext) -> None:
-        """Write changed states and the applied context; on failure, forget them in the cache.
+    async def _persist(self, changed: dict[str, MemoryState]) -> None:
+        """Write changed states; on failure, forget them in the cache.
 
         The cache already holds the merged states; if the store did not take
         them, the retried batch must merge from the store again (from the
         cache it would find nothing to write).
         """
+        if not changed:
+            return
         try:
-            if changed:
-                await self._store.put_many(list(changed.values()))
-            if applied != self._persisted:
-                await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
-                self._persisted = applied
+            await self._store.put_many(list(changed.values()))
         except BaseException:
             for key in changed:
                 self._service.cache.discard(key)
@@ -328,7 +343,7 @@ class Applier:
         dots = [Dot(e.dot.replica, e.seq) for e, _ in events]
         for state in changed.values():
             self._service.remember(state)
-        persist = asyncio.ensure_future(self._persist(changed, self._tracker.after(dots)))
+        persist = asyncio.ensure_future(self._persist(changed))
         merged = time.perf_counter()
         self._stage("merge", merged - started, delivered=delivered)
         try:

@@ -169,17 +169,21 @@ async def test_offsets_are_committed_once_for_several_batches_and_when_the_log_g
 class _CountingStore(_Store):
     """Counts reads and metadata writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, calls: list[str] | None = None) -> None:
         super().__init__()
         self.reads: list[list[str]] = []
-        self.meta_writes = 0
+        self.calls = calls if calls is not None else []
 
     async def get_many(self, keys: list[str]) -> dict[str, MemoryState]:
         self.reads.append(list(keys))
         return await super().get_many(keys)
 
+    async def put_many(self, states: list[MemoryState]) -> None:
+        self.calls.append("put_many")
+        await super().put_many(states)
+
     async def put_meta(self, name: str, value: bytes) -> None:
-        self.meta_writes += 1
+        self.calls.append("put_meta")
         await super().put_meta(name, value)
 
 
@@ -244,6 +248,51 @@ async def test_a_batch_of_duplicates_writes_nothing_to_the_store() -> None:
     )  # fmt: skip
     record = _Record(encode(_event()))
     await applier.apply_batch([record])
-    assert store.meta_writes == 1
-    await applier.apply_batch([record])  # a duplicate: the applied context is unchanged
-    assert store.meta_writes == 1
+    assert store.calls == ["put_many"]
+    await applier.apply_batch([record])  # a duplicate
+    assert store.calls == ["put_many"]
+
+
+class _OrderedReader(_Reader):
+    """A scripted reader whose commits are noted in a shared call log."""
+
+    def __init__(self, script: list[list[_Record]], calls: list[str]) -> None:
+        super().__init__(script)
+        self.calls = calls
+
+    async def commit(self, records: list[_Record]) -> None:
+        self.calls.append("commit")
+        await super().commit(records)
+
+
+async def test_the_applied_set_is_written_once_before_each_commit_and_restored() -> None:
+    replica = Replica("r1")
+    records = []
+    for n in range(4):
+        event = replica.write(f"m{n}", "fact", "create", user="u1", content=str(n))
+        assert event is not None
+        records.append(_Record(encode(event), offset=n))
+    calls: list[str] = []
+    reader = _OrderedReader([records[0:2], records[2:4]], calls)
+    store, service, tracker = _CountingStore(calls), _Service(), SeqTracker()
+    applier = Applier(
+        name="local", reader=reader, store=store, service=cast(MemoryService, service),
+        tracker=tracker, dead_letters=_Dlq(), metrics=Metrics("r"), poll_ms=10, commit_every=60,
+    )  # fmt: skip
+    task = asyncio.create_task(applier.run())
+    try:
+        await asyncio.wait_for(reader.drained.wait(), 5)
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    # Two batches, one commit when the log went quiet, the applied set just before it.
+    assert calls == ["put_many", "put_many", "put_meta", "commit"]
+    restarted = SeqTracker()
+    again = Applier(
+        name="local", reader=cast(Any, None), store=store,
+        service=cast(MemoryService, _Service()), tracker=restarted, dead_letters=_Dlq(),
+        metrics=Metrics("r"),
+    )  # fmt: skip
+    await again.load_applied()
+    assert restarted.applied == tracker.applied
+    assert restarted.covers(context_of([Dot("r1", 4)]))
