@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from gateway.logs import configure_logging
 from replication.mirror import MirrorLink
 from replication.tasks import cancel_all
 
-__all__ = ["Region", "run_cluster"]
+__all__ = ["Region", "gateway_env", "run_cluster"]
 
 
 @dataclass
@@ -72,10 +73,26 @@ def _secret_file(data_dir: Path) -> Path:
     return path
 
 
-def _gateway_env(
-    region: Region, secret: str, insecure_dev: bool, peers: str = ""
+def gateway_env(
+    region: Region,
+    secret: str,
+    insecure_dev: bool,
+    peers: str = "",
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
+    """A gateway's environment: ``environ``'s settings, with its region's wiring over them.
+
+    ``MEMSYNC_*`` settings of the caller's environment reach every gateway
+    (``MEMSYNC_CACHE_BYTES=… memsync up``), except the log's shape
+    (``MEMSYNC_KAFKA_*``: the runner wires brokers and links itself) and
+    what the runner sets per region below.
+    """
+    source = os.environ if environ is None else environ
+    env = {
+        k: v
+        for k, v in source.items()
+        if not k.startswith("MEMSYNC_KAFKA_") and k not in _RUNNER_SETS
+    }
     env.update(
         {
             "MEMSYNC_REGION": region.name,
@@ -89,6 +106,19 @@ def _gateway_env(
         }
     )
     return env
+
+
+_RUNNER_SETS = frozenset(
+    {
+        "MEMSYNC_REGION",
+        "MEMSYNC_DATA_DIR",
+        "MEMSYNC_HTTP_HOST",
+        "MEMSYNC_HTTP_PORT",
+        "MEMSYNC_SECRET",
+        "MEMSYNC_INSECURE_DEV",
+        "MEMSYNC_PEERS",
+    }
+)
 
 
 def _read(path: Path) -> str:
@@ -191,7 +221,7 @@ async def _run(
         for r in regions:
             _say(f"[{r.name}] starting gateway on {r.url}")
             peers = plan.peers_setting(r.name) if plan is not None else ""
-            r.process = _spawn_gateway(r, _gateway_env(r, secret, insecure_dev, peers))
+            r.process = _spawn_gateway(r, gateway_env(r, secret, insecure_dev, peers))
         if plan is not None:
             links = mirror_links(plan, partitions=8, segment_ms=10_000, grace_ms=2_000)
             for link in links:

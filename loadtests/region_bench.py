@@ -53,7 +53,7 @@ import aiohttp
 from gateway.logs import configure_logging
 from loadtests.gateway_bench import log, open_loop, run_main
 from loadtests.http1 import Http1Client
-from loadtests.report import emit, summarize
+from loadtests.report import add_settings_option, emit, settings_env, summarize
 from replication.log import KafkaEventLog, OutgoingRecord
 from replication.log_reader import KafkaLogReader
 from replication.mirror import MirrorLink
@@ -90,8 +90,9 @@ QUICK = Plan(seconds=8.0, partition_s=10.0, partition_events=3_000, warmup_s=2.0
 class Cluster:
     """``memsync up`` as a subprocess (its own session) in ``workdir``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.settings = settings or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
 
@@ -101,6 +102,7 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
         env.update({"MEMSYNC_AGENT_RATE": "100000", "MEMSYNC_AGENT_BURST": "100000",
                     "MEMSYNC_TENANT_RATE": "100000", "MEMSYNC_TENANT_BURST": "100000"})  # fmt: skip
+        env.update(self.settings)  # memsync up hands MEMSYNC_* settings to every gateway
         base = free_port_run(len(REGIONS))
         out = (self.workdir / "up.out").open("wb")
         self.proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our own CLI, started once
@@ -390,10 +392,12 @@ async def measure_partition(
     }
 
 
-async def run_bench(plan: Plan, workdir: Path, phases: str = "all") -> int:
+async def run_bench(
+    plan: Plan, workdir: Path, phases: str = "all", settings: dict[str, str] | None = None
+) -> int:
     log("starting memsync up --regions us-east,eu-west")
     async with (
-        Cluster(workdir) as cluster,
+        Cluster(workdir, settings) as cluster,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http,
     ):
         log(f"cluster up: {cluster.info['regions']}")
@@ -413,7 +417,7 @@ async def run_bench(plan: Plan, workdir: Path, phases: str = "all") -> int:
                 rows,
                 ["phase", "count", "median", "p90", "p99", "max", "received", "target_p99",
                  "meets"],
-                meta={"plan": plan.__dict__, "regions": REGIONS},
+                meta={"plan": plan.__dict__, "regions": REGIONS, "settings": settings or {}},
             )  # fmt: skip
         if phases in ("all", "convergence"):
             part = await measure_partition(http, cluster, plan, subs)
@@ -446,13 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="run only the floor and propagation phases, or only the partition (default: all)",
     )
+    add_settings_option(parser)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
     configure_logging("warning")  # the in-process floor link logs to stderr, not the tables
     workdir = Path(tempfile.mkdtemp(prefix="memsync-region-bench-"))
     log(f"working in {workdir}")
     try:
-        return run_main(lambda: run_bench(plan, workdir, args.phases))
+        return run_main(lambda: run_bench(plan, workdir, args.phases, settings_env(args.set)))
     finally:
         if not args.keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -81,3 +81,34 @@ def test_every_directed_pair_has_a_mirror_link_through_its_toxiproxy_proxy() -> 
             proxy = proxies[f"{source}->{region}.http"]
             assert url == f"http://toxiproxy:{proxy['listen'].rsplit(':', 1)[1]}"
             assert proxy["upstream"] == f"gateway-{source}:8700"
+
+
+def test_memsync_up_passes_gateway_settings_through_but_wires_each_region_itself() -> None:
+    from deploy.runner import Region, gateway_env
+    from deploy.tansu import TansuBroker
+
+    broker = TansuBroker(port=19092)  # never started: only its address is read
+    region = Region("eu-west", 8701, Path("/data/eu-west"), broker)
+    env = gateway_env(
+        region,
+        "s" * 32,
+        insecure_dev=False,
+        peers="us-east",
+        environ={
+            "PATH": "/bin",
+            "MEMSYNC_CACHE_BYTES": "1048576",
+            "MEMSYNC_WRITE_THROUGH_QUEUE": "0",
+            "MEMSYNC_REGION": "somewhere-else",
+            "MEMSYNC_HTTP_PORT": "1",
+            "MEMSYNC_KAFKA_PARTITIONS": "2",
+            "MEMSYNC_KAFKA_BOOTSTRAP": "elsewhere:9092",
+        },
+    )
+    assert env["PATH"] == "/bin"
+    assert env["MEMSYNC_CACHE_BYTES"] == "1048576"
+    assert env["MEMSYNC_WRITE_THROUGH_QUEUE"] == "0"
+    assert env["MEMSYNC_REGION"] == "eu-west"
+    assert env["MEMSYNC_HTTP_PORT"] == "8701"
+    assert env["MEMSYNC_KAFKA_BOOTSTRAP"] == broker.bootstrap
+    assert "MEMSYNC_KAFKA_PARTITIONS" not in env  # the log's shape is the runner's
+    assert env["MEMSYNC_PEERS"] == "us-east"
