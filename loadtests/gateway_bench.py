@@ -63,7 +63,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploy.tansu import TansuBroker, free_port
 from gateway.auth import mint
 from loadtests.http1 import Http1Client, Reply
-from loadtests.report import emit, summarize
+from loadtests.report import add_settings_option, emit, settings_env, summarize
 from replication.segments import parse_topic
 
 __all__ = [
@@ -692,7 +692,7 @@ async def measure_floor(bootstrap: str, plan: Plan) -> tuple[Latencies, Latencie
         await producer.stop()
 
 
-async def run_bench(plan: Plan, workdir: Path) -> int:
+async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None = None) -> int:
     """Every phase, then the tables."""
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {
@@ -700,9 +700,11 @@ async def run_bench(plan: Plan, workdir: Path) -> int:
         "rate_per_s": plan.rate,
         "plan": plan.__dict__,
         "fetch_max_wait_ms": 5,
+        "settings": settings or {},
     }
     started = time.monotonic()
-    async with LocalRegion(workdir, {"MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS": "5"}) as region:
+    env = {"MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS": "5", **(settings or {})}
+    async with LocalRegion(workdir, env) as region:
         log(f"broker {region.bootstrap} (pid {region.broker.pid}), gateway {region.url}")
         token = region.token()
         async with (
@@ -956,12 +958,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="short phases (< 60 s in all)")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
+    add_settings_option(parser)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else DEFAULT
     workdir = Path(tempfile.mkdtemp(prefix="memsync-bench-"))
     log(f"working in {workdir}")
     try:
-        return run_main(lambda: run_bench(plan, workdir))
+        return run_main(lambda: run_bench(plan, workdir, settings_env(args.set)))
     finally:
         if args.keep_dir:
             log(f"kept {workdir}")
