@@ -30,7 +30,7 @@ does not cover all of them may have missed one, and gets
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -108,6 +108,7 @@ class HistoryEntry:
     cursor: Cursor
 
 
+_RESERVE = 1_000  # indexes reserved ahead on disk (twice the default apply batch)
 _cursor_codec = msgspec.msgpack.Decoder(Cursor)
 _ctx_codec = msgspec.msgpack.Decoder(DotContext)
 
@@ -121,6 +122,9 @@ class History:
         self._max = max_events
         self._sql = SqliteThread(path, "event history", synchronous="NORMAL", schema=_SCHEMA)
         self._next_idx = 1
+        # Indexes below this one may have been handed out (in cursors) before
+        # their rows were written; a restart starts past it (see append).
+        self._reserved = 1
         self._oldest = 1
         self.trimmed: DotContext = EMPTY
         # Every event this history ever recorded (retained or trimmed), exactly;
@@ -142,7 +146,10 @@ class History:
             self.trimmed = _ctx_codec.decode(meta["trimmed"])
         lo, hi = db.execute("SELECT MIN(idx), MAX(idx) FROM events").fetchone()
         self._oldest = int(lo or meta_int(meta, "next_idx", 1))
-        self._next_idx = max(int(hi or 0) + 1, meta_int(meta, "next_idx", 1))
+        self._next_idx = max(
+            int(hi or 0) + 1, meta_int(meta, "next_idx", 1), meta_int(meta, "reserved_idx", 1)
+        )
+        self._reserve(db)
         if hi is not None:
             row = db.execute("SELECT cursor FROM events WHERE idx = ?", (hi,)).fetchone()
             self.head = _cursor_codec.decode(row[0])
@@ -152,6 +159,20 @@ class History:
             Dot(replica, seq) for replica, seq in db.execute("SELECT replica, seq FROM events")
         )
         self.recorded = dvv.join(dvv.join(self.trimmed, retained), self.head.context)
+
+    def _reserve(self, db: sqlite3.Connection) -> None:
+        self._reserved = self._next_idx + _RESERVE
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('reserved_idx', ?)", (str(self._reserved),))
+
+    def reserved(self, entries: Sequence[HistoryEntry]) -> bool:
+        """Whether these stamped entries' indexes are below the reservation on disk.
+
+        Then their cursors may be handed out before :meth:`append` is done: a
+        restart never gives their indexes to other events (it starts past
+        the reservation), so resuming by index after a crash cannot skip
+        anything; the log delivers again what the history did not write.
+        """
+        return not entries or entries[-1].idx < self._reserved
 
     async def close(self) -> None:
         """Close the database."""
@@ -196,10 +217,14 @@ class History:
             self.head = out[-1].cursor
         return out
 
-    async def append(self, entries: Sequence[HistoryEntry]) -> None:
-        """Persist stamped entries, trimming the oldest past the bound."""
-        if entries:
-            await self._run(self._append_sync, list(entries))
+    def append(self, entries: Sequence[HistoryEntry]) -> Awaitable[None]:
+        """Persist stamped entries, trimming the oldest past the bound; await the result.
+
+        The write is queued on the history's thread at once: a replay asked
+        for afterwards, by any task, reads after it. So the entries may be
+        delivered to live subscribers before the write is done.
+        """
+        return self._sql.submit(self._append_sync, list(entries))
 
     def _append_sync(self, entries: list[HistoryEntry]) -> None:
         db = self._conn
@@ -235,6 +260,8 @@ class History:
                     (msgspec.msgpack.encode(trimmed),),
                 )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('next_idx', ?)", (str(self._next_idx),))
+            if self._next_idx + _RESERVE // 2 > self._reserved:
+                self._reserve(db)
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('head', ?)",
                 (msgspec.msgpack.encode(self.head),),

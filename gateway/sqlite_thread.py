@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -57,9 +57,20 @@ class SqliteThread:
 
     async def run(self, fn: Callable[..., R], *args: object) -> R:
         """Run ``fn(*args)`` on the database thread."""
-        loop = asyncio.get_running_loop()
+        return await self.submit(fn, *args)
+
+    def submit(self, fn: Callable[..., R], *args: object) -> Awaitable[R]:
+        """Queue ``fn(*args)`` on the database thread now; await its result later.
+
+        Work runs in submission order, so whatever is submitted after this
+        call (from any task) sees its effect, whether or not it was awaited.
+        """
+        queued = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return self._result(queued)
+
+    async def _result(self, queued: Awaitable[R]) -> R:
         try:
-            return await loop.run_in_executor(self._pool, fn, *args)
+            return await queued
         except sqlite3.Error as exc:
             raise UnavailableError(f"{self._what} failed: {exc}", retry_after=1.0) from exc
 

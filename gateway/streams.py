@@ -23,7 +23,7 @@ import structlog
 
 from gateway.errors import BadRequestError
 from gateway.fanout import Delivery, Fanout, Subscription
-from gateway.history import Cursor, History, ResyncRequiredError
+from gateway.history import Cursor, History, HistoryEntry, ResyncRequiredError
 from replication import dvv
 from replication.dvv import Dot, DotContext
 from replication.routing import channels_for, parse_channel
@@ -96,7 +96,24 @@ class Streams:
                 for e, raw, _ in fresh
             ]
         )
-        await self.history.append(entries)
+        # Queued before the fan-out (a resume replays after it), awaited after:
+        # live subscribers need not wait for the history's thread — unless the
+        # batch's indexes are not reserved on disk yet (History.reserved).
+        persisted = self.history.append(entries)
+        if not self.history.reserved(entries):
+            await persisted
+            self._publish(fresh, entries)
+            return
+        try:
+            self._publish(fresh, entries)
+        finally:
+            await persisted
+
+    def _publish(
+        self,
+        fresh: Sequence[tuple[MemoryEvent, bytes, MemoryState]],
+        entries: Sequence[HistoryEntry],
+    ) -> None:
         self.fanout.publish(
             Delivery(
                 key=e.key,

@@ -100,3 +100,42 @@ async def test_the_recorded_context_survives_a_reopen(tmp_path: Path) -> None:
         assert again.recorded == dvv.context_of(Dot("r1", s) for s in order[:400])
     finally:
         await again.close()
+
+
+async def test_a_replay_asked_after_an_unfinished_append_sees_its_entries(tmp_path: Path) -> None:
+    """The write is queued when append() is called: live delivery may go first."""
+    history = History(tmp_path / "h.sqlite3", "h1", KEY, max_events=100_000)
+    await history.open()
+    try:
+        first = history.stamp(_entries([1]))
+        await history.append(first)
+        later = history.stamp(_entries([2, 3, 4]))
+        persisted = history.append(later)  # not awaited yet
+        replayed, _, more = await history.replay(first[0].cursor, _everything, 10)
+        assert [e.dot.counter for e in replayed] == [2, 3, 4] and not more
+        await persisted
+    finally:
+        await history.close()
+
+
+async def test_cursors_handed_out_before_a_crash_never_skip_events_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    history = History(path, "h1", KEY, max_events=100_000)
+    await history.open()
+    await history.append(history.stamp(_entries([1])))
+    lost = history.stamp(_entries([2, 3]))  # delivered live, then the gateway died
+    assert history.reserved(lost)
+    await history.close()
+    again = History(path, "h1", KEY, max_events=100_000)
+    await again.open()
+    try:
+        # Another partition's event 4 comes first, then 2 and 3 again (never committed).
+        redelivered = again.stamp(_entries([4, 2, 3]))
+        assert min(e.idx for e in redelivered) > max(e.idx for e in lost)
+        await again.append(redelivered)
+        replayed, _, _ = await again.replay(lost[-1].cursor, _everything, 10)
+        assert [e.dot.counter for e in replayed] == [4]  # nothing skipped, no duplicate
+    finally:
+        await again.close()
