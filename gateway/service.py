@@ -178,8 +178,9 @@ class MemoryService:
         self.outbox_busy = False
         self._inflight: set[int] = set()
         self._wake_drainer = asyncio.Event()
-        # Told of each event the log acknowledged (not of outbox writes):
-        # gateway/write_through.py applies them here without waiting for the log.
+        # Told of each event as soon as the log acknowledged it (not of outbox
+        # writes): gateway/write_through.py applies them here without waiting
+        # for the log's delivery (nor for the journal's fsync).
         self.on_logged: Callable[[MemoryEvent, bytes], None] | None = None
 
     # -- tokens ---------------------------------------------------------------
@@ -536,8 +537,6 @@ class MemoryService:
             _, degraded = await self._journal_and_append(key, counter, seq, raw, event)
         finally:
             self._inflight.discard(seq)
-        if not degraded and self.on_logged is not None:
-            self.on_logged(event, raw)
         after = apply(state, event)
         new_session = dvv.add(session, Dot(replica, seq))
         return WriteResult(self.view(after), self.session_token(new_session), degraded, event)
@@ -560,6 +559,10 @@ class MemoryService:
             try:
                 appended = await self.log.append(key.encode(), raw, ())
                 self._observe_stage("append", time.perf_counter() - started)
+                if self.on_logged is not None:
+                    # In the log: applied here (and everywhere) whatever the
+                    # journal says, so it need not wait for the journal's fsync.
+                    self.on_logged(event, raw)
             except MemsyncError as exc:
                 if not exc.retriable:
                     await asyncio.gather(journalled, return_exceptions=True)
