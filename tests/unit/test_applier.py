@@ -65,7 +65,9 @@ class _Dlq:
         raise AssertionError(f"dead-lettered: {reason}")
 
 
-def _applier() -> tuple[Applier, _Store, _Service, SeqTracker, list[list[MemoryEvent]]]:
+def _applier(
+    metrics: Metrics | None = None,
+) -> tuple[Applier, _Store, _Service, SeqTracker, list[list[MemoryEvent]]]:
     store, service, tracker = _Store(), _Service(), SeqTracker()
     seen: list[list[MemoryEvent]] = []
 
@@ -75,7 +77,7 @@ def _applier() -> tuple[Applier, _Store, _Service, SeqTracker, list[list[MemoryE
     applier = Applier(
         name="local", reader=cast(Any, None), store=store,
         service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
-        metrics=Metrics("r"),
+        metrics=metrics or Metrics("r"),
     )  # fmt: skip
     applier.batch_listeners.append(listener)
     return applier, store, service, tracker, seen
@@ -141,25 +143,50 @@ class _Reader:
         self.commits.append(sorted((r.partition, r.offset) for r in records))
 
 
-async def test_offsets_are_committed_once_for_several_batches_and_when_the_log_goes_quiet() -> None:
-    replica = Replica("r1")
-    records = []
-    for n in range(6):
-        event = replica.write(f"m{n}", "fact", "create", user="u1", content=str(n))
-        assert event is not None
-        records.append(_Record(encode(event), partition=n % 2, offset=n // 2))
-    reader = _Reader([records[0:2], records[2:4], records[4:6]])
-    store, service, tracker = _Store(), _Service(), SeqTracker()
-    applier = Applier(
+def _make(
+    store: InMemoryStore,
+    service: _Service,
+    tracker: SeqTracker,
+    *,
+    reader: Any = None,
+    metrics: Metrics | None = None,
+    **options: Any,
+) -> Applier:
+    return Applier(
         name="local", reader=reader, store=store, service=cast(MemoryService, service),
-        tracker=tracker, dead_letters=_Dlq(), metrics=Metrics("r"), poll_ms=10, commit_every=60,
+        tracker=tracker, dead_letters=_Dlq(), metrics=metrics or Metrics("r"), **options,
     )  # fmt: skip
+
+
+async def _run_until_drained(applier: Applier, reader: _Reader) -> None:
+    """Run the applier until its scripted reads are done and the quiet log was committed."""
     task = asyncio.create_task(applier.run())
     try:
         await asyncio.wait_for(reader.drained.wait(), 5)
         await asyncio.sleep(0.05)
     finally:
         task.cancel()
+
+
+def _creates(replica: Replica, n: int) -> list[MemoryEvent]:
+    out = []
+    for i in range(n):
+        event = replica.write(f"m{i}", "fact", "create", user="u1", content=str(i))
+        assert event is not None
+        out.append(event)
+    return out
+
+
+async def test_offsets_are_committed_once_for_several_batches_and_when_the_log_goes_quiet() -> None:
+    replica = Replica("r1")
+    records = [
+        _Record(encode(e), partition=n % 2, offset=n // 2)
+        for n, e in enumerate(_creates(replica, 6))
+    ]
+    reader = _Reader([records[0:2], records[2:4], records[4:6]])
+    store = _Store()
+    applier = _make(store, _Service(), SeqTracker(), reader=reader, poll_ms=10, commit_every=60)
+    await _run_until_drained(applier, reader)
     # Three batches, one commit (the log went quiet): the last record of each partition.
     assert reader.commits == [[(0, 2), (1, 2)]]
     for key in replica.states:
@@ -193,18 +220,8 @@ def _counted(metrics: Metrics, name: str) -> float:
 
 
 async def test_a_written_through_event_is_applied_once_and_its_delivery_is_a_duplicate() -> None:
-    store, service, tracker, metrics = _Store(), _Service(), SeqTracker(), Metrics("r")
-    seen: list[list[MemoryEvent]] = []
-
-    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState]], _: Any) -> None:
-        seen.append([e for e, _, _ in batch])
-
-    applier = Applier(
-        name="local", reader=cast(Any, None), store=store,
-        service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
-        metrics=metrics,
-    )  # fmt: skip
-    applier.batch_listeners.append(listener)
+    metrics = Metrics("r")
+    applier, store, service, tracker, seen = _applier(metrics)
     event = _event()
     raw = encode(event)
     await applier.apply_written([(event, raw)])
@@ -222,13 +239,9 @@ async def test_a_written_through_event_is_applied_once_and_its_delivery_is_a_dup
 
 
 async def test_keys_never_seen_are_not_read_from_the_store() -> None:
-    store, service, tracker = _CountingStore(), _Service(), SeqTracker()
+    store = _CountingStore()
     known = KnownKeys(capacity=1000)
-    applier = Applier(
-        name="local", reader=cast(Any, None), store=store,
-        service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
-        metrics=Metrics("r"), known=known,
-    )  # fmt: skip
+    applier = _make(store, _Service(), SeqTracker(), known=known)
     replica = Replica("r1")
     new = replica.write("new", "fact", "create", user="u1", content="a")
     old = replica.write("old", "fact", "create", user="u1", content="b")
@@ -240,12 +253,8 @@ async def test_keys_never_seen_are_not_read_from_the_store() -> None:
 
 
 async def test_a_batch_of_duplicates_writes_nothing_to_the_store() -> None:
-    store, service, tracker = _CountingStore(), _Service(), SeqTracker()
-    applier = Applier(
-        name="local", reader=cast(Any, None), store=store,
-        service=cast(MemoryService, service), tracker=tracker, dead_letters=_Dlq(),
-        metrics=Metrics("r"),
-    )  # fmt: skip
+    store = _CountingStore()
+    applier = _make(store, _Service(), SeqTracker())
     record = _Record(encode(_event()))
     await applier.apply_batch([record])
     assert store.calls == ["put_many"]
@@ -266,33 +275,15 @@ class _OrderedReader(_Reader):
 
 
 async def test_the_applied_set_is_written_once_before_each_commit_and_restored() -> None:
-    replica = Replica("r1")
-    records = []
-    for n in range(4):
-        event = replica.write(f"m{n}", "fact", "create", user="u1", content=str(n))
-        assert event is not None
-        records.append(_Record(encode(event), offset=n))
+    records = [_Record(encode(e), offset=n) for n, e in enumerate(_creates(Replica("r1"), 4))]
     calls: list[str] = []
     reader = _OrderedReader([records[0:2], records[2:4]], calls)
-    store, service, tracker = _CountingStore(calls), _Service(), SeqTracker()
-    applier = Applier(
-        name="local", reader=reader, store=store, service=cast(MemoryService, service),
-        tracker=tracker, dead_letters=_Dlq(), metrics=Metrics("r"), poll_ms=10, commit_every=60,
-    )  # fmt: skip
-    task = asyncio.create_task(applier.run())
-    try:
-        await asyncio.wait_for(reader.drained.wait(), 5)
-        await asyncio.sleep(0.05)
-    finally:
-        task.cancel()
+    store, tracker = _CountingStore(calls), SeqTracker()
+    applier = _make(store, _Service(), tracker, reader=reader, poll_ms=10, commit_every=60)
+    await _run_until_drained(applier, reader)
     # Two batches, one commit when the log went quiet, the applied set just before it.
     assert calls == ["put_many", "put_many", "put_meta", "commit"]
     restarted = SeqTracker()
-    again = Applier(
-        name="local", reader=cast(Any, None), store=store,
-        service=cast(MemoryService, _Service()), tracker=restarted, dead_letters=_Dlq(),
-        metrics=Metrics("r"),
-    )  # fmt: skip
-    await again.load_applied()
+    await _make(store, _Service(), restarted).load_applied()
     assert restarted.applied == tracker.applied
     assert restarted.covers(context_of([Dot("r1", 4)]))

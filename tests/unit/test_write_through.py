@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -23,6 +24,20 @@ def _events(n: int) -> list[tuple[MemoryEvent, bytes]]:
     return out
 
 
+@contextlib.asynccontextmanager
+async def _running(
+    wt: WriteThrough, events: list[tuple[MemoryEvent, bytes]]
+) -> AsyncIterator[None]:
+    """The write-through loop running, with ``events`` offered together."""
+    task = asyncio.create_task(wt.run())
+    try:
+        for event, raw in events:
+            wt.offer(event, raw)
+        yield
+    finally:
+        task.cancel()
+
+
 async def test_events_offered_together_are_applied_in_one_batch_in_order() -> None:
     batches: list[list[str]] = []
     applied = asyncio.Event()
@@ -32,16 +47,11 @@ async def test_events_offered_together_are_applied_in_one_batch_in_order() -> No
         applied.set()
 
     wt = WriteThrough(apply, limit=100, batch=10)
-    task = asyncio.create_task(wt.run())
-    try:
-        events = _events(3)
-        for event, raw in events:
-            wt.offer(event, raw)
+    events = _events(3)
+    async with _running(wt, events):
         await asyncio.wait_for(applied.wait(), 5)
         assert batches == [[e.key for e, _ in events]]
         assert len(wt) == 0
-    finally:
-        task.cancel()
 
 
 async def test_a_full_queue_drops_and_counts_instead_of_growing() -> None:
@@ -71,15 +81,9 @@ async def test_a_failed_apply_is_counted_and_the_loop_carries_on() -> None:
         all_seen.set()
 
     wt = WriteThrough(apply, limit=100, batch=2, on_drop=drop)
-    task = asyncio.create_task(wt.run())
-    try:
-        events = _events(3)
-        for event, raw in events:
-            wt.offer(event, raw)
+    async with _running(wt, _events(3)):
         await asyncio.wait_for(all_seen.wait(), 5)
         assert dropped == [2] and applied == [1]  # batches of at most 2; the first failed
-    finally:
-        task.cancel()
 
 
 def test_limits_must_be_positive() -> None:
