@@ -40,6 +40,7 @@ from replication.log_errors import LogError, LogUnavailableError
 from replication.segments import (
     DEFAULT_GRACE_MS,
     DEFAULT_SEGMENT_MS,
+    is_ahead,
     is_settled,
     parse_topic,
     segment_of,
@@ -591,7 +592,14 @@ class KafkaLogReader:
         resume: list[TopicPartition] = []
         behind: set[int] = set()  # partition indexes with an earlier segment not caught up
         newly_drained: list[int] = []
+        ahead: list[TopicPartition] = []
         for s in sorted(self._live):
+            if is_ahead(s, now, self._segment_ms, self._grace_ms):
+                # Created ahead of time and empty: no writer can have reached it
+                # yet, so no fetch names it (each named partition costs this
+                # reader and the broker on every fetch cycle).
+                ahead.extend(self._tp(s, p) for p in range(self._live[s]))
+                continue
             settled = is_settled(s, now, self._segment_ms, self._grace_ms)
             if settled:
                 self._sealed_seen.setdefault(s, wall)
@@ -610,6 +618,7 @@ class KafkaLogReader:
             if drained:
                 newly_drained.append(s)
         gated = bool(pause)
+        pause.extend(ahead)
         for s in self._drained:
             pause.extend(self._tp(s, p) for p in self._drained[s])
         if pause:

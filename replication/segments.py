@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_SEGMENT_MS",
     "GroupProgress",
     "deletable",
+    "is_ahead",
     "is_expired",
     "is_sealed",
     "is_settled",
@@ -120,6 +121,16 @@ def is_settled(segment: int, now_ms: int, segment_ms: int, grace_ms: int) -> boo
     it saw the seal) has seen every record the segment will ever keep.
     """
     return is_sealed(segment, now_ms - grace_ms, segment_ms, grace_ms)
+
+
+def is_ahead(segment: int, now_ms: int, segment_ms: int, grace_ms: int) -> bool:
+    """Whether ``segment`` starts more than ``grace_ms`` from now.
+
+    No writer whose clock is within ``grace_ms`` of this one (what sealing
+    assumes) can have appended to it yet, so a reader need not fetch it.
+    """
+    _check(segment_ms, grace_ms)
+    return segment_start(segment, segment_ms) - grace_ms > now_ms
 
 
 def is_expired(segment: int, now_ms: int, segment_ms: int, hold_ms: int) -> bool:

@@ -7,6 +7,7 @@ import pytest
 from replication.segments import (
     GroupProgress,
     deletable,
+    is_ahead,
     is_sealed,
     is_settled,
     open_segments,
@@ -68,6 +69,17 @@ def test_a_segment_is_sealed_only_after_its_end_plus_grace() -> None:
     assert is_sealed(1, 701, 300, 100)
     assert not is_settled(1, 701, 300, 100)
     assert is_settled(1, 801, 300, 100)
+
+
+def test_a_segment_is_ahead_until_a_grace_before_its_start() -> None:
+    # segment 2 covers [600, 900); a writer's clock may run up to 100 ms ahead
+    assert is_ahead(2, 499, 300, 100)
+    assert not is_ahead(2, 500, 300, 100)
+    assert not is_ahead(2, 650, 300, 100)
+    assert not is_ahead(1, 650, 300, 100)
+    _, following = open_segments(650, 300)
+    assert not is_ahead(following, 650, 300, 300)  # with a grace as long as a segment
+    assert is_ahead(following, 650, 300, 0)
 
 
 def test_open_segments_are_the_current_and_the_next() -> None:
