@@ -1,12 +1,14 @@
 """Write-through: this gateway's own writes applied as soon as the log acknowledged them.
 
 A write is answered once its event is in the log (``acks=all``) and in the
-journal (fsync). Until now it then reached this gateway's cache, store,
+journal (fsync). Without this it reached this gateway's cache, store,
 history and subscribers only when the applier read it back from the log: one
 fetch cycle at least (the bundled broker answers a fetch only when its wait
 expires), plus, in the seconds after a segment roll, the reader's hold that
-keeps one key's records in order across segments. The event is durable and
-immutable by then, so the gateway applies it at once, through the same
+keeps one key's records in order across segments. Once the log has
+acknowledged it, the event is durable and immutable and will be applied
+everywhere (whatever the journal's fsync beside it says), so the gateway
+applies it at once, through the same
 :meth:`gateway.applier.Applier.apply_written` (same lock, merge, cache, store,
 history and fan-out). When the log delivers it, it is a duplicate here and
 changes nothing (I5); everyone else — other gateways, other regions — still
