@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from chaos.toxiproxy_api import ToxiproxyServer
 from deploy.cluster import ClusterPlan, create_proxies, mirror_links, partition_names, plan_cluster
-from deploy.tansu import TansuBroker, free_port
+from deploy.tansu import TansuBroker, free_port_run
 from gateway.app import create_app
 from gateway.keys import RUNTIME
 from gateway.runtime import Runtime
@@ -96,7 +96,9 @@ class Cluster:
         }
         brokers = self.brokers
         await asyncio.gather(*(b.start() for b in brokers.values()))
-        ports = {n: free_port() for n in self.names}
+        # Below the ephemeral range: no client connection can take one meanwhile.
+        base = free_port_run(len(self.names))
+        ports = {n: base + i for i, n in enumerate(self.names)}
         self.proxy = ToxiproxyServer(seed=7)
         await self.proxy.start()
         self.plan = await create_proxies(
