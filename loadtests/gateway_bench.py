@@ -60,7 +60,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.tansu import TansuBroker, free_port
+from deploy.tansu import TansuBroker, free_port_run
 from gateway.auth import mint
 from loadtests.http1 import Http1Client, Reply
 from loadtests.report import add_settings_option, emit, settings_env, summarize
@@ -187,7 +187,7 @@ class LocalRegion:
         """Start a gateway process; the seconds until ``/readyz`` answered 200."""
         if self.proc is not None:
             raise RuntimeError("a gateway is already running")
-        self.port = free_port()
+        self.port = free_port_run(1)  # below the ephemeral range: no client takes it meanwhile
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSYNC_")}
         env.update(self.env)
