@@ -73,6 +73,19 @@ def _secret_file(data_dir: Path) -> Path:
     return path
 
 
+_RUNNER_SETS = frozenset(
+    {
+        "MEMSYNC_REGION",
+        "MEMSYNC_DATA_DIR",
+        "MEMSYNC_HTTP_HOST",
+        "MEMSYNC_HTTP_PORT",
+        "MEMSYNC_SECRET",
+        "MEMSYNC_INSECURE_DEV",
+        "MEMSYNC_PEERS",
+    }
+)
+
+
 def gateway_env(
     region: Region,
     secret: str,
@@ -106,19 +119,6 @@ def gateway_env(
         }
     )
     return env
-
-
-_RUNNER_SETS = frozenset(
-    {
-        "MEMSYNC_REGION",
-        "MEMSYNC_DATA_DIR",
-        "MEMSYNC_HTTP_HOST",
-        "MEMSYNC_HTTP_PORT",
-        "MEMSYNC_SECRET",
-        "MEMSYNC_INSECURE_DEV",
-        "MEMSYNC_PEERS",
-    }
-)
 
 
 def _read(path: Path) -> str:

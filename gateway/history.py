@@ -161,13 +161,16 @@ class History:
         self.recorded = dvv.join(dvv.join(self.trimmed, retained), self.head.context)
 
     def _reserve(self, db: sqlite3.Connection) -> None:
-        self._reserved = self._next_idx + _RESERVE
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('reserved_idx', ?)", (str(self._reserved),))
+        reserved = self._next_idx + _RESERVE
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('reserved_idx', ?)", (str(reserved),))
+        self._reserved = reserved  # in a transaction: only read once that has committed
 
     def reserved(self, entries: Sequence[HistoryEntry]) -> bool:
         """Whether these stamped entries' indexes are below the reservation on disk.
 
-        Then their cursors may be handed out before :meth:`append` is done: a
+        Ask before queueing their :meth:`append` (it may move the reservation
+        in a transaction not yet committed). Then their cursors may be handed
+        out before that append is done: a
         restart never gives their indexes to other events (it starts past
         the reservation), so resuming by index after a crash cannot skip
         anything; the log delivers again what the history did not write.

@@ -559,16 +559,17 @@ class MemoryService:
             try:
                 appended = await self.log.append(key.encode(), raw, ())
                 self._observe_stage("append", time.perf_counter() - started)
-                if self.on_logged is not None:
-                    # In the log: applied here (and everywhere) whatever the
-                    # journal says, so it need not wait for the journal's fsync.
-                    self.on_logged(event, raw)
             except MemsyncError as exc:
                 if not exc.retriable:
                     await asyncio.gather(journalled, return_exceptions=True)
                     raise
                 self.log_available = False
                 _log.warning("log.unavailable_on_write", key=key, seq=seq, error=exc.message)
+            else:
+                if self.on_logged is not None:
+                    # In the log: applied here (and everywhere) whatever the
+                    # journal says, so it need not wait for the journal's fsync.
+                    self.on_logged(event, raw)
         try:
             await journalled  # durability: the answer waits for the fsync
         except MemsyncError:

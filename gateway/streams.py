@@ -98,9 +98,11 @@ class Streams:
         )
         # Queued before the fan-out (a resume replays after it), awaited after:
         # live subscribers need not wait for the history's thread — unless the
-        # batch's indexes are not reserved on disk yet (History.reserved).
+        # batch's indexes are not reserved on disk yet (History.reserved; asked
+        # before the write is queued, which may move the reservation).
+        reserved = self.history.reserved(entries)
         persisted = self.history.append(entries)
-        if not self.history.reserved(entries):
+        if not reserved:
             await persisted
             self._publish(fresh, entries)
             return

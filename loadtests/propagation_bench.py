@@ -12,7 +12,8 @@ a. **floor** — raw aiokafka produce→consume latency on the same broker: a
 b. **end-to-end propagation** — ``POST /v1/memories`` open loop at 1,000
    writes/s (fixed timetable) while 100, then 1,000 WebSocket subscribers
    (eager) all hold ``user:u1:memories`` and every write is for user ``u1``:
-   every subscriber gets every event. The latency of each (event,
+   every subscriber gets every event; first, one subscriber and single
+   writes at 40/s (one agent learns, another hears it). The latency of each (event,
    subscriber) delivery runs from the moment the write request was *sent*
    (its ``time.time()`` travels in the memory's ``content`` with a per-write
    sequence number) to the moment the subscriber's process read it;
@@ -117,6 +118,8 @@ class Plan:
     drain_max: float
     ref_rate: float = 250.0  # a second, lower rate for the smaller subscriber counts
     ref_seconds: float = 4.0
+    single_rate: float = 40.0  # single writes to one subscriber (one agent → another)
+    single_seconds: float = 15.0
     connect_rate: float = 1000.0
     rate: float = 1000.0
 
@@ -135,6 +138,7 @@ QUICK = Plan(
     drain_quiet=5.0,
     drain_max=30.0,
     ref_seconds=2.0,
+    single_seconds=5.0,
 )
 DEFAULT = Plan(
     floor_seconds=5,
@@ -1246,6 +1250,13 @@ async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None =
                 {**acks.row("b write ack (POST) @1k/s, 0 subs", took, plan.rate), "subs": 0}
             )
             meta["b_0_subscribers_cpu_pct"] = cpu.pct()
+
+            log(f"(b) one subscriber on {CHANNEL}: single writes at {plan.single_rate:g}/s")
+            async with SubscriberPool(region, token, 1, procs=1) as pool:
+                _check_pool(pool, meta)
+                await measure_propagation(
+                    region, writer, pool, plan, rows, meta, plan.single_rate, plan.single_seconds
+                )
 
             for count in plan.subscribers[:-1]:
                 log(f"(b) opening {count} subscribers on {CHANNEL}")
