@@ -39,6 +39,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, KafkaTimeoutError, NodeNotReadyError, for_code
+from aiokafka.protocol.offset import OffsetRequest
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from replication.log_errors import LogError, LogUnavailableError
@@ -285,6 +286,41 @@ class _Admin:
                 topics: list[dict[str, Any]] = await self._client.describe_topics(None)
                 return {t["topic"]: len(t["partitions"]) for t in topics if t["error_code"] == 0}
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def end_offsets(
+        self, leaders: Mapping[TopicPartition, int], *, timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        """Each partition's end offset, asked of its leader (partition → node id).
+
+        One ListOffsets request per leader, on this client's own connection:
+        unlike the consumer's ``end_offsets``, nothing is added to any
+        client's metadata (aiokafka's consumer adds the topic of a partition
+        whose leader it does not know, and every later metadata request would
+        then name it, re-creating it on the bundled broker once deleted), and
+        the answer does not queue behind a fetch waiting on the broker. A
+        partition answered with an error is left out; no retry, and at most
+        ``timeout_s`` (default: the request timeout).
+        """
+        by_node: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        for tp, node in leaders.items():
+            by_node.setdefault(node, {}).setdefault(tp.topic, []).append((tp.partition, -1))
+        ends: dict[TopicPartition, int] = {}
+        with _translated("end offsets"):
+            async with asyncio.timeout(timeout_s or self._timeout_s):
+                responses = await asyncio.gather(
+                    *(
+                        self._client._send_request_to_node(
+                            node, OffsetRequest(-1, 0, list(topics.items()))
+                        )
+                        for node, topics in by_node.items()
+                    )
+                )
+        for response in responses:
+            for topic, partitions in response.topics:
+                for partition, code, *info in partitions:
+                    if code == 0 and response.API_VERSION >= 1 and len(info) >= 2:
+                        ends[TopicPartition(topic, partition)] = int(info[1])
+        return ends
 
     async def delete(self, topics: Sequence[str]) -> None:
         with _translated("delete topics"):

@@ -505,6 +505,9 @@ async def test_sealed_segments_drain_and_are_deleted_under_continuous_appends(
     assert max_live <= 5
     assert {r.partition for r in read} == set(range(4))
     assert len({r.segment for r in read}) >= 8
+    # Records held after each roll were let go by the broker's end offsets
+    # (not only by a later fetch), and still came out in order:
+    assert reader.released_by_end_offsets > 0
     for key, values in sent.items():
         got = [r.value for r in read if r.key == key]
         assert list(dict.fromkeys(got)) == values, f"{key!r}: records lost or out of order"
@@ -693,3 +696,54 @@ async def test_a_broker_on_a_port_it_was_given_does_not_move(tmp_path: Path) -> 
         with pytest.raises(BrokerStartError, match="exited during start"):
             await broker.start()
         assert broker.port == port and not broker.running
+
+
+async def test_end_offsets_from_the_leader_show_growth_and_recreate_no_deleted_topic(
+    broker: TansuBroker,
+) -> None:
+    """What releases records held after a roll (``KafkaLogReader._confirm_earlier``).
+
+    An end offset no higher than the last fetched highwater means nothing was
+    appended since (the bundled broker reports the last batch's base + 1); a
+    new batch reads higher. Asking about a deleted topic does not bring it
+    back (a metadata request naming it would).
+    """
+    from aiokafka import TopicPartition
+
+    from replication.log import _Admin
+
+    clock = clock_at(1000)
+    admin = _Admin(broker.bootstrap, 1500)
+    await admin.start()
+    try:
+        async with (
+            event_log(broker, clock=clock) as log,
+            log_reader(broker, "ends", clock=clock) as reader,
+        ):
+            keys = [b"k%d" % i for i in range(12)]
+            await log.append_many([OutgoingRecord(k, b"v") for k in keys])
+            got = await read_until(reader, len(keys))
+            consumer = reader._consumer
+            assert consumer is not None
+            cluster = consumer._client.cluster
+            tps = {TopicPartition(r.topic, r.partition) for r in got}
+            leaders = {tp: cluster.leader_for_partition(tp) for tp in tps}
+            highwaters = {tp: consumer.highwater(tp) for tp in tps}
+            ends = await admin.end_offsets(leaders)
+            assert ends.keys() == tps
+            assert all(ends[tp] <= highwaters[tp] for tp in tps), (ends, highwaters)
+
+            await log.append_many([OutgoingRecord(k, b"w") for k in keys])
+            grown = await admin.end_offsets(leaders)
+            assert all(grown[tp] > highwaters[tp] for tp in tps), (grown, highwaters)
+
+            node = next(iter(leaders.values()))
+            await admin.create({"t.gone": 2})
+            await admin.delete(["t.gone"])
+            gone = TopicPartition("t.gone", 0)
+            # the bundled broker answers 0 (Kafka: an error): either way nothing
+            # more is to come from it, and it stays deleted
+            assert (await admin.end_offsets({gone: node})).get(gone, 0) == 0
+            assert "t.gone" not in await _topics(broker)
+    finally:
+        await admin.close()
