@@ -725,6 +725,9 @@ async def test_end_offsets_from_the_leader_show_growth_and_recreate_no_deleted_t
             got = await read_until(reader, len(keys))
             consumer = reader._consumer
             assert consumer is not None
+            # aiokafka's fetch routine sleeps this long when it misses its own
+            # fetch's completion (see KafkaLogReader.start): two fetch waits
+            assert consumer._consumer_timeout <= 2 * 5 / 1000
             cluster = consumer._client.cluster
             tps = {TopicPartition(r.topic, r.partition) for r in got}
             leaders = {tp: cluster.leader_for_partition(tp) for tp in tps}
