@@ -647,12 +647,31 @@ class KafkaLogReader:
                 starts[tp] = offset if offset is not None else 0
         return starts
 
+    def _known_position(self, tp: TopicPartition) -> int | None:
+        """``tp``'s fetch position if the consumer has a valid one, without awaiting.
+
+        ``consumer.position`` returns it at once in that case too, but the
+        gate asks for every partition of every live segment on each read
+        (~20 partitions every fetch wait); the coroutine and the timeout
+        around it were ~8 % of an idle gateway's samples.
+        """
+        consumer, _ = self._require()
+        subscription = consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        state = assignment.state_value(tp) if assignment is not None else None
+        if state is None or not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+
     async def _caught_up(self, tp: TopicPartition) -> bool:
         consumer, _ = self._require()
         highwater = consumer.highwater(tp)
         if highwater is None:
             return False
-        position = await self._position(tp)
+        position = self._known_position(tp)
+        if position is None:
+            position = await self._position(tp)
         if position > highwater:
             self._bound.warning("partition_recreated", topic=tp.topic, partition=tp.partition)
             self._returned.pop(tp, None)
