@@ -235,8 +235,6 @@ class KafkaLogReader:
                 await self._refresh()
             gated = await self._gate()
             ready = self._take(limit)
-            if not ready and self._pending and await self._confirm_earlier():
-                ready = self._take(limit)
             if ready:
                 return ready
             now = time.monotonic()
@@ -253,6 +251,7 @@ class KafkaLogReader:
                     batch = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=limit)
             self._hold(batch)
             records = self._take(limit)
+            # At most one ListOffsets request per fetch cycle, after it.
             if not records and self._pending and await self._confirm_earlier():
                 records = self._take(limit)
             if self._epoch_changed:
