@@ -85,7 +85,7 @@ from loadtests.gateway_bench import (
     scrape,
 )
 from loadtests.http1 import Http1Client
-from loadtests.report import add_settings_option, emit, settings_env, summarize
+from loadtests.report import CpuMeter, add_settings_option, emit, settings_env, summarize
 
 __all__ = ["Plan", "SubscriberPool", "main"]
 
@@ -697,35 +697,6 @@ class Report:
             if seen > rank:
                 return min((b + 0.5) / BUCKET_PER_MS, self.max_ms)
         return self.max_ms
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process in seconds (0 if unknown)."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU use (% of one core) of a few processes over a window."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
-        self.t0 = time.monotonic()
-        self.c0 = {k: _cpu_seconds(p) for k, p in pids.items()}
-
-    def pct(self) -> dict[str, float]:
-        """Per process, since construction."""
-        wall = time.monotonic() - self.t0
-        return {
-            k: round(100 * (_cpu_seconds(p) - self.c0[k]) / wall, 1) if wall else 0.0
-            for k, p in self.pids.items()
-        }
 
 
 def _content(tag: str, seq: int) -> str:

@@ -6,6 +6,10 @@ Runs ``memsync up --regions us-east,eu-west`` (two brokers, two gateway
 processes, the fault proxy and two mirror links, each through its proxy) in
 a temporary directory and measures, in one run:
 
+0. **idle cluster** — the CPU each process of the idle cluster takes (summed
+   per kind: brokers, gateways, store processes, the runner with the links
+   and the fault proxy) before any phase: on the bundled broker every log
+   reader polls every fetch wait, so this is what the phases do not have;
 a. **floor** — raw produce → mirror → consume: a producer appends to a
    scratch log on us-east's broker, a mirror link (the product's, placed as
    ``memsync up`` places links: next to its source, producing to eu-west's
@@ -54,7 +58,15 @@ import aiohttp
 from gateway.logs import configure_logging
 from loadtests.gateway_bench import log, open_loop, run_main
 from loadtests.http1 import Http1Client
-from loadtests.report import add_settings_option, emit, settings_env, summarize
+from loadtests.report import (
+    CpuMeter,
+    add_settings_option,
+    command_line,
+    descendants,
+    emit,
+    settings_env,
+    summarize,
+)
 from replication.log import KafkaEventLog, OutgoingRecord
 from replication.log_reader import KafkaLogReader
 from replication.mirror import MirrorLink
@@ -82,10 +94,11 @@ class Plan:
     partition_s: float = 30.0
     partition_events: int = 10_000
     warmup_s: float = 3.0
+    idle_s: float = 10.0
 
 
 DEFAULT = Plan()
-QUICK = Plan(seconds=8.0, partition_s=10.0, partition_events=3_000, warmup_s=2.0)
+QUICK = Plan(seconds=8.0, partition_s=10.0, partition_events=3_000, warmup_s=2.0, idle_s=5.0)
 
 
 class Cluster:
@@ -395,6 +408,39 @@ async def measure_partition(
     }
 
 
+_KINDS = (  # command-line fragment → what the process is
+    ("tansu broker", "broker"),
+    ("gateway.cli gateway", "gateway"),
+    ("store_worker", "store process"),
+    ("gateway.cli up", "runner (links, fault proxy)"),
+)
+
+
+async def measure_idle(cluster: Cluster, seconds: float) -> list[dict[str, Any]]:
+    """CPU (% of one core) of every process of the idle cluster, summed per kind.
+
+    On the bundled broker every log reader polls every fetch wait even when
+    nothing is written, so an idle cluster is not free: what it takes is
+    what the other phases do not have.
+    """
+    assert cluster.proc is not None  # noqa: S101
+    pids = descendants(cluster.proc.pid)
+    meter = CpuMeter({str(p): p for p in pids})
+    kinds = {str(p): next((k for frag, k in _KINDS if frag in command_line(p)), "other")
+             for p in pids}  # fmt: skip
+    await asyncio.sleep(seconds)
+    rows: dict[str, dict[str, Any]] = {}
+    for key, pct in meter.pct().items():
+        row = rows.setdefault(kinds[key], {"process": kinds[key], "count": 0, "cpu_pct": 0.0})
+        row["count"] += 1
+        row["cpu_pct"] = round(row["cpu_pct"] + pct, 1)
+    out = sorted(rows.values(), key=lambda r: -r["cpu_pct"])
+    total = round(sum(r["cpu_pct"] for r in out), 1)
+    out.append({"process": "all", "count": len(pids), "cpu_pct": total,
+                "of_machine_pct": round(total / (os.cpu_count() or 1), 1)})  # fmt: skip
+    return out
+
+
 async def run_bench(
     plan: Plan, workdir: Path, phases: str = "all", settings: dict[str, str] | None = None
 ) -> int:
@@ -408,6 +454,14 @@ async def run_bench(
         for sub in subs.values():
             await sub.start()
         await asyncio.sleep(2.0)  # links assigned, heartbeats flowing
+        log(f"idle cluster: CPU of its processes over {plan.idle_s:g} s")
+        idle = await measure_idle(cluster, plan.idle_s)
+        emit(
+            "idle cluster CPU (% of one core)",
+            idle,
+            ["process", "count", "cpu_pct", "of_machine_pct"],
+            meta={"seconds": plan.idle_s, "cores": os.cpu_count()},
+        )
         rows: list[dict[str, Any]] = []
         for toxic in (False, True) if phases in ("all", "propagation") else ():
             log(f"floor{' with the 50 ms toxic' if toxic else ''}")

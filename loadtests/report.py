@@ -1,15 +1,28 @@
-"""Benchmark output: one JSON document and one human table, same figures."""
+"""Benchmark output (one JSON document and one human table, same figures) and CPU meters."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["add_settings_option", "emit", "percentile", "settings_env", "summarize"]
+__all__ = [
+    "CpuMeter",
+    "add_settings_option",
+    "command_line",
+    "cpu_seconds",
+    "descendants",
+    "emit",
+    "percentile",
+    "settings_env",
+    "summarize",
+]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -78,3 +91,62 @@ def add_settings_option(parser: argparse.ArgumentParser) -> None:
 def settings_env(items: Sequence[str]) -> dict[str, str]:
     """The ``--set`` items as an environment mapping."""
     return dict(item.split("=", 1) for item in items)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process in seconds (0 if unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from ``/proc``; empty off Linux)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def command_line(pid: int) -> str:
+    """A process's command line, space-separated ('' if gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class CpuMeter:
+    """CPU use (% of one core) of a few processes over a window."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.t0 = time.monotonic()
+        self.c0 = {k: cpu_seconds(p) for k, p in pids.items()}
+
+    def pct(self) -> dict[str, float]:
+        """Per process, since construction."""
+        wall = time.monotonic() - self.t0
+        return {
+            k: round(100 * (cpu_seconds(p) - self.c0[k]) / wall, 1) if wall else 0.0
+            for k, p in self.pids.items()
+        }

@@ -1,0 +1,43 @@
+"""The benchmarks' process meters: a process tree from /proc and its CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from loadtests.report import CpuMeter, command_line, cpu_seconds, descendants
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+_BUSY = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+
+
+def test_a_busy_grandchild_is_found_and_its_cpu_counted() -> None:
+    # a child that starts a busy grandchild and waits for it
+    parent = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_BUSY!r}])",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(tree := descendants(parent.pid)) < 2:
+            assert time.monotonic() < deadline, "the grandchild never showed up"
+            time.sleep(0.01)
+        assert tree[0] == parent.pid
+        grandchild = tree[1]
+        assert "process_time" in command_line(grandchild)
+        meter = CpuMeter({"grandchild": grandchild, "gone": None})
+        time.sleep(0.2)
+        pct = meter.pct()
+        assert pct["grandchild"] > 20  # it spins on a core
+        assert pct["gone"] == 0.0
+    finally:
+        parent.wait(10)
+    assert cpu_seconds(grandchild) == 0.0  # gone: nothing to read
+    assert command_line(grandchild) == ""
