@@ -750,3 +750,30 @@ async def test_end_offsets_from_the_leader_show_growth_and_recreate_no_deleted_t
             assert "t.gone" not in await _topics(broker)
     finally:
         await admin.close()
+
+
+async def test_a_segment_created_ahead_is_not_fetched_until_a_grace_before_it_starts(
+    broker: TansuBroker,
+) -> None:
+    """Each partition a fetch names costs the reader and the broker every cycle."""
+    clock = clock_at(1000)  # 10 ms into segment 1000; the producer creates 1001 ahead
+    async with (
+        event_log(broker, clock=clock) as log,
+        log_reader(broker, "ahead", clock=clock) as reader,
+    ):
+        await log.append_many([OutgoingRecord(b"k", b"v")])
+        await read_until(reader, 1)
+        for _ in range(3):  # every partition of 1000 fetched and caught up
+            await reader.read(timeout_ms=30)
+        consumer = reader._consumer
+        assert consumer is not None
+        ahead = {tp for tp in consumer.assignment() if tp.topic == topic_name("t.events", 1001)}
+        assert len(ahead) == 4  # assigned (it exists) ...
+        assert ahead <= consumer.paused()  # ... and not fetched
+        # within a grace of its start a writer may reach it: fetched from then on
+        clock.now_ms = segment_start(1001, SEGMENT_MS) - GRACE_MS + 1
+        await reader.read(timeout_ms=20)
+        assert not ahead & consumer.paused()
+        clock.now_ms = segment_start(1001, SEGMENT_MS) + 10
+        await log.append_many([OutgoingRecord(b"k", b"w")])
+        assert [r.value for r in await read_until(reader, 1)] == [b"w"]
