@@ -8,7 +8,12 @@ stops everything at the end (also on an error, Ctrl-C or SIGTERM). In one run:
 
 a. **floor** — raw aiokafka produce→ack latency (``send_and_wait``,
    ``acks="all"``) on the same broker into a scratch topic: sequential, then
-   open-loop at 1,000/s;
+   open-loop at 1,000/s; and the **reference** the write targets were set
+   against: a bare aiohttp handler doing one ``send_and_wait`` and nothing
+   else (:mod:`loadtests.bare_handler`, its own process), at 1,000/s and at
+   the highest concurrency of (c) — what this machine does per request with
+   the least possible work (where the targets were set it did ~12,000
+   requests/s at p99 1.5 ms);
 b. **gateway writes** (``POST /v1/memories``) open-loop at 1,000/s: requests
    follow a fixed timetable and latency runs from the *scheduled* time to the
    response, so a stall is charged to every request it delays (no coordinated
@@ -692,6 +697,66 @@ async def measure_floor(bootstrap: str, plan: Plan) -> tuple[Latencies, Latencie
         await producer.stop()
 
 
+_REPO = str(Path(__file__).resolve().parents[1])  # where ``-m loadtests...`` resolves
+
+
+async def measure_reference(
+    bootstrap: str, plan: Plan, concurrency: int
+) -> tuple[Latencies, float, Latencies, float]:
+    """The bare handler (:mod:`loadtests.bare_handler`) on the same broker.
+
+    Open loop at ``plan.rate`` for ``plan.floor_seconds``, then closed loop at
+    ``concurrency`` in flight for ``plan.sweep_seconds``: what this machine
+    does per request with one ``send_and_wait`` and nothing else.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = f"bench.bare.{secrets.token_hex(3)}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 8, 1)])
+    finally:
+        await admin.close()
+    port = free_port_run(1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtests.bare_handler", bootstrap, str(port), topic,
+        stdout=asyncio.subprocess.PIPE, cwd=_REPO,
+    )  # fmt: skip
+    http = Http1Client("127.0.0.1", port, limit=max(64, concurrency), timeout=30.0)
+    try:
+        assert proc.stdout is not None  # noqa: S101
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the bare handler did not start (rc={proc.returncode})")
+        body = json.dumps({"user_id": "u1", "kind": "fact", "content": CONTENT}).encode()
+        head = http.head({"Content-Type": "application/json"})
+
+        async def post(_i: int) -> int:
+            try:
+                return (await http.request("POST", "/w", body, head)).status
+            except (OSError, TimeoutError):
+                return 0
+
+        await open_loop(500, 500, post, Latencies().record, workers=32)  # warm
+        rated = Latencies()
+        rated_s = await open_loop(
+            plan.rate, int(plan.rate * plan.floor_seconds), post, rated.record, workers=128
+        )
+        closed = Latencies()
+        closed_s = await closed_loop(concurrency, plan.sweep_seconds, post, closed.record)
+        return rated, rated_s, closed, closed_s
+    finally:
+        await http.close()
+        if proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
 async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None = None) -> int:
     """Every phase, then the tables."""
     rows: list[dict[str, Any]] = []
@@ -719,6 +784,18 @@ async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None =
             seq, rated, seq_s = await measure_floor(region.bootstrap, plan)
             rows.append(seq.row("a floor produce→ack sequential", seq_s))
             rows.append(rated.row("a floor produce→ack @1k/s", plan.floor_seconds, plan.rate))
+            top = max(plan.concurrency)
+            log(
+                f"(a) reference: a bare aiohttp handler, one send_and_wait, at 1,000/s "
+                f"and {top} in flight"
+            )
+            bare, bare_s, bare_closed, bare_closed_s = await measure_reference(
+                region.bootstrap, plan, top
+            )
+            rows.append(bare.row("a reference bare handler POST @1k/s", bare_s, plan.rate))
+            rows.append(
+                bare_closed.row(f"a reference bare handler, {top} in flight", bare_closed_s)
+            )
 
             log(f"(b) gateway writes open-loop at {plan.rate:.0f}/s for {plan.write_seconds} s")
             before = await scrape(http, region.url)
