@@ -654,18 +654,25 @@ DEFAULT = Plan(
 )
 
 
-async def measure_floor(bootstrap: str, plan: Plan) -> tuple[Latencies, Latencies, float]:
-    """Raw produce→ack on the broker: sequential, and open-loop at ``plan.rate``."""
-    from aiokafka import AIOKafkaProducer
+async def _scratch_topic(bootstrap: str, prefix: str) -> str:
+    """A new 8-partition topic ``prefix.<random>`` on the broker; its name."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    topic = f"bench.floor.{secrets.token_hex(3)}"
+    topic = f"{prefix}.{secrets.token_hex(3)}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 8, 1)])
     finally:
         await admin.close()
+    return topic
+
+
+async def measure_floor(bootstrap: str, plan: Plan) -> tuple[Latencies, Latencies, float]:
+    """Raw produce→ack on the broker: sequential, and open-loop at ``plan.rate``."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = await _scratch_topic(bootstrap, "bench.floor")
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=0
     )
@@ -709,15 +716,7 @@ async def measure_reference(
     ``concurrency`` in flight for ``plan.sweep_seconds``: what this machine
     does per request with one ``send_and_wait`` and nothing else.
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    topic = f"bench.bare.{secrets.token_hex(3)}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 8, 1)])
-    finally:
-        await admin.close()
+    topic = await _scratch_topic(bootstrap, "bench.bare")
     port = free_port_run(1)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "loadtests.bare_handler", bootstrap, str(port), topic,

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -320,14 +320,19 @@ class KafkaLogReader:
         out.sort(key=lambda r: (r.partition, r.segment, r.offset))
         return out
 
+    def _earlier(self, tp: TopicPartition) -> Iterator[TopicPartition]:
+        """Partition ``tp.partition`` of every live segment before ``tp``'s."""
+        segment = parse_topic(self._log_name, tp.topic)
+        if segment is None:
+            return
+        for s, partitions in self._live.items():
+            if s < segment and tp.partition < partitions:
+                yield self._tp(s, tp.partition)
+
     def _follows(self, tp: TopicPartition, fetched_at: int) -> bool:
         """Whether everything before ``tp``'s records fetched at ``fetched_at`` was returned."""
         consumer, _ = self._require()
-        segment = parse_topic(self._log_name, tp.topic)
-        for s, partitions in self._live.items():
-            if segment is None or s >= segment or tp.partition >= partitions:
-                continue
-            earlier = self._tp(s, tp.partition)
+        for earlier in self._earlier(tp):
             highwater = consumer.highwater(earlier)
             polled = consumer.last_poll_timestamp(earlier)
             if (
@@ -366,12 +371,8 @@ class KafkaLogReader:
         for tp, pending in self._pending.items():
             if pending.verified:
                 continue
-            segment = parse_topic(self._log_name, tp.topic)
             blockers: list[tuple[TopicPartition, int]] = []
-            for s, partitions in self._live.items():
-                if segment is None or s >= segment or tp.partition >= partitions:
-                    continue
-                earlier = self._tp(s, tp.partition)
+            for earlier in self._earlier(tp):
                 highwater = consumer.highwater(earlier)
                 leader = cluster.leader_for_partition(earlier)
                 if (
