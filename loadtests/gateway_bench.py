@@ -654,7 +654,7 @@ DEFAULT = Plan(
 )
 
 
-async def _scratch_topic(bootstrap: str, prefix: str) -> str:
+async def scratch_topic(bootstrap: str, prefix: str) -> str:
     """A new 8-partition topic ``prefix.<random>`` on the broker; its name."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -672,7 +672,7 @@ async def measure_floor(bootstrap: str, plan: Plan) -> tuple[Latencies, Latencie
     """Raw produce→ack on the broker: sequential, and open-loop at ``plan.rate``."""
     from aiokafka import AIOKafkaProducer
 
-    topic = await _scratch_topic(bootstrap, "bench.floor")
+    topic = await scratch_topic(bootstrap, "bench.floor")
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=0
     )
@@ -707,6 +707,60 @@ async def measure_floor(bootstrap: str, plan: Plan) -> tuple[Latencies, Latencie
 _REPO = str(Path(__file__).resolve().parents[1])  # where ``-m loadtests...`` resolves
 
 
+class ReferenceServer:
+    """A reference server (``python -m MODULE BOOTSTRAP PORT TOPIC``) on the broker.
+
+    Used as ``async with``: makes a scratch topic, starts the module in its
+    own process on a free port, waits for its ``ready`` line, and stops it
+    on the way out (terminate, then kill after 10 s).
+    """
+
+    def __init__(self, module: str, bootstrap: str, topic_prefix: str) -> None:
+        self.module = module
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self.port = free_port_run(1)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """Its base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id while it runs."""
+        return self.proc.pid if self.proc is not None else None
+
+    async def __aenter__(self) -> ReferenceServer:
+        topic = await scratch_topic(self.bootstrap, self.topic_prefix)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self.module, self.bootstrap, str(self.port), topic,
+            stdout=asyncio.subprocess.PIPE, cwd=_REPO,
+        )  # fmt: skip
+        assert self.proc.stdout is not None  # noqa: S101
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        if line.strip() != b"ready":
+            await self.__aexit__()
+            raise RuntimeError(f"{self.module} did not start: {line[:200]!r}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def measure_reference(
     bootstrap: str, plan: Plan, concurrency: int
 ) -> tuple[Latencies, float, Latencies, float]:
@@ -716,44 +770,28 @@ async def measure_reference(
     ``concurrency`` in flight for ``plan.sweep_seconds``: what this machine
     does per request with one ``send_and_wait`` and nothing else.
     """
-    topic = await _scratch_topic(bootstrap, "bench.bare")
-    port = free_port_run(1)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtests.bare_handler", bootstrap, str(port), topic,
-        stdout=asyncio.subprocess.PIPE, cwd=_REPO,
-    )  # fmt: skip
-    http = Http1Client("127.0.0.1", port, limit=max(64, concurrency), timeout=30.0)
-    try:
-        assert proc.stdout is not None  # noqa: S101
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"the bare handler did not start (rc={proc.returncode})")
-        body = json.dumps({"user_id": "u1", "kind": "fact", "content": CONTENT}).encode()
-        head = http.head({"Content-Type": "application/json"})
+    async with ReferenceServer("loadtests.bare_handler", bootstrap, "bench.bare") as server:
+        http = Http1Client("127.0.0.1", server.port, limit=max(64, concurrency), timeout=30.0)
+        try:
+            body = json.dumps({"user_id": "u1", "kind": "fact", "content": CONTENT}).encode()
+            head = http.head({"Content-Type": "application/json"})
 
-        async def post(_i: int) -> int:
-            try:
-                return (await http.request("POST", "/w", body, head)).status
-            except (OSError, TimeoutError):
-                return 0
+            async def post(_i: int) -> int:
+                try:
+                    return (await http.request("POST", "/w", body, head)).status
+                except (OSError, TimeoutError):
+                    return 0
 
-        await open_loop(500, 500, post, Latencies().record, workers=32)  # warm
-        rated = Latencies()
-        rated_s = await open_loop(
-            plan.rate, int(plan.rate * plan.floor_seconds), post, rated.record, workers=128
-        )
-        closed = Latencies()
-        closed_s = await closed_loop(concurrency, plan.sweep_seconds, post, closed.record)
-        return rated, rated_s, closed, closed_s
-    finally:
-        await http.close()
-        if proc.returncode is None:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await open_loop(500, 500, post, Latencies().record, workers=32)  # warm
+            rated = Latencies()
+            rated_s = await open_loop(
+                plan.rate, int(plan.rate * plan.floor_seconds), post, rated.record, workers=128
+            )
+            closed = Latencies()
+            closed_s = await closed_loop(concurrency, plan.sweep_seconds, post, closed.record)
+            return rated, rated_s, closed, closed_s
+        finally:
+            await http.close()
 
 
 async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None = None) -> int:

@@ -65,7 +65,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
@@ -76,6 +76,7 @@ from loadtests.gateway_bench import (
     TENANT,
     Latencies,
     LocalRegion,
+    ReferenceServer,
     Sample,
     http_session,
     log,
@@ -86,6 +87,9 @@ from loadtests.gateway_bench import (
 )
 from loadtests.http1 import Http1Client
 from loadtests.report import CpuMeter, add_settings_option, emit, settings_env, summarize
+
+if TYPE_CHECKING:
+    from deploy.tansu import TansuBroker
 
 __all__ = ["Plan", "SubscriberPool", "main"]
 
@@ -517,12 +521,33 @@ def _worker_entry(raw_cfg: str) -> int:
 # == the parent side ==================================================================
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A reference server where the phases expect the region's gateway."""
+
+    server: ReferenceServer
+    broker: TansuBroker
+
+    @property
+    def url(self) -> str:
+        """The reference server's base URL."""
+        return self.server.url
+
+    @property
+    def gateway_pid(self) -> int | None:
+        """The reference server's pid (its CPU is reported as the gateway's)."""
+        return self.server.pid
+
+
+Server = LocalRegion | Reference  # what the subscribers and the writer talk to
+
+
 class SubscriberPool:
     """``count`` subscribers spread over ``procs`` worker processes."""
 
     def __init__(
         self,
-        region: LocalRegion,
+        region: Server,
         token: str,
         count: int,
         *,
@@ -706,8 +731,11 @@ def _content(tag: str, seq: int) -> str:
 class Writer:
     """``POST /v1/memories`` for user ``u1``; each write carries its send time."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, token: str, path: str = "/v1/memories"
+    ) -> None:
         self.http = http  # for scrapes; writes go through the lean client
+        self.path = path
         self.fast = Http1Client.for_url(url, limit=256)
         self.head = self.fast.head(
             {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -718,9 +746,7 @@ class Writer:
         body = {"id": f"pb-{tag}-{seq}", "user_id": USER, "kind": "fact"}
         body["content"] = _content(tag, seq)  # stamped as late as possible
         try:
-            reply = await self.fast.request(
-                "POST", "/v1/memories", json.dumps(body).encode(), self.head
-            )
+            reply = await self.fast.request("POST", self.path, json.dumps(body).encode(), self.head)
         except (OSError, TimeoutError):  # HttpError is an OSError
             return 0
         return reply.status
@@ -830,7 +856,7 @@ async def measure_floor(
 
 
 async def measure_propagation(
-    region: LocalRegion,
+    region: Server,
     writer: Writer,
     pool: SubscriberPool,
     plan: Plan,
@@ -838,12 +864,18 @@ async def measure_propagation(
     meta: dict[str, Any],
     rate: float | None = None,
     seconds: float | None = None,
+    reference: str = "",
 ) -> None:
-    """Open-loop writes at ``rate`` (default ``rate``) while ``pool`` listens; two rows."""
+    """Open-loop writes at ``rate`` (default ``rate``) while ``pool`` listens; two rows.
+
+    ``reference`` names a reference server standing in for the gateway: its
+    rows are ``r …`` rows, with no target.
+    """
     rate = rate or plan.rate
     at = f"@{rate / 1000:g}k/s" if rate >= 1000 else f"@{rate:g}/s"
     subs = pool.ready
     tag, warm_tag = f"b{pool.count}r{rate:g}", f"wb{pool.count}r{rate:g}"
+    phase, key = (f"r {reference}:", "r_") if reference else ("b", "b_")
     warm = Latencies()
     await open_loop(
         rate,
@@ -861,7 +893,7 @@ async def measure_propagation(
         big = pool.count >= max(plan.subscribers)
         seconds = plan.write_seconds_big if big else plan.write_seconds
     n = int(rate * seconds)
-    log(f"(b) {subs} subscribers: {n} writes at {rate:.0f}/s open loop")
+    log(f"({phase[0]}) {subs} subscribers: {n} writes at {rate:.0f}/s open loop")
     acks = Latencies()
     stop = asyncio.Event()  # an overloaded gateway must not stretch the phase for ever
     budget = asyncio.get_running_loop().call_later(seconds * 3 + 10, stop.set)
@@ -872,32 +904,38 @@ async def measure_propagation(
     finally:
         budget.cancel()
     if stop.is_set():
-        log(f"(b) stopped issuing writes after {took:.0f} s ({acks.ok} acknowledged)")
+        log(f"({phase[0]}) stopped issuing writes after {took:.0f} s ({acks.ok} acknowledged)")
     expected = acks.ok * (subs - closed_before)
     _got, drain = await _wait_deliveries(pool, tag, expected, plan.drain_quiet, plan.drain_max)
     usage = cpu.pct()
     stages = _stages(before, await scrape(writer.http, region.url))
     rep = await pool.report(tag)
     log(
-        f"(b) {subs} subscribers: {rep.received}/{expected} deliveries, "
-        f"p99 {rep.quantile(99):.1f} ms, gateway cpu {usage['gateway']} %"
+        f"({phase[0]}) {subs} subscribers: {rep.received}/{expected} deliveries, "
+        f"p99 {rep.quantile(99):.1f} ms, server cpu {usage['gateway']} %"
     )
-    log("    stages p50/p99 ms: " + ", ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in stages.items()))
+    if stages:
+        log(
+            "    stages p50/p99 ms: "
+            + ", ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in stages.items())
+        )
     rows.append(
         {
-            **acks.row(f"b write ack (POST) {at}, {subs} subs", took, rate),
+            **acks.row(f"{phase} write ack (POST) {at}, {subs} subs", took, rate),
             "subs": subs,
             "target": None,
         }
     )
     p99 = rep.quantile(99)
-    target = TARGET_PROPAGATION_P99_MS if subs <= 100 and rate >= plan.rate else None
+    target = (
+        TARGET_PROPAGATION_P99_MS if subs <= 100 and rate >= plan.rate and not reference else None
+    )
     meets = None
     if target is not None:
         meets = _meets(p99, target) if rep.received == expected else "NO"
     rows.append(
         {
-            "phase": f"b propagation write→WS {at}, {subs} subs",
+            "phase": f"{phase} propagation write→WS {at}, {subs} subs",
             "subs": subs,
             "n": rep.received,
             "target_per_s": rate * subs,
@@ -910,13 +948,13 @@ async def measure_propagation(
             "max_ms": round(rep.max_ms, 3),
             "target": f"p99 ≤ {TARGET_PROPAGATION_P99_MS:g}"
             if target
-            else "(target: 100 subs @1k/s)",
+            else ("(reference)" if reference else "(target: 100 subs @1k/s)"),
             "meets": meets,
             "gw_cpu_pct": usage["gateway"],
             "client_cpu_pct": "/".join(f"{c:g}" for c in rep.client_cpu_pct),
         }
     )
-    meta[f"b_{subs}_subscribers_{rate:g}_per_s"] = {
+    meta[f"{key}{subs}_subscribers_{rate:g}_per_s"] = {
         "writes_scheduled": n,
         "writes_cut_short_by_time_budget": stop.is_set(),
         "writes_acknowledged": acks.ok,
@@ -938,7 +976,7 @@ async def measure_propagation(
     }
 
 
-def _pids(region: LocalRegion) -> dict[str, int | None]:
+def _pids(region: Server) -> dict[str, int | None]:
     """The processes whose CPU a phase reports: gateway, its store process, broker, bench."""
     pids = {"gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid()}
     gw = region.gateway_pid
@@ -978,29 +1016,35 @@ def _stages(before: Sample, after: Sample) -> dict[str, tuple[float, float]]:
 
 
 async def measure_fanout(
-    region: LocalRegion,
+    region: Server,
     writer: Writer,
     pool: SubscriberPool,
     repeats: int,
     rows: list[dict[str, Any]],
     meta: dict[str, Any],
+    reference: str = "",
 ) -> None:
-    """One write at a time; every subscriber's delivery time; ``repeats`` times."""
+    """One write at a time; every subscriber's delivery time; ``repeats`` times.
+
+    ``reference`` names a reference server standing in for the gateway: its
+    rows are ``r …`` rows, with no target.
+    """
     subs = pool.ready
-    tag = f"c{pool.count}"
+    tag = f"c{pool.count}{secrets.token_hex(2) if reference else ''}"  # "c…": raw times kept
+    phase, key = (f"r {reference}:", "r_") if reference else ("c", "c_")
     for i in range(3):  # warm the path
         await writer.write(f"w{tag}", i)
     await _wait_deliveries(pool, f"w{tag}", 3 * subs, 1.0, 10.0)
     await pool.ask({"cmd": "mark"})
     cpu = CpuMeter(_pids(region))
     acks: list[float] = []
-    log(f"(c) one write → {subs} subscribers, {repeats} times")
+    log(f"({phase[0]}) one write → {subs} subscribers, {repeats} times")
     for k in range(repeats):
         t = time.perf_counter()
         status = await writer.write(tag, k)
         acks.append((time.perf_counter() - t) * 1000)
         if status not in (200, 201, 202):
-            log(f"(c) write {k} answered {status}")
+            log(f"({phase[0]}) write {k} answered {status}")
         await asyncio.sleep(0.1)
         await _wait_deliveries(pool, tag, (k + 1) * subs, 2.0, 5.0)
         await asyncio.sleep(0.05)
@@ -1018,22 +1062,24 @@ async def measure_fanout(
     common = {"subs": subs, "expected": expected, "received": rep.received}
     rows.append(
         {
-            "phase": f"c fan-out 1 event → {subs} subs (from write sent)",
+            "phase": f"{phase} fan-out 1 event → {subs} subs (from write sent)",
             **common,
             "n": len(all_ms),
             "p50_ms": round(s["median"], 3),
             "p90_ms": round(s["p90"], 3),
             "p99_ms": round(s["p99"], 3),
             "max_ms": round(s["max"], 3),
-            "target": f"p99 ≤ {TARGET_FANOUT_P99_MS:g}",
-            "meets": _meets(s["p99"], TARGET_FANOUT_P99_MS) if rep.received == expected else "NO",
+            "target": "(reference)" if reference else f"p99 ≤ {TARGET_FANOUT_P99_MS:g}",
+            "meets": None
+            if reference
+            else (_meets(s["p99"], TARGET_FANOUT_P99_MS) if rep.received == expected else "NO"),
             "gw_cpu_pct": usage["gateway"],
             "client_cpu_pct": "/".join(f"{c:g}" for c in rep.client_cpu_pct),
         }
     )
     rows.append(
         {
-            "phase": "c   spread after the first receiver",
+            "phase": f"{phase}   spread after the first receiver",
             **common,
             "n": len(spread),
             "p50_ms": round(sp["median"], 3),
@@ -1044,7 +1090,7 @@ async def measure_fanout(
     )
     rows.append(
         {
-            "phase": "c   first receiver, per event",
+            "phase": f"{phase}   first receiver, per event",
             "subs": subs,
             "n": len(first),
             "p50_ms": round(fi["median"], 3),
@@ -1055,7 +1101,7 @@ async def measure_fanout(
     )
     rows.append(
         {
-            "phase": "c   last receiver (all have it), per event",
+            "phase": f"{phase}   last receiver (all have it), per event",
             "subs": subs,
             "n": len(last),
             "p50_ms": round(la["median"], 3),
@@ -1065,7 +1111,8 @@ async def measure_fanout(
         }
     )
     a = summarize(acks)
-    meta[f"c_{subs}_subscribers"] = {
+    slug = reference.replace(" ", "_") + "_" if reference else ""
+    meta[f"{key}{slug}{subs}_subscribers"] = {
         "events": repeats,
         "expected_deliveries": expected,
         "received_deliveries": rep.received,
@@ -1133,11 +1180,66 @@ async def measure_idle(
     }
 
 
+# -- (r) the reference: a bare aiohttp pipeline ---------------------------------------
+
+
+async def measure_references(
+    region: LocalRegion,
+    token: str,
+    http: aiohttp.ClientSession,
+    plan: Plan,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> None:
+    """(r) :mod:`loadtests.bare_broadcast` in the gateway's place, measured alike.
+
+    The gateway is stopped first, so the reference has what the gateway had:
+    the same broker, writer and subscriber processes, the same phases. Rows:
+    propagation at ``plan.rate`` to the smallest subscriber count through the
+    log; one event to ``plan.fanout_subscribers`` through the log, and
+    broadcast straight from the request (the bare aiohttp broadcast).
+    """
+    await region.stop_gateway()
+    log("(r) reference: a bare aiohttp pipeline (loadtests.bare_broadcast), gateway stopped")
+    module = "loadtests.bare_broadcast"
+    async with ReferenceServer(module, region.bootstrap, "bench.bcast") as server:
+        ref = Reference(server, region.broker)
+        writer = Writer(http, ref.url, token)
+        direct = Writer(http, ref.url, token, path="/v1/broadcast")
+        try:
+            warm = Latencies()
+            await open_loop(500, 300, lambda i: writer.write("w2", i), warm.record, workers=32)
+            count = plan.subscribers[0]
+            log(f"(r) opening {count} subscribers")
+            async with SubscriberPool(ref, token, count, procs=1) as pool:
+                _check_pool(pool, meta)
+                await measure_propagation(
+                    ref, writer, pool, plan, rows, meta, reference="bare pipeline"
+                )
+            big = plan.fanout_subscribers
+            log(f"(r) opening {big} subscribers")
+            async with SubscriberPool(ref, token, big, procs=2 if big >= 500 else 1) as pool:
+                _check_pool(pool, meta)
+                for name, w in (("bare pipeline", writer), ("bare broadcast", direct)):
+                    await measure_fanout(
+                        ref, w, pool, plan.fanout_repeats, rows, meta, reference=name
+                    )
+        finally:
+            await writer.close()
+            await direct.close()
+
+
 # -- the benchmark --------------------------------------------------------------------
 
 
-async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None = None) -> int:
-    """Every phase, then the tables."""
+async def run_bench(
+    plan: Plan,
+    workdir: Path,
+    settings: dict[str, str] | None = None,
+    *,
+    only_reference: bool = False,
+) -> int:
+    """Every phase (or the floor and the reference only), then the tables."""
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {
         "cores": os.cpu_count(),
@@ -1171,86 +1273,114 @@ async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None =
             warm = Latencies()
             await open_loop(500, 300, lambda i: writer.write("w0", i), warm.record, workers=32)
 
-            # (d) first: a fresh gateway, so freed memory of other phases hides nothing
-            idle = await measure_idle(region, token, http, plan)
-            meta["d_idle"] = idle
-            # Then a fresh gateway again: the latency phases should not inherit
-            # the teardown of 10,000 connections (full collections of 0.5-1 s
-            # followed it; docs/architecture.md, known problem 9).
-            seconds = await region.restart_gateway()
-            log(f"gateway restarted after (d) in {seconds:.1f} s")
-            await writer.close()
-            writer = Writer(http, region.url, token)  # a new port
-            warm = Latencies()
-            await open_loop(500, 300, lambda i: writer.write("w1", i), warm.record, workers=32)
-
-            log(f"(a) floor: produce→consume at {plan.rate:.0f}/s for {plan.floor_seconds} s")
-            floor, floor_acks, n = await measure_floor(
-                region.bootstrap, plan.floor_seconds, plan.rate
-            )
-            f = summarize(floor)
-            rows.append(
-                {
-                    "phase": "a floor produce→consume @1k/s",
-                    "n": len(floor),
-                    "expected": n,
-                    "received": len(floor),
-                    "target_per_s": plan.rate,
-                    "p50_ms": round(f["median"], 3),
-                    "p90_ms": round(f["p90"], 3),
-                    "p99_ms": round(f["p99"], 3),
-                    "max_ms": round(f["max"], 3),
-                }
-            )
-            rows.append(
-                {
-                    **floor_acks.row("a floor produce→ack @1k/s", plan.floor_seconds, plan.rate),
-                    "achieved_per_s": None,
-                }
-            )
-
-            # reference: the same writes with nobody subscribed
-            cpu = CpuMeter(_pids(region))
-            n = int(plan.rate * plan.write_seconds / 2)
-            log(f"(b) no subscribers: {n} writes at {plan.rate:.0f}/s open loop (reference)")
-            acks = Latencies()
-            took = await open_loop(
-                plan.rate, n, lambda i: writer.write("b0", i), acks.record, workers=256
-            )
-            rows.append(
-                {**acks.row("b write ack (POST) @1k/s, 0 subs", took, plan.rate), "subs": 0}
-            )
-            meta["b_0_subscribers_cpu_pct"] = cpu.pct()
-
-            log(f"(b) one subscriber on {CHANNEL}: single writes at {plan.single_rate:g}/s")
-            async with SubscriberPool(region, token, 1, procs=1) as pool:
-                _check_pool(pool, meta)
-                await measure_propagation(
-                    region, writer, pool, plan, rows, meta, plan.single_rate, plan.single_seconds
-                )
-
-            for count in plan.subscribers[:-1]:
-                log(f"(b) opening {count} subscribers on {CHANNEL}")
-                async with SubscriberPool(region, token, count, procs=1) as pool:
-                    _check_pool(pool, meta)
-                    await measure_propagation(region, writer, pool, plan, rows, meta)
-                    # reference: the same subscribers at a rate the write path sustains
-                    await measure_propagation(
-                        region, writer, pool, plan, rows, meta, plan.ref_rate, plan.ref_seconds
-                    )
-
-            big = max(plan.subscribers[-1], plan.fanout_subscribers)
-            procs = 2 if big >= 500 else 1
-            log(f"(b/c) opening {big} subscribers on {CHANNEL} ({procs} processes)")
-            async with SubscriberPool(region, token, big, procs=procs) as pool:
-                _check_pool(pool, meta)
-                await measure_fanout(region, writer, pool, plan.fanout_repeats, rows, meta)
-                await measure_propagation(region, writer, pool, plan, rows, meta)
-            await writer.close()
-            final = await scrape(http, region.url, metrics=False)
-            meta["gateway_subscriptions_at_end"] = final.ready.get("subscriptions")
-            meta["gateway_rss_kib_at_end"] = rss_kib(region.gateway_pid)
+            if only_reference:
+                await measure_floor_rows(region, plan, rows)
+                await measure_references(region, token, http, plan, rows, meta)
+                await writer.close()
+                idle = None
+            else:
+                idle = await measure_gateway(region, token, http, writer, plan, rows, meta)
     meta["seconds"] = round(time.monotonic() - started, 1)
+    emit_tables(rows, meta, idle)
+    return 0
+
+
+async def measure_floor_rows(region: LocalRegion, plan: Plan, rows: list[dict[str, Any]]) -> None:
+    """(a) the raw produce→consume floor: two rows."""
+    log(f"(a) floor: produce→consume at {plan.rate:.0f}/s for {plan.floor_seconds} s")
+    floor, floor_acks, n = await measure_floor(region.bootstrap, plan.floor_seconds, plan.rate)
+    f = summarize(floor)
+    rows.append(
+        {
+            "phase": "a floor produce→consume @1k/s",
+            "n": len(floor),
+            "expected": n,
+            "received": len(floor),
+            "target_per_s": plan.rate,
+            "p50_ms": round(f["median"], 3),
+            "p90_ms": round(f["p90"], 3),
+            "p99_ms": round(f["p99"], 3),
+            "max_ms": round(f["max"], 3),
+        }
+    )
+    rows.append(
+        {
+            **floor_acks.row("a floor produce→ack @1k/s", plan.floor_seconds, plan.rate),
+            "achieved_per_s": None,
+        }
+    )
+
+
+async def measure_gateway(
+    region: LocalRegion,
+    token: str,
+    http: aiohttp.ClientSession,
+    writer: Writer,
+    plan: Plan,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Phases (d), (a), (b), (c) on the gateway, then (r); the idle row."""
+    # (d) first: a fresh gateway, so freed memory of other phases hides nothing
+    idle = await measure_idle(region, token, http, plan)
+    meta["d_idle"] = idle
+    # Then a fresh gateway again: the latency phases should not inherit
+    # the teardown of 10,000 connections (full collections of 0.5-1 s
+    # followed it; docs/architecture.md, known problem 9).
+    seconds = await region.restart_gateway()
+    log(f"gateway restarted after (d) in {seconds:.1f} s")
+    await writer.close()
+    writer = Writer(http, region.url, token)  # a new port
+    warm = Latencies()
+    await open_loop(500, 300, lambda i: writer.write("w1", i), warm.record, workers=32)
+
+    await measure_floor_rows(region, plan, rows)
+
+    # reference: the same writes with nobody subscribed
+    cpu = CpuMeter(_pids(region))
+    n = int(plan.rate * plan.write_seconds / 2)
+    log(f"(b) no subscribers: {n} writes at {plan.rate:.0f}/s open loop (reference)")
+    acks = Latencies()
+    took = await open_loop(plan.rate, n, lambda i: writer.write("b0", i), acks.record, workers=256)
+    rows.append({**acks.row("b write ack (POST) @1k/s, 0 subs", took, plan.rate), "subs": 0})
+    meta["b_0_subscribers_cpu_pct"] = cpu.pct()
+
+    log(f"(b) one subscriber on {CHANNEL}: single writes at {plan.single_rate:g}/s")
+    async with SubscriberPool(region, token, 1, procs=1) as pool:
+        _check_pool(pool, meta)
+        await measure_propagation(
+            region, writer, pool, plan, rows, meta, plan.single_rate, plan.single_seconds
+        )
+
+    for count in plan.subscribers[:-1]:
+        log(f"(b) opening {count} subscribers on {CHANNEL}")
+        async with SubscriberPool(region, token, count, procs=1) as pool:
+            _check_pool(pool, meta)
+            await measure_propagation(region, writer, pool, plan, rows, meta)
+            # reference: the same subscribers at a rate the write path sustains
+            await measure_propagation(
+                region, writer, pool, plan, rows, meta, plan.ref_rate, plan.ref_seconds
+            )
+
+    big = max(plan.subscribers[-1], plan.fanout_subscribers)
+    procs = 2 if big >= 500 else 1
+    log(f"(b/c) opening {big} subscribers on {CHANNEL} ({procs} processes)")
+    async with SubscriberPool(region, token, big, procs=procs) as pool:
+        _check_pool(pool, meta)
+        await measure_fanout(region, writer, pool, plan.fanout_repeats, rows, meta)
+        await measure_propagation(region, writer, pool, plan, rows, meta)
+    await writer.close()
+    final = await scrape(http, region.url, metrics=False)
+    meta["gateway_subscriptions_at_end"] = final.ready.get("subscriptions")
+    meta["gateway_rss_kib_at_end"] = rss_kib(region.gateway_pid)
+    await measure_references(region, token, http, plan, rows, meta)
+    return idle
+
+
+def emit_tables(
+    rows: list[dict[str, Any]], meta: dict[str, Any], idle: dict[str, Any] | None
+) -> None:
+    """The phases' table, and the idle subscribers' one (when measured)."""
     columns = [
         "phase",
         "subs",
@@ -1269,6 +1399,8 @@ async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None =
         "client_cpu_pct",
     ]
     emit("propagation_bench", rows, columns, meta)
+    if idle is None:
+        return
     emit(
         "propagation_bench.idle",
         [idle],
@@ -1287,7 +1419,6 @@ async def run_bench(plan: Plan, workdir: Path, settings: dict[str, str] | None =
         ],
         {"what": "gateway RSS (VmRSS) with idle WebSocket subscribers, one channel each"},
     )
-    return 0
 
 
 def _check_pool(pool: SubscriberPool, meta: dict[str, Any]) -> None:
@@ -1314,6 +1445,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small and short (< 90 s)")
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="run only the floor (a) and the bare reference (r), not the gateway's phases",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_settings_option(parser)
     args = parser.parse_args(argv)
@@ -1323,7 +1459,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="memsync-prop-"))
     log(f"working in {workdir}")
     try:
-        return run_main(lambda: run_bench(plan, workdir, settings_env(args.set)))
+        return run_main(
+            lambda: run_bench(
+                plan, workdir, settings_env(args.set), only_reference=args.reference_only
+            )
+        )
     finally:
         _kill_children()
         if args.keep_dir:
