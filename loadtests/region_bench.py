@@ -43,12 +43,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,7 @@ from loadtests.report import (
     settings_env,
     summarize,
 )
-from replication.log import KafkaEventLog, OutgoingRecord
+from replication.log import KafkaEventLog, OutgoingRecord, route_client
 from replication.log_reader import KafkaLogReader
 from replication.mirror import MirrorLink
 
@@ -258,19 +260,46 @@ async def _wait_count(sub: Subscriber, tag: str, expected: int, within: float) -
 # -- phases ---------------------------------------------------------------------------
 
 
-async def measure_floor(
-    http: aiohttp.ClientSession, cluster: Cluster, plan: Plan, toxic: bool
-) -> dict[str, Any]:
-    """Raw produce (us-east) → mirror link through a proxy → raw consume (eu-west)."""
-    name = f"floor-{'toxic' if toxic else 'plain'}"
+@contextlib.asynccontextmanager
+async def _proxy_to_eu_west(
+    http: aiohttp.ClientSession, cluster: Cluster, name: str, toxic: bool
+) -> AsyncIterator[str]:
+    """A proxy of its own to eu-west's broker on the cluster's fault proxy; its address."""
     async with http.post(
         f"{cluster.api}/proxies",
         json={"name": name, "listen": "127.0.0.1:0", "upstream": cluster.kafka("eu-west")},
     ) as resp:
         resp.raise_for_status()
-        listen = (await resp.json())["listen"]
-    if toxic:
-        await _toxics(http, cluster.api, name, add=True)
+        listen: str = (await resp.json())["listen"]
+    try:
+        if toxic:
+            await _toxics(http, cluster.api, name, add=True)
+        yield listen
+    finally:
+        async with http.delete(f"{cluster.api}/proxies/{name}"):
+            pass
+
+
+def _floor_row(what: str, toxic: bool, plan: Plan, sent: dict[int, float],
+               got: dict[int, float]) -> dict[str, Any]:  # fmt: skip
+    warm = int(plan.rate * plan.warmup_s)
+    lat = [(got[i] - sent[i]) * 1000 for i in sent if i in got and i >= warm]
+    return {"phase": f"{what}{' +50ms toxic' if toxic else ''}",
+            **summarize(lat), "sent": len(sent), "received": len(got)}  # fmt: skip
+
+
+async def measure_floor(
+    http: aiohttp.ClientSession, cluster: Cluster, plan: Plan, toxic: bool
+) -> dict[str, Any]:
+    """Raw produce (us-east) → mirror link through a proxy → raw consume (eu-west)."""
+    name = f"floor-{'toxic' if toxic else 'plain'}"
+    async with _proxy_to_eu_west(http, cluster, name, toxic) as listen:
+        return await _floor_through(listen, cluster, plan, name, toxic)
+
+
+async def _floor_through(
+    listen: str, cluster: Cluster, plan: Plan, name: str, toxic: bool
+) -> dict[str, Any]:
     log_name = f"bench.{name}"
     producer = KafkaEventLog(cluster.kafka("us-east"), log=log_name, partitions=8)
     link = MirrorLink(  # placed as memsync up places its links: next to the source
@@ -311,12 +340,92 @@ async def measure_floor(
                 await task
         await reader.stop()
         await producer.stop()
-        async with http.delete(f"{cluster.api}/proxies/{name}"):
-            pass
-    warm = int(plan.rate * plan.warmup_s)
-    lat = [(got[i] - sent[i]) * 1000 for i in sent if i in got and i >= warm]
-    return {"phase": f"floor: produce→mirror→consume{' +50ms toxic' if toxic else ''}",
-            **summarize(lat), "sent": len(sent), "received": len(got)}  # fmt: skip
+    return _floor_row("floor: produce→mirror→consume", toxic, plan, sent, got)
+
+
+async def measure_bare_relay(
+    http: aiohttp.ClientSession, cluster: Cluster, plan: Plan, toxic: bool
+) -> dict[str, Any]:
+    """The floor's own reference: the same path in raw aiokafka, no product code.
+
+    A producer (``acks="all"``) appends to an 8-partition scratch topic on
+    us-east's broker; a relay in this process — one consumer
+    (``fetch_max_wait_ms=5``, as the link's reader) and one producer to
+    eu-west's broker through a proxy of its own (``acks="all"``) — copies
+    each fetch, sending it without waiting; a consumer on eu-west reads it.
+    No segments, no headers, no offsets committed, no ordering gate: what
+    the link costs beyond this is the product's.
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    name = f"bare-{'toxic' if toxic else 'plain'}"
+    topic = f"bench.{name}.{secrets.token_hex(3)}"
+    parts = [TopicPartition(topic, p) for p in range(8)]
+    for bootstrap in (cluster.kafka("us-east"), cluster.kafka("eu-west")):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 8, 1)])
+        finally:
+            await admin.close()
+
+    def consumer(bootstrap: str) -> AIOKafkaConsumer:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5,
+                             enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+        c.assign(parts)
+        return c
+
+    def producer(bootstrap: str) -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+                                enable_idempotence=False)  # fmt: skip
+
+    async with _proxy_to_eu_west(http, cluster, name, toxic) as listen:
+        source, relay_in = producer(cluster.kafka("us-east")), consumer(cluster.kafka("us-east"))
+        relay_out, target = producer(listen), consumer(cluster.kafka("eu-west"))
+        route_client(relay_out.client, {"*": listen})
+        got: dict[int, float] = {}
+        sent: dict[int, float] = {}
+
+        async def relay() -> None:
+            while True:
+                batches = await relay_in.getmany(timeout_ms=100)
+                for tp, records in batches.items():
+                    for r in records:
+                        await relay_out.send(topic, r.value, key=r.key, partition=tp.partition)
+
+        async def consume() -> None:
+            while True:
+                for records in (await target.getmany(timeout_ms=100)).values():
+                    now = time.time()
+                    for r in records:
+                        got.setdefault(int(r.key or b"0"), now)
+
+        clients = (source, relay_in, relay_out, target)
+        for c in clients:
+            await c.start()
+        tasks = [asyncio.create_task(relay()), asyncio.create_task(consume())]
+        try:
+            await asyncio.sleep(1.0)
+
+            async def op(i: int) -> int:
+                sent[i] = time.time()
+                await source.send_and_wait(topic, PAD.encode(), key=str(i).encode())
+                return 200
+
+            count = int(plan.rate * plan.seconds)
+            await open_loop(plan.rate, count, op, lambda *_: None, workers=64)
+            deadline = time.monotonic() + 30
+            while len(got) < count and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for c in clients:
+                await c.stop()
+    return _floor_row("reference: bare aiokafka relay", toxic, plan, sent, got)
 
 
 async def measure_propagation(
@@ -464,6 +573,8 @@ async def run_bench(
         )
         rows: list[dict[str, Any]] = []
         for toxic in (False, True) if phases in ("all", "propagation") else ():
+            log(f"reference: a bare aiokafka relay{' with the 50 ms toxic' if toxic else ''}")
+            rows.append(await measure_bare_relay(http, cluster, plan, toxic))
             log(f"floor{' with the 50 ms toxic' if toxic else ''}")
             rows.append(await measure_floor(http, cluster, plan, toxic))
             log(f"propagation{' with the 50 ms toxic' if toxic else ''} at {plan.rate:.0f}/s")
