@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
@@ -181,3 +183,24 @@ class Metrics:
     def gauge_fn(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A gauge whose value is computed at scrape time."""
         Gauge(name, doc, registry=self.registry).set_function(fn)
+
+    def counter_fn(
+        self, name: str, doc: str, label: str, fn: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """A counter per ``label`` value (``name`` without ``_total``), read at scrape time."""
+        self.registry.register(_ScrapedCounter(name, doc, label, fn))
+
+
+class _ScrapedCounter(Collector):
+    """Counts kept elsewhere (by a component that must not know Prometheus), read when scraped."""
+
+    def __init__(
+        self, name: str, doc: str, label: str, fn: Callable[[], Mapping[str, float]]
+    ) -> None:
+        self._name, self._doc, self._label, self._fn = name, doc, label, fn
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in sorted(self._fn().items()):
+            family.add_metric([value], count)
+        yield family

@@ -384,6 +384,16 @@ class Runtime:
             )
         m.gauge_fn("memsync_cache_bytes", "Estimated bytes in the cache.", lambda: cache.size_bytes)
         m.gauge_fn("memsync_cache_entries", "Memories in the cache.", lambda: len(cache))
+        m.counter_fn(
+            "memsync_log_roll_releases",
+            "Times records held after a segment roll were let go by an end-offsets answer "
+            "(instead of a later fetch), by log: local, or the peer region mirrored here.",
+            "log",
+            lambda: {
+                "local": self.reader.released_by_end_offsets,
+                **{peer: r.released_by_end_offsets for peer, (r, _, _) in self.remote.items()},
+            },
+        )
 
     def _observe_existence_check(self, read: bool) -> None:
         self.metrics.existence_checks.labels("read" if read else "skipped").inc()

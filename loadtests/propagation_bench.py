@@ -1,6 +1,6 @@
 """Propagation benchmark: an HTTP write until WebSocket subscribers receive it.
 
-    python -m loadtests.propagation_bench [--quick] [--keep-dir]
+    python -m loadtests.propagation_bench [--quick] [--reference-only] [--keep-dir]
 
 Starts one region (a Tansu broker and a gateway subprocess, see
 :class:`loadtests.gateway_bench.LocalRegion`) in a temporary directory and,
@@ -26,7 +26,17 @@ d. **idle subscribers** — 10,000 WebSocket connections, each subscribed to
    connection (measured first, on a fresh gateway, so memory freed by other
    phases cannot hide the cost; the gateway is then restarted on the same
    data, so the other phases do not inherit the teardown of those
-   connections).
+   connections);
+r. **the reference** the targets were set against, measured last, once the
+   region is stopped, on a fresh broker of its own (what the gateway had at
+   its start; the bundled broker keeps every record in memory):
+   :mod:`loadtests.bare_broadcast` where the gateway was, with the same
+   writer and subscriber processes and the same phases — propagation at
+   1,000 writes/s to 100 subscribers through the log (one ``send_and_wait``
+   per write, one consumer broadcasting each fetch), and one event to 1,000
+   subscribers, through the log and broadcast straight from the request
+   (the bare aiohttp broadcast).
+   ``--reference-only`` runs just (a) and (r).
 
 Subscribers run in child processes (``--worker``): a minimal RFC 6455 client
 on raw asyncio transports (no extensions offered, so no permessage-deflate,
@@ -65,11 +75,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import msgspec
 
+from deploy.tansu import TansuBroker
 from gateway.auth import mint
 from loadtests.gateway_bench import (
     CONTENT,
@@ -87,9 +98,6 @@ from loadtests.gateway_bench import (
 )
 from loadtests.http1 import Http1Client
 from loadtests.report import CpuMeter, add_settings_option, emit, settings_env, summarize
-
-if TYPE_CHECKING:
-    from deploy.tansu import TansuBroker
 
 __all__ = ["Plan", "SubscriberPool", "main"]
 
@@ -1184,26 +1192,44 @@ async def measure_idle(
 
 
 async def measure_references(
-    region: LocalRegion,
+    workdir: Path,
     token: str,
     http: aiohttp.ClientSession,
     plan: Plan,
     rows: list[dict[str, Any]],
     meta: dict[str, Any],
 ) -> None:
-    """(r) :mod:`loadtests.bare_broadcast` in the gateway's place, measured alike.
+    """(r) :mod:`loadtests.bare_broadcast` where the gateway was, measured alike.
 
-    The gateway is stopped first, so the reference has what the gateway had:
-    the same broker, writer and subscriber processes, the same phases. Rows:
-    propagation at ``plan.rate`` to the smallest subscriber count through the
-    log; one event to ``plan.fanout_subscribers`` through the log, and
-    broadcast straight from the request (the bare aiohttp broadcast).
+    Run once the region is stopped, on a fresh broker of its own: the
+    reference has what the gateway had at its start (a fresh broker, the
+    same writer and subscriber processes, the same phases) and inherits
+    nothing of the gateway's run — the bundled broker keeps every record in
+    memory. Rows: propagation at ``plan.rate`` to the smallest subscriber
+    count through the log; one event to ``plan.fanout_subscribers`` through
+    the log, and broadcast straight from the request (the bare aiohttp
+    broadcast).
     """
-    await region.stop_gateway()
-    log("(r) reference: a bare aiohttp pipeline (loadtests.bare_broadcast), gateway stopped")
+    log("(r) reference: a bare aiohttp pipeline (loadtests.bare_broadcast) on a fresh broker")
+    broker = TansuBroker(log_path=workdir / "reference-broker.log")
+    await broker.start()
+    try:
+        await _measure_references(broker, token, http, plan, rows, meta)
+    finally:
+        await broker.stop(grace=2.0)
+
+
+async def _measure_references(
+    broker: TansuBroker,
+    token: str,
+    http: aiohttp.ClientSession,
+    plan: Plan,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+) -> None:
     module = "loadtests.bare_broadcast"
-    async with ReferenceServer(module, region.bootstrap, "bench.bcast") as server:
-        ref = Reference(server, region.broker)
+    async with ReferenceServer(module, broker.bootstrap, "bench.bcast") as server:
+        ref = Reference(server, broker)
         writer = Writer(http, ref.url, token)
         direct = Writer(http, ref.url, token, path="/v1/broadcast")
         try:
@@ -1275,11 +1301,12 @@ async def run_bench(
 
             if only_reference:
                 await measure_floor_rows(region, plan, rows)
-                await measure_references(region, token, http, plan, rows, meta)
                 await writer.close()
                 idle = None
             else:
                 idle = await measure_gateway(region, token, http, writer, plan, rows, meta)
+    async with http_session(256) as http:
+        await measure_references(workdir, token, http, plan, rows, meta)
     meta["seconds"] = round(time.monotonic() - started, 1)
     emit_tables(rows, meta, idle)
     return 0
@@ -1320,7 +1347,7 @@ async def measure_gateway(
     rows: list[dict[str, Any]],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    """Phases (d), (a), (b), (c) on the gateway, then (r); the idle row."""
+    """Phases (d), (a), (b), (c) on the gateway; the idle row."""
     # (d) first: a fresh gateway, so freed memory of other phases hides nothing
     idle = await measure_idle(region, token, http, plan)
     meta["d_idle"] = idle
@@ -1373,7 +1400,6 @@ async def measure_gateway(
     final = await scrape(http, region.url, metrics=False)
     meta["gateway_subscriptions_at_end"] = final.ready.get("subscriptions")
     meta["gateway_rss_kib_at_end"] = rss_kib(region.gateway_pid)
-    await measure_references(region, token, http, plan, rows, meta)
     return idle
 
 

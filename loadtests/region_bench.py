@@ -15,7 +15,11 @@ a. **floor** — raw produce → mirror → consume: a producer appends to a
    ``memsync up`` places links: next to its source, producing to eu-west's
    broker through a proxy of its own on the same fault proxy) copies it,
    a raw reader there consumes it; 500 messages/s, each carrying its send
-   time. Measured without and with the 50 ms latency toxic on that proxy;
+   time. Measured without and with the 50 ms latency toxic on that proxy,
+   each time beside its own reference: the same path in raw aiokafka (a
+   consumer and a producer relaying each fetch through a proxy of their
+   own, no segments, headers, commits or ordering gate), so what the link
+   itself costs shows apart from what the machine costs;
 b. **propagation** — ``POST /v1/memories`` to us-east open loop at 500
    writes/s (fixed timetable) while one WebSocket subscriber in eu-west
    (eager, ``user:u1:memories``) receives every event: latency from the

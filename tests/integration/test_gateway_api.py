@@ -365,6 +365,7 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
         "memsync_events_applied_total",
         "memsync_outbox_pending",
         'memsync_create_existence_checks_total{result="skipped"}',
+        'memsync_log_roll_releases_total{log="local"}',
     ):
         assert name in text
     # The stages: a state read from the store (the GET), the write's journal and append.
