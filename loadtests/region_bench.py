@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,6 +284,27 @@ async def _proxy_to_eu_west(
             pass
 
 
+async def _drive(
+    plan: Plan,
+    send: Callable[[int], Awaitable[None]],
+    sent: dict[int, float],
+    got: dict[int, float],
+) -> None:
+    """Messages ``0…`` at ``plan.rate`` for ``plan.seconds`` (send times noted), then
+    wait up to 30 s until ``got`` has them all."""
+
+    async def op(i: int) -> int:
+        sent[i] = time.time()
+        await send(i)
+        return 200
+
+    count = int(plan.rate * plan.seconds)
+    await open_loop(plan.rate, count, op, lambda *_: None, workers=64)
+    deadline = time.monotonic() + 30
+    while len(got) < count and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
 def _floor_row(what: str, toxic: bool, plan: Plan, sent: dict[int, float],
                got: dict[int, float]) -> dict[str, Any]:  # fmt: skip
     warm = int(plan.rate * plan.warmup_s)
@@ -327,16 +348,10 @@ async def _floor_through(
     try:
         await asyncio.sleep(1.0)  # segments exist, link assigned
 
-        async def op(i: int) -> int:
-            sent[i] = time.time()
+        async def send(i: int) -> None:
             await producer.append_many([OutgoingRecord(str(i).encode(), PAD.encode())])
-            return 200
 
-        count = int(plan.rate * plan.seconds)
-        await open_loop(plan.rate, count, op, lambda *_: None, workers=64)
-        deadline = time.monotonic() + 30
-        while len(got) < count and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await _drive(plan, send, sent, got)
     finally:
         for task in (consumer, link_task):
             task.cancel()
@@ -412,16 +427,10 @@ async def measure_bare_relay(
         try:
             await asyncio.sleep(1.0)
 
-            async def op(i: int) -> int:
-                sent[i] = time.time()
+            async def send(i: int) -> None:
                 await source.send_and_wait(topic, PAD.encode(), key=str(i).encode())
-                return 200
 
-            count = int(plan.rate * plan.seconds)
-            await open_loop(plan.rate, count, op, lambda *_: None, workers=64)
-            deadline = time.monotonic() + 30
-            while len(got) < count and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            await _drive(plan, send, sent, got)
         finally:
             for task in tasks:
                 task.cancel()

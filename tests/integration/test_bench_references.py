@@ -53,6 +53,6 @@ async def test_the_bare_handler_answers_after_the_append(broker: TansuBroker) ->
     async with (
         ReferenceServer("loadtests.bare_handler", broker.bootstrap, "test.bare") as server,
         aiohttp.ClientSession() as http,
+        http.post(f"{server.url}/w", data=b'{"content": "x"}') as r,
     ):
-        async with http.post(f"{server.url}/w", data=b'{"content": "x"}') as r:
-            assert r.status == 201
+        assert r.status == 201
