@@ -654,11 +654,11 @@ DEFAULT = Plan(
 )
 
 
-async def scratch_topic(bootstrap: str, prefix: str) -> str:
-    """A new 8-partition topic ``prefix.<random>`` on the broker; its name."""
+async def scratch_topic(bootstrap: str, prefix: str, *, name: str | None = None) -> str:
+    """A new 8-partition topic ``prefix.<random>`` (or ``name``) on the broker; its name."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    topic = f"{prefix}.{secrets.token_hex(3)}"
+    topic = name or f"{prefix}.{secrets.token_hex(3)}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:

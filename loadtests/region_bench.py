@@ -47,7 +47,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -62,7 +61,7 @@ from typing import Any
 import aiohttp
 
 from gateway.logs import configure_logging
-from loadtests.gateway_bench import log, open_loop, run_main
+from loadtests.gateway_bench import log, open_loop, run_main, scratch_topic
 from loadtests.http1 import Http1Client
 from loadtests.report import (
     CpuMeter,
@@ -376,18 +375,11 @@ async def measure_bare_relay(
     the link costs beyond this is the product's.
     """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     name = f"bare-{'toxic' if toxic else 'plain'}"
-    topic = f"bench.{name}.{secrets.token_hex(3)}"
+    topic = await scratch_topic(cluster.kafka("us-east"), f"bench.{name}")
+    await scratch_topic(cluster.kafka("eu-west"), "", name=topic)  # the same name there
     parts = [TopicPartition(topic, p) for p in range(8)]
-    for bootstrap in (cluster.kafka("us-east"), cluster.kafka("eu-west")):
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, 8, 1)])
-        finally:
-            await admin.close()
 
     def consumer(bootstrap: str) -> AIOKafkaConsumer:
         c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=5,
