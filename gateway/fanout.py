@@ -44,12 +44,54 @@ from replication.dvv import EMPTY, Dot, DotContext
 from replication.routing import parse_channel
 from replication.state import MemoryState
 
-__all__ = ["Delivery", "DirectWriter", "Fanout", "Subscription", "authorize_channels"]
+__all__ = [
+    "Delivery",
+    "DirectWriter",
+    "Fanout",
+    "FanoutStats",
+    "Subscription",
+    "authorize_channels",
+]
 
 _encoder = msgspec.json.Encoder()
 _ids = itertools.count(1)
 _DIRECT_MAX_BYTES = 256 * 1024  # the most one direct write may carry
 _RUN_MAX = 256  # the most events one batch frame carries
+
+
+class FanoutStats:
+    """What one gateway's fan-out did since it started: plain counts, read at scrape time.
+
+    Kept here, not in Prometheus objects, so the per-event path costs an
+    integer increment (``gateway.runtime`` exports them as counters).
+    """
+
+    __slots__ = (
+        "batches",
+        "closed",
+        "coalescing",
+        "deliveries",
+        "direct_writes",
+        "events",
+        "pumped",
+        "replays",
+        "resyncs",
+    )
+
+    def __init__(self) -> None:
+        self.batches = 0  # batches published
+        self.events = 0  # events in them
+        self.deliveries = 0  # (event, subscription) pairs offered or written
+        self.direct_writes = 0  # socket writes made by the fan-out itself
+        self.pumped = 0  # messages sent by connections' pumps (flow-controlled)
+        self.coalescing = 0  # times an eager subscription fell behind and began coalescing
+        self.replays = 0  # resumes from a cursor replayed from the history
+        self.resyncs = 0  # cursors answered ``resync_required`` (history gone)
+        self.closed: dict[str, int] = {}  # subscriptions the server closed, by reason
+
+    def closing(self, reason: str) -> None:
+        """Count a subscription the server closes."""
+        self.closed[reason] = self.closed.get(reason, 0) + 1
 
 
 @dataclass(eq=False)
@@ -168,6 +210,7 @@ class Subscription:
     pumping: bool = False  # a pump runs for it (set and cleared by Pump.run)
     sent_cursor: str = ""  # the cursor of the last message actually sent
     last_sent: float = field(default_factory=time.monotonic)
+    stats: FanoutStats | None = None  # the fan-out's counts (set when indexed)
 
     def __post_init__(self) -> None:
         self.channels = tuple(dict.fromkeys(self.channels))
@@ -186,6 +229,8 @@ class Subscription:
     def _close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
+            if self.stats is not None:
+                self.stats.closing(reason)
             if self.on_close is not None:
                 self.on_close()
 
@@ -234,6 +279,8 @@ class Subscription:
         else:
             if self._enqueue((d.message, d.cursor, d.raw)) > self.soft_limit:
                 self._coalescing = True
+                if self.stats is not None:
+                    self.stats.coalescing += 1
         self.cursor = d.cursor
         if self.writer is None or self._coalescing or self.mode == "lazy":
             self._wake()
@@ -294,6 +341,8 @@ class Subscription:
             self._close("connection_lost")
             self._wake()
             return
+        if self.stats is not None:
+            self.stats.direct_writes += 1
         if cursor:
             self.sent_cursor = cursor
         self.last_sent = time.monotonic()
@@ -421,13 +470,14 @@ class Fanout:
         self._index: dict[tuple[str, str], Subscription | set[Subscription]] = {}
         self._subs: dict[int, Subscription] = {}
         self.max_subscriptions = max_subscriptions
-        self.delivered = 0
+        self.stats = FanoutStats()
 
     def __len__(self) -> int:
         return len(self._subs)
 
     def add(self, sub: Subscription) -> None:
         """Index a subscription under each of its channels."""
+        sub.stats = self.stats
         self._subs[sub.id] = sub
         for ch in sub.channels:
             key = (sub.claims.tenant, ch)
@@ -468,6 +518,9 @@ class Fanout:
         delivery in batch order and flushed at the end.
         """
         batch = list(deliveries)
+        stats = self.stats
+        stats.batches += 1
+        stats.events += len(batch)
         groups: dict[tuple[str, tuple[str, ...], str, bool], list[Delivery]] = {}
         for d in batch:
             groups.setdefault((d.tenant, d.channels, d.user, d.shared), []).append(d)
@@ -489,13 +542,13 @@ class Fanout:
                 for sub in audience_of[id(d)]:
                     if sub.id in several:
                         sub.offer(d)
-                        self.delivered += 1
+                        stats.deliveries += 1
         for group, subs in audiences:
             encoded: bytes | None = None
             for sub in subs:
                 if sub.id in several:
                     continue
-                self.delivered += len(group)
+                stats.deliveries += len(group)
                 writer = sub.direct_writer()
                 if writer is not None and (sub.skip is EMPTY or not _skips(sub.skip, group)):
                     if encoded is None:

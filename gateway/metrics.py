@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
@@ -185,22 +185,44 @@ class Metrics:
         Gauge(name, doc, registry=self.registry).set_function(fn)
 
     def counter_fn(
-        self, name: str, doc: str, label: str, fn: Callable[[], Mapping[str, float]]
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        fn: Callable[[], Mapping[tuple[str, ...], float]],
     ) -> None:
-        """A counter per ``label`` value (``name`` without ``_total``), read at scrape time."""
-        self.registry.register(_ScrapedCounter(name, doc, label, fn))
+        """Counters (``name`` without ``_total``) kept elsewhere, read at scrape time.
+
+        ``fn`` maps each tuple of ``labels`` values to its count (``()`` with no labels).
+        """
+        self.registry.register(_Scraped(CounterMetricFamily, name, doc, labels, fn))
+
+    def gauges_fn(
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        fn: Callable[[], Mapping[tuple[str, ...], float]],
+    ) -> None:
+        """Gauges per tuple of ``labels`` values, computed at scrape time."""
+        self.registry.register(_Scraped(GaugeMetricFamily, name, doc, labels, fn))
 
 
-class _ScrapedCounter(Collector):
-    """Counts kept elsewhere (by a component that must not know Prometheus), read when scraped."""
+class _Scraped(Collector):
+    """Values kept elsewhere (by a component that must not know Prometheus), read when scraped."""
 
     def __init__(
-        self, name: str, doc: str, label: str, fn: Callable[[], Mapping[str, float]]
+        self,
+        family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        fn: Callable[[], Mapping[tuple[str, ...], float]],
     ) -> None:
-        self._name, self._doc, self._label, self._fn = name, doc, label, fn
+        self._family, self._name, self._doc, self._labels, self._fn = family, name, doc, labels, fn
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
-        for value, count in sorted(self._fn().items()):
-            family.add_metric([value], count)
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        family = self._family(self._name, self._doc, labels=list(self._labels))
+        for values, count in sorted(self._fn().items()):
+            family.add_metric(list(values), count)
         yield family

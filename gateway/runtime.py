@@ -388,11 +388,64 @@ class Runtime:
             "memsync_log_roll_releases",
             "Times records held after a segment roll were let go by an end-offsets answer "
             "(instead of a later fetch), by log: local, or the peer region mirrored here.",
-            "log",
+            ("log",),
             lambda: {
-                "local": self.reader.released_by_end_offsets,
-                **{peer: r.released_by_end_offsets for peer, (r, _, _) in self.remote.items()},
+                ("local",): self.reader.released_by_end_offsets,
+                **{(peer,): r.released_by_end_offsets for peer, (r, _, _) in self.remote.items()},
             },
+        )
+        self._subscription_metrics()
+
+    def _subscription_metrics(self) -> None:
+        """The fan-out's counts (:class:`gateway.fanout.FanoutStats`) and the live subscriptions."""
+        m, fanout = self.metrics, self.streams.fanout
+        st = fanout.stats
+
+        def one(name: str, doc: str, fn: Callable[[], int]) -> None:
+            m.counter_fn(name, doc, (), lambda: {(): fn()})
+
+        one("memsync_fanout_batches", "Batches of applied events the fan-out published.",
+            lambda: st.batches)  # fmt: skip
+        one("memsync_fanout_events", "Events in those batches.", lambda: st.events)
+        one("memsync_subscriber_deliveries",
+            "Events offered or written to subscriptions (one per event and subscription).",
+            lambda: st.deliveries)  # fmt: skip
+        m.counter_fn(
+            "memsync_subscriber_writes",
+            "Writes to subscribers: by the fan-out straight to a caught-up WebSocket's socket "
+            "(path=direct, one per batch and subscriber), or messages a connection's pump "
+            "sent with flow control (path=pump: replays, lazy batches, SSE, a full socket).",
+            ("path",),
+            lambda: {("direct",): st.direct_writes, ("pump",): st.pumped},
+        )
+        one("memsync_subscriber_coalescing",
+            "Times an eager subscription fell past its soft limit and began coalescing "
+            "per memory.", lambda: st.coalescing)  # fmt: skip
+        m.counter_fn(
+            "memsync_subscriptions_closed",
+            "Subscriptions the server closed, by reason (slow_consumer: past the hard "
+            "limit, with its resume cursor; connection_lost: the socket failed).",
+            ("reason",),
+            lambda: {(r,): n for r, n in st.closed.items()},
+        )
+        one("memsync_subscription_replays",
+            "Resumes from a cursor replayed from the history.", lambda: st.replays)  # fmt: skip
+        one("memsync_resync_required",
+            "Cursors answered resync_required (history gone), WebSocket and /v1/sync.",
+            lambda: st.resyncs)  # fmt: skip
+
+        def live() -> dict[tuple[str, ...], float]:
+            counts: dict[tuple[str, ...], float] = {}
+            for sub in fanout.subscriptions():
+                key = ("websocket" if sub.writer is not None else "sse", sub.mode)
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+        m.gauges_fn(
+            "memsync_subscriptions",
+            "Live subscriptions (with at least one channel), by transport and mode.",
+            ("transport", "mode"),
+            live,
         )
 
     def _observe_existence_check(self, read: bool) -> None:

@@ -209,6 +209,8 @@ class Pump:
     async def send(self, message: bytes, cursor: str | None) -> None:
         """Send one message and remember its cursor."""
         await self._send(message, cursor)
+        if self.sub.stats is not None:
+            self.sub.stats.pumped += 1
         if cursor:
             self.sub.sent_cursor = cursor
         self.sub.last_sent = time.monotonic()
@@ -288,6 +290,8 @@ class Pump:
         sub = self.sub
         replayed: DotContext = self._replayed
         history = self.streams.history
+        stats = self.streams.fanout.stats
+        stats.replays += 1
         try:
             while True:
                 entries, cursor, more = await history.replay(
@@ -302,6 +306,7 @@ class Pump:
                 if not more:
                     break
         except ResyncRequiredError as exc:
+            stats.resyncs += 1
             self._finish_replay(replayed)
             await self.send(control("error", code=exc.code, message=exc.message), None)
             return

@@ -510,6 +510,7 @@ async def sync(request: web.Request) -> web.Response:
                 cursor, lambda tenant, chans: channel_allows(sub, tenant, chans), limit
             )
         except ResyncRequiredError as exc:
+            streams.fanout.stats.resyncs += 1
             return json_response({"error": {"code": exc.code, "message": exc.message}}, 410)
         keys = list(dict.fromkeys(_key_of(e.body) for e in entries))
         token = streams.history.encode_cursor(after)

@@ -366,6 +366,9 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
         "memsync_outbox_pending",
         'memsync_create_existence_checks_total{result="skipped"}',
         'memsync_log_roll_releases_total{log="local"}',
+        "memsync_fanout_batches_total",
+        'memsync_subscriber_writes_total{path="direct"}',
+        "# TYPE memsync_subscriptions gauge",
     ):
         assert name in text
     # The stages: a state read from the store (the GET), the write's journal and append.

@@ -75,7 +75,18 @@ async def test_one_event_reaches_a_subscriber_once_across_matching_channels(gw: 
     await _write(gw, "POST", "/v1/memories", user_id="alice", id="m2", kind="fact")
     (nxt,) = await _events(ws, 1)
     assert nxt["event"]["memory"]["id"] == "m2"  # nothing duplicated in between
+    assert gw.client is not None
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert 'memsync_subscriptions{mode="eager",transport="websocket"} 1.0' in metrics
+    deliveries = _sample(metrics, "memsync_subscriber_deliveries_total")
+    assert deliveries >= 2  # this test's two, and any other subscriber's of this gateway
     await ws.close()
+
+
+def _sample(metrics: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus text page."""
+    (line,) = [ln for ln in metrics.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 async def test_one_memorys_events_arrive_in_order(gw: Gateway) -> None:
@@ -219,6 +230,10 @@ async def test_cursor_beyond_the_kept_history_gets_resync_required(
         )
         assert resp.status == 410
         assert body["error"]["code"] == "resync_required"
+        assert g.client is not None
+        metrics = await (await g.client.get("/metrics")).text()
+        assert "memsync_resync_required_total 2.0" in metrics  # the WebSocket and /v1/sync
+        assert "memsync_subscription_replays_total 1.0" in metrics
     finally:
         await g.stop()
 
@@ -289,6 +304,11 @@ async def test_slow_subscriber_is_dropped_with_its_cursor(
         assert last_error is not None
         assert last_error["code"] == "slow_consumer"
         assert last_error["cursor"]
+        assert g.client is not None
+        metrics = await (await g.client.get("/metrics")).text()
+        assert 'memsync_subscriptions_closed_total{reason="slow_consumer"} 1.0' in metrics
+        assert "memsync_subscriber_coalescing_total 1.0" in metrics
+        assert 'memsync_subscriber_writes_total{path="pump"}' in metrics
     finally:
         await g.stop()
 

@@ -77,6 +77,24 @@ def test_slow_eager_subscriber_coalesces_then_is_dropped() -> None:
     assert sub.pending <= 4 + 6  # bounded: queue + coalesced never past the limits
 
 
+def test_the_fan_outs_counts_follow_what_it_did() -> None:
+    fan, socket = Fanout(10), _Socket()
+    direct = Subscription(claims=_claims(), channels={"user:u1:memories"}, writer=socket)
+    slow = Subscription(claims=_claims(), channels={"user:u1:memories"}, soft_limit=1,
+                        hard_limit=2)  # fmt: skip
+    fan.add(direct)
+    fan.add(slow)
+    fan.publish([_delivery(1)])
+    fan.publish([_delivery(2), _delivery(3)])
+    st = fan.stats
+    assert (st.batches, st.events, st.deliveries) == (2, 3, 6)
+    assert st.direct_writes == 2  # one per batch to the caught-up socket, none to the other
+    assert st.coalescing == 1 and st.closed == {}  # the slow one fell behind after 2
+    fan.publish([_delivery(4), _delivery(5)])
+    assert slow.closed == "slow_consumer" and st.closed == {"slow_consumer": 1}
+    assert st.coalescing == 1  # counted when it began, not per event
+
+
 def test_lazy_batch_carries_the_latest_event_and_state_per_memory() -> None:
     sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy")
     sub.offer(_delivery(1, key="m"))
@@ -365,7 +383,7 @@ def test_one_audience_is_encoded_once_and_written_as_the_queued_path_would() -> 
     assert sockets[2].writes == sockets[0].writes
     assert [e["n"] for e in json.loads(sockets[0].writes[0][0])["events"]] == [1, 2, 3, 4]
     assert all(s.sent_cursor == s.cursor == "c4" for s in subs)
-    assert fan.delivered == 12
+    assert fan.stats.deliveries == 12
 
 
 def test_a_subscriber_of_several_audiences_gets_the_batch_in_order_once() -> None:
