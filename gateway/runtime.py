@@ -218,6 +218,12 @@ class Runtime:
             segment_ms=k.segment_ms,
             grace_ms=k.grace_ms,
             fetch_max_wait_ms=k.fetch_max_wait_ms,
+            # Its records are this gateway's own, applied already by the
+            # write-through (unless it is off): a quiet log is read at a
+            # quieter cadence (KafkaLogReader.brought).
+            quiet_fetch_wait_ms=(
+                k.quiet_fetch_wait_ms or None if s.limits.write_through_queue else None
+            ),
         )
         stack.push_async_callback(self.reader.stop)
         self.dead_letters = KafkaDeadLetters(k.bootstrap)

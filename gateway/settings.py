@@ -44,6 +44,9 @@ class KafkaSettings:
     segment_ms: int = 10_000
     grace_ms: int = 2_000
     fetch_max_wait_ms: int = 5
+    # The local log's fetch wait once it brought nothing new for a second
+    # (only this gateway's own written-through events, or nothing); 0: never.
+    quiet_fetch_wait_ms: int = 25
     request_timeout_ms: int = 3_000
     idempotent: bool = False
     # Consumer groups a segment waits for before deletion, besides this
@@ -189,6 +192,12 @@ class Settings:
                 "MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS must be ≥ 1 (the bundled broker never "
                 "answers a fetch with 0)"
             )
+        q = self.kafka.quiet_fetch_wait_ms
+        if q and not self.kafka.fetch_max_wait_ms <= q <= 1000:
+            raise SettingsError(
+                "MEMSYNC_KAFKA_QUIET_FETCH_WAIT_MS must be 0 (off) or between "
+                f"MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS ({self.kafka.fetch_max_wait_ms}) and 1000"
+            )
         if self.kafka.partitions < 1:
             raise SettingsError("MEMSYNC_KAFKA_PARTITIONS must be ≥ 1")
         if self.kafka.segment_ms < 1000:
@@ -237,6 +246,9 @@ class Settings:
                 grace_ms=r.as_int("MEMSYNC_KAFKA_GRACE_MS", d.kafka.grace_ms),
                 fetch_max_wait_ms=r.as_int(
                     "MEMSYNC_KAFKA_FETCH_MAX_WAIT_MS", d.kafka.fetch_max_wait_ms
+                ),
+                quiet_fetch_wait_ms=r.as_int(
+                    "MEMSYNC_KAFKA_QUIET_FETCH_WAIT_MS", d.kafka.quiet_fetch_wait_ms
                 ),
                 request_timeout_ms=r.as_int(
                     "MEMSYNC_KAFKA_REQUEST_TIMEOUT_MS", d.kafka.request_timeout_ms

@@ -95,15 +95,27 @@ class KafkaLogReader:
         request_timeout_ms: int = 5_000,
         clock: WallClock = wall_ms,
         routes: Routes | None = None,
+        quiet_fetch_wait_ms: int | None = None,
+        quiet_after_ms: int = 1_000,
     ) -> None:
         if fetch_max_wait_ms < 1:
             raise ValueError("fetch_max_wait_ms must be ≥ 1 (0 never delivers on Tansu)")
+        if quiet_fetch_wait_ms is not None and quiet_fetch_wait_ms < fetch_max_wait_ms:
+            raise ValueError("quiet_fetch_wait_ms must be ≥ fetch_max_wait_ms")
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._log_name = log
         self._segment_ms = segment_ms
         self._grace_ms = grace_ms
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        # The quiet cadence (see :meth:`brought`): the fetch wait, and the
+        # least time between two reads that return records, once nothing new
+        # came for ``quiet_after_ms``. ``_wait_ms`` is the wait in effect.
+        self._quiet_wait_ms = quiet_fetch_wait_ms
+        self._quiet_after_s = quiet_after_ms / 1000
+        self._wait_ms = fetch_max_wait_ms
+        self._fresh_until = 0.0  # monotonic: the fast cadence holds until then
+        self._returned_at = 0.0  # monotonic: the last read that returned records
         self._max_records = max_records
         self._refresh_s = refresh_ms / 1000
         # While records wait for a later fetch of an earlier segment (an
@@ -111,7 +123,6 @@ class KafkaLogReader:
         # waits. Half a fetch wait held records ~7.9 ms instead of ~10.5 ms,
         # but a CI run then hung in the segment-deletion test (not reproduced
         # in 22 runs alone): reverted until that is understood.
-        self._gate_poll_s = max(0.01, 2 * fetch_max_wait_ms / 1000)
         self._request_timeout_ms = request_timeout_ms
         # A ListOffsets answer is immediate; a slow one must not stop reading
         # (the next fetch releases the records anyway).
@@ -154,6 +165,8 @@ class KafkaLogReader:
         # A restart reads from the committed offsets again: what the last run
         # returned but nobody committed may not have been applied.
         self._forget_positions()
+        self._wait_ms = self._fetch_max_wait_ms  # the consumer below starts fast
+        self._fresh_until = time.monotonic() + self._quiet_after_s
         self._admin = _Admin(self._bootstrap, self._request_timeout_ms, self._routes)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -225,11 +238,60 @@ class KafkaLogReader:
     def _tp(self, segment: int, partition: int) -> TopicPartition:
         return TopicPartition(topic_name(self._log_name, segment), partition)
 
+    @property
+    def _gate_poll_s(self) -> float:
+        # While records wait for a later fetch of an earlier segment (an
+        # empty fetch does not wake getmany), look again after two fetch waits.
+        return max(0.01, 2 * self._wait_ms / 1000)
+
+    @property
+    def quiet(self) -> bool:
+        """Whether the quiet cadence is in effect (nothing new came for a while)."""
+        return self._quiet_wait_ms is not None and time.monotonic() >= self._fresh_until
+
+    def brought(self, new: bool) -> None:
+        """Tell the reader whether the records it last returned changed anything.
+
+        Only with ``quiet_fetch_wait_ms``: once nothing new came for
+        ``quiet_after_ms``, fetches wait ``quiet_fetch_wait_ms`` instead of
+        ``fetch_max_wait_ms`` and at most one read per that wait returns
+        records (aiokafka fetches nothing more from a broker while fetched
+        records wait to be read). The bundled broker answers a fetch only when
+        its wait expires, so a reader polls it every wait even when idle: for
+        a gateway's own log, whose records its write-through already applied,
+        that is CPU on both sides for nothing. The first new record after a
+        quiet spell waits at most one quiet wait more; it restores the fast
+        cadence at once.
+        """
+        if new:
+            self._fresh_until = time.monotonic() + self._quiet_after_s
+
+    def _cadence(self, consumer: AIOKafkaConsumer) -> bool:
+        """Set the fetch wait the cadence asks for; whether it is the quiet one."""
+        quiet = self.quiet
+        wait = self._quiet_wait_ms if quiet and self._quiet_wait_ms else self._fetch_max_wait_ms
+        if wait != self._wait_ms:
+            self._wait_ms = wait
+            _set_fetch_wait(consumer, wait)
+        return quiet
+
     async def read(self, max_records: int | None = None, timeout_ms: int = 1000) -> list[LogRecord]:
         """Up to ``max_records`` records, waiting at most ``timeout_ms`` for the first."""
         consumer, _ = self._require()
         limit = max_records or self._max_records
         deadline = time.monotonic() + timeout_ms / 1000
+        if self._cadence(consumer):
+            pause = min(self._returned_at + self._wait_ms / 1000, deadline) - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+        records = await self._read(consumer, limit, deadline)
+        if records:
+            self._returned_at = time.monotonic()
+        return records
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, limit: int, deadline: float
+    ) -> list[LogRecord]:
         while True:
             if time.monotonic() >= self._next_refresh:
                 await self._refresh()
@@ -688,7 +750,7 @@ class KafkaLogReader:
         """
         consumer, _ = self._require()
         now, wall = self._clock(), time.time() * 1000
-        fresh_ms = 2 * self._fetch_max_wait_ms + 10
+        fresh_ms = 2 * self._wait_ms + 10
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         behind: set[int] = set()  # partition indexes with an earlier segment not caught up
@@ -764,3 +826,15 @@ class KafkaLogReader:
                 elif end == 0:
                     release[tp] = 0
         await self._reassign(done, release)
+
+
+def _set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+    """Change the ``max_wait_time`` of the consumer's next fetch requests.
+
+    aiokafka has no public setter; its fetcher reads this attribute for every
+    FetchRequest it builds. Without it (another aiokafka) the wait stays as
+    constructed and only the pacing of reads applies.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+        fetcher._fetch_max_wait_ms = wait_ms

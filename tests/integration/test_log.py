@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,6 +123,38 @@ async def test_append_then_read_round_trips_keys_values_and_headers(broker: Tans
     assert by_key[b"mem-1"].headers == (("event-id", b"e1"), ("empty", b""))
     assert by_key[b"mem-2"].headers == ()
     assert all(r.segment == 1000 and r.topic == topic_name("t.events", 1000) for r in got)
+
+
+async def test_a_quiet_reader_fetches_at_its_quiet_cadence_until_something_new_comes(
+    broker: TansuBroker,
+) -> None:
+    clock = clock_at(1000)
+    async with (
+        event_log(broker, clock=clock) as log,
+        log_reader(broker, "g", clock=clock, quiet_fetch_wait_ms=80, quiet_after_ms=200) as reader,
+    ):
+        await log.append(b"k", b"first")
+        await read_until(reader, 1)
+        assert not reader.quiet  # fast for quiet_after_ms after it started
+        await asyncio.sleep(0.25)  # nothing said new since: quiet
+        assert reader.quiet
+        returned = []
+        for i in range(3):  # each record appended as soon as the previous one was read
+            await log.append(b"k", b"quiet%d" % i)
+            got = await read_until(reader, 1)
+            returned.append(time.monotonic())
+            assert got[0].value == b"quiet%d" % i  # delivered, just not sooner
+        # At most one read returning records per quiet wait, and the consumer's
+        # fetches wait that long (aiokafka's private attribute: this fails first
+        # if a new aiokafka renames it).
+        assert all(b - a >= 0.08 for a, b in itertools.pairwise(returned))
+        assert reader._consumer is not None
+        assert reader._consumer._fetcher._fetch_max_wait_ms == 80
+        reader.brought(True)  # the applier saw something new: fast again at once
+        assert not reader.quiet
+        await log.append(b"k", b"fast")
+        assert (await read_until(reader, 1))[0].value == b"fast"
+        assert reader._consumer._fetcher._fetch_max_wait_ms == 5
 
 
 async def test_one_key_stays_in_one_partition_in_order(broker: TansuBroker) -> None:

@@ -196,3 +196,12 @@ def test_the_applier_commit_delay_is_checked() -> None:
     for bad in ("-1", "600000"):
         with pytest.raises(SettingsError, match="MEMSYNC_APPLY_COMMIT_MS"):
             Settings.from_env({**env, "MEMSYNC_APPLY_COMMIT_MS": bad}).validated()
+
+
+def test_the_quiet_fetch_wait_is_checked() -> None:
+    env = {"MEMSYNC_REGION": "us-east", "MEMSYNC_INSECURE_DEV": "1"}
+    assert Settings.from_env(env).validated().kafka.quiet_fetch_wait_ms == 25
+    assert Settings.from_env({**env, "MEMSYNC_KAFKA_QUIET_FETCH_WAIT_MS": "0"}).validated()
+    for bad in ("3", "5000"):  # below the fetch wait (5), or past a second
+        with pytest.raises(SettingsError, match="MEMSYNC_KAFKA_QUIET_FETCH_WAIT_MS"):
+            Settings.from_env({**env, "MEMSYNC_KAFKA_QUIET_FETCH_WAIT_MS": bad}).validated()
