@@ -780,6 +780,11 @@ async def _wait_deliveries(
         await asyncio.sleep(0.25)
 
 
+def _at(rate: float) -> str:
+    """A rate as the phases name it: ``@1k/s``, ``@250/s``."""
+    return f"@{rate / 1000:g}k/s" if rate >= 1000 else f"@{rate:g}/s"
+
+
 def _meets(value: float, target: float) -> str:
     return "yes" if value <= target else "NO"
 
@@ -880,7 +885,7 @@ async def measure_propagation(
     rows are ``r …`` rows, with no target.
     """
     rate = rate or plan.rate
-    at = f"@{rate / 1000:g}k/s" if rate >= 1000 else f"@{rate:g}/s"
+    at = _at(rate)
     subs = pool.ready
     tag, warm_tag = f"b{pool.count}r{rate:g}", f"wb{pool.count}r{rate:g}"
     phase, key = (f"r {reference}:", "r_") if reference else ("b", "b_")
@@ -1319,7 +1324,7 @@ async def measure_floor_rows(region: LocalRegion, plan: Plan, rows: list[dict[st
     f = summarize(floor)
     rows.append(
         {
-            "phase": "a floor produce→consume @1k/s",
+            "phase": f"a floor produce→consume {_at(plan.rate)}",
             "n": len(floor),
             "expected": n,
             "received": len(floor),
@@ -1332,7 +1337,9 @@ async def measure_floor_rows(region: LocalRegion, plan: Plan, rows: list[dict[st
     )
     rows.append(
         {
-            **floor_acks.row("a floor produce→ack @1k/s", plan.floor_seconds, plan.rate),
+            **floor_acks.row(
+                f"a floor produce→ack {_at(plan.rate)}", plan.floor_seconds, plan.rate
+            ),
             "achieved_per_s": None,
         }
     )
@@ -1369,7 +1376,9 @@ async def measure_gateway(
     log(f"(b) no subscribers: {n} writes at {plan.rate:.0f}/s open loop (reference)")
     acks = Latencies()
     took = await open_loop(plan.rate, n, lambda i: writer.write("b0", i), acks.record, workers=256)
-    rows.append({**acks.row("b write ack (POST) @1k/s, 0 subs", took, plan.rate), "subs": 0})
+    rows.append(
+        {**acks.row(f"b write ack (POST) {_at(plan.rate)}, 0 subs", took, plan.rate), "subs": 0}
+    )
     meta["b_0_subscribers_cpu_pct"] = cpu.pct()
 
     log(f"(b) one subscriber on {CHANNEL}: single writes at {plan.single_rate:g}/s")

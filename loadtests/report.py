@@ -50,9 +50,10 @@ def emit(
     rows: list[dict[str, Any]],
     columns: list[str],
     meta: dict[str, Any] | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> None:
-    """Print ``rows`` as a table, then the whole result as one JSON line."""
+    """Print ``rows`` as a table, then the whole result as one JSON line (default: stdout)."""
+    out = out if out is not None else sys.stdout  # looked up now: whoever redirected it
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print(f"\n{name}", file=out)
     print("  ".join(c.ljust(widths[c]) for c in columns), file=out)
