@@ -73,6 +73,7 @@ class FanoutStats:
         "deliveries",
         "direct_writes",
         "events",
+        "other_writes",
         "pumped",
         "replays",
         "resyncs",
@@ -82,7 +83,8 @@ class FanoutStats:
         self.batches = 0  # batches published
         self.events = 0  # events in them
         self.deliveries = 0  # (event, subscription) pairs offered or written
-        self.direct_writes = 0  # socket writes made by the fan-out itself
+        self.direct_writes = 0  # the fan-out's own batch writes to caught-up sockets
+        self.other_writes = 0  # other straight socket writes: queues flushed, control, heartbeats
         self.pumped = 0  # messages sent by connections' pumps (flow-controlled)
         self.coalescing = 0  # times an eager subscription fell behind and began coalescing
         self.replays = 0  # resumes from a cursor replayed from the history
@@ -313,7 +315,7 @@ class Subscription:
     def wrote(self, writer: DirectWriter, data: bytes, cursor: str) -> None:
         """Send bytes :meth:`direct_writer`'s connection encoded; ``cursor`` stands after them."""
         self.cursor = cursor
-        self._send_now(writer, data, cursor)
+        self._send_now(writer, data, cursor, batch=True)
 
     def _writable(self) -> DirectWriter | None:
         """The connection, if the fan-out may write to it now.
@@ -334,7 +336,9 @@ class Subscription:
             return None
         return writer
 
-    def _send_now(self, writer: DirectWriter, data: bytes, cursor: str | None) -> None:
+    def _send_now(
+        self, writer: DirectWriter, data: bytes, cursor: str | None, *, batch: bool = False
+    ) -> None:
         try:
             writer.write_encoded(data)
         except (OSError, RuntimeError):  # the connection went away under us
@@ -342,7 +346,10 @@ class Subscription:
             self._wake()
             return
         if self.stats is not None:
-            self.stats.direct_writes += 1
+            if batch:  # the fan-out's own write of a batch to a caught-up subscriber
+                self.stats.direct_writes += 1
+            else:
+                self.stats.other_writes += 1
         if cursor:
             self.sent_cursor = cursor
         self.last_sent = time.monotonic()

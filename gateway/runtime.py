@@ -222,7 +222,9 @@ class Runtime:
             # write-through (unless it is off): a quiet log is read at a
             # quieter cadence (KafkaLogReader.brought).
             quiet_fetch_wait_ms=(
-                k.quiet_fetch_wait_ms or None if s.limits.write_through_queue else None
+                max(k.quiet_fetch_wait_ms, k.fetch_max_wait_ms)
+                if k.quiet_fetch_wait_ms and s.limits.write_through_queue
+                else None
             ),
         )
         stack.push_async_callback(self.reader.stop)
@@ -418,11 +420,17 @@ class Runtime:
             lambda: st.deliveries)  # fmt: skip
         m.counter_fn(
             "memsync_subscriber_writes",
-            "Writes to subscribers: by the fan-out straight to a caught-up WebSocket's socket "
-            "(path=direct, one per batch and subscriber), or messages a connection's pump "
-            "sent with flow control (path=pump: replays, lazy batches, SSE, a full socket).",
+            "Writes to subscribers: the fan-out's own write of a published batch to a "
+            "caught-up WebSocket (path=direct, one per audience of the batch and subscriber); "
+            "other straight socket writes (path=other: queued messages flushed, control "
+            "replies, heartbeats); messages a connection's pump sent with flow control "
+            "(path=pump: replays, lazy batches, SSE, a full socket).",
             ("path",),
-            lambda: {("direct",): st.direct_writes, ("pump",): st.pumped},
+            lambda: {
+                ("direct",): st.direct_writes,
+                ("other",): st.other_writes,
+                ("pump",): st.pumped,
+            },
         )
         one("memsync_subscriber_coalescing",
             "Times an eager subscription fell past its soft limit and began coalescing "
@@ -435,13 +443,16 @@ class Runtime:
             lambda: {(r,): n for r, n in st.closed.items()},
         )
         one("memsync_subscription_replays",
-            "Resumes from a cursor replayed from the history.", lambda: st.replays)  # fmt: skip
+            "Resumes from a cursor served from the history (not those answered "
+            "resync_required).", lambda: st.replays)  # fmt: skip
         one("memsync_resync_required",
             "Cursors answered resync_required (history gone), WebSocket and /v1/sync.",
             lambda: st.resyncs)  # fmt: skip
 
         def live() -> dict[tuple[str, ...], float]:
-            counts: dict[tuple[str, ...], float] = {}
+            counts: dict[tuple[str, ...], float] = {
+                (t, mode): 0 for t in ("websocket", "sse") for mode in ("eager", "lazy")
+            }
             for sub in fanout.subscriptions():
                 key = ("websocket" if sub.writer is not None else "sse", sub.mode)
                 counts[key] = counts.get(key, 0) + 1

@@ -291,7 +291,6 @@ class Pump:
         replayed: DotContext = self._replayed
         history = self.streams.history
         stats = self.streams.fanout.stats
-        stats.replays += 1
         try:
             while True:
                 entries, cursor, more = await history.replay(
@@ -310,6 +309,7 @@ class Pump:
             self._finish_replay(replayed)
             await self.send(control("error", code=exc.code, message=exc.message), None)
             return
+        stats.replays += 1
         token = history.encode_cursor(cursor)
         sub.cursor = token
         self._finish_replay(replayed)

@@ -116,13 +116,9 @@ class KafkaLogReader:
         self._wait_ms = fetch_max_wait_ms
         self._fresh_until = 0.0  # monotonic: the fast cadence holds until then
         self._returned_at = 0.0  # monotonic: the last read that returned records
+        self._backlog = False  # the last read returned a full batch: read on at once
         self._max_records = max_records
         self._refresh_s = refresh_ms / 1000
-        # While records wait for a later fetch of an earlier segment (an
-        # empty fetch does not wake getmany), look again after two fetch
-        # waits. Half a fetch wait held records ~7.9 ms instead of ~10.5 ms,
-        # but a CI run then hung in the segment-deletion test (not reproduced
-        # in 22 runs alone): reverted until that is understood.
         self._request_timeout_ms = request_timeout_ms
         # A ListOffsets answer is immediate; a slow one must not stop reading
         # (the next fetch releases the records anyway).
@@ -241,7 +237,10 @@ class KafkaLogReader:
     @property
     def _gate_poll_s(self) -> float:
         # While records wait for a later fetch of an earlier segment (an
-        # empty fetch does not wake getmany), look again after two fetch waits.
+        # empty fetch does not wake getmany), look again after two fetch
+        # waits. Half a fetch wait held records ~7.9 ms instead of ~10.5 ms,
+        # but a CI run then hung in the segment-deletion test (not reproduced
+        # in 22 runs alone): reverted until that is understood.
         return max(0.01, 2 * self._wait_ms / 1000)
 
     @property
@@ -255,8 +254,9 @@ class KafkaLogReader:
         Only with ``quiet_fetch_wait_ms``: once nothing new came for
         ``quiet_after_ms``, fetches wait ``quiet_fetch_wait_ms`` instead of
         ``fetch_max_wait_ms`` and at most one read per that wait returns
-        records (aiokafka fetches nothing more from a broker while fetched
-        records wait to be read). The bundled broker answers a fetch only when
+        records, unless the last one returned a full batch (aiokafka fetches
+        nothing more from a broker while fetched records wait to be read). The
+        bundled broker answers a fetch only when
         its wait expires, so a reader polls it every wait even when idle: for
         a gateway's own log, whose records its write-through already applied,
         that is CPU on both sides for nothing. The first new record after a
@@ -280,13 +280,17 @@ class KafkaLogReader:
         consumer, _ = self._require()
         limit = max_records or self._max_records
         deadline = time.monotonic() + timeout_ms / 1000
-        if self._cadence(consumer):
+        if self._cadence(consumer) and not self._backlog:
             pause = min(self._returned_at + self._wait_ms / 1000, deadline) - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
         records = await self._read(consumer, limit, deadline)
         if records:
             self._returned_at = time.monotonic()
+        # A full batch: more may be waiting (a backlog of own events after a
+        # restart, or writes past what one batch per quiet wait carries), so
+        # the next read does not wait for the cadence.
+        self._backlog = len(records) >= limit
         return records
 
     async def _read(
@@ -750,7 +754,9 @@ class KafkaLogReader:
         """
         consumer, _ = self._require()
         now, wall = self._clock(), time.time() * 1000
-        fresh_ms = 2 * self._wait_ms + 10
+        # A fetch sent at the quiet wait may still be in flight after the
+        # cadence went fast again: "made after the seal" allows for the longer.
+        fresh_ms = 2 * max(self._fetch_max_wait_ms, self._quiet_wait_ms or 0) + 10
         pause: list[TopicPartition] = []
         resume: list[TopicPartition] = []
         behind: set[int] = set()  # partition indexes with an earlier segment not caught up

@@ -62,7 +62,7 @@ async def test_the_propagation_benchmark_counts_every_delivery(
     assert floor["received"] == floor["expected"] > 0
     meta = result["meta"]
     assert meta["d_idle"]["connections"] == 40
-    assert 0 < meta["d_idle"]["kib_per_conn"] < 1024
+    assert 0 < meta["d_idle"]["kib_per_conn"] < 64  # 40 connections: RSS pages are coarse
     assert "b write ack (POST) @100/s, 0 subs" in rows
     idle = _result(out, "propagation_bench.idle")
     assert idle["results"]

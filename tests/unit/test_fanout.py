@@ -90,6 +90,8 @@ def test_the_fan_outs_counts_follow_what_it_did() -> None:
     assert (st.batches, st.events, st.deliveries) == (2, 3, 6)
     assert st.direct_writes == 2  # one per batch to the caught-up socket, none to the other
     assert st.coalescing == 1 and st.closed == {}  # the slow one fell behind after 2
+    direct.send_direct(b"control")  # straight to the socket, but not a published batch
+    assert (st.direct_writes, st.other_writes) == (2, 1)
     fan.publish([_delivery(4), _delivery(5)])
     assert slow.closed == "slow_consumer" and st.closed == {"slow_consumer": 1}
     assert st.coalescing == 1  # counted when it began, not per event
