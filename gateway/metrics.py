@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -184,28 +185,21 @@ class Metrics:
         """A gauge whose value is computed at scrape time."""
         Gauge(name, doc, registry=self.registry).set_function(fn)
 
-    def counter_fn(
+    def scraped(
         self,
         name: str,
         doc: str,
         labels: tuple[str, ...],
         fn: Callable[[], Mapping[tuple[str, ...], float]],
+        *,
+        kind: Literal["counter", "gauge"] = "counter",
     ) -> None:
-        """Counters (``name`` without ``_total``) kept elsewhere, read at scrape time.
+        """Counters (``name`` without ``_total``) or gauges kept elsewhere, read at scrape time.
 
-        ``fn`` maps each tuple of ``labels`` values to its count (``()`` with no labels).
+        ``fn`` maps each tuple of ``labels`` values to its value (``()`` with no labels).
         """
-        self.registry.register(_Scraped(CounterMetricFamily, name, doc, labels, fn))
-
-    def gauges_fn(
-        self,
-        name: str,
-        doc: str,
-        labels: tuple[str, ...],
-        fn: Callable[[], Mapping[tuple[str, ...], float]],
-    ) -> None:
-        """Gauges per tuple of ``labels`` values, computed at scrape time."""
-        self.registry.register(_Scraped(GaugeMetricFamily, name, doc, labels, fn))
+        family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        self.registry.register(_Scraped(family, name, doc, labels, fn))
 
 
 class _Scraped(Collector):

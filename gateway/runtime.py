@@ -392,7 +392,7 @@ class Runtime:
             )
         m.gauge_fn("memsync_cache_bytes", "Estimated bytes in the cache.", lambda: cache.size_bytes)
         m.gauge_fn("memsync_cache_entries", "Memories in the cache.", lambda: len(cache))
-        m.counter_fn(
+        m.scraped(
             "memsync_log_roll_releases",
             "Times records held after a segment roll were let go by an end-offsets answer "
             "(instead of a later fetch), by log: local, or the peer region mirrored here.",
@@ -410,7 +410,7 @@ class Runtime:
         st = fanout.stats
 
         def one(name: str, doc: str, fn: Callable[[], int]) -> None:
-            m.counter_fn(name, doc, (), lambda: {(): fn()})
+            m.scraped(name, doc, (), lambda: {(): fn()})
 
         one("memsync_fanout_batches", "Batches of applied events the fan-out published.",
             lambda: st.batches)  # fmt: skip
@@ -418,7 +418,7 @@ class Runtime:
         one("memsync_subscriber_deliveries",
             "Events offered or written to subscriptions (one per event and subscription).",
             lambda: st.deliveries)  # fmt: skip
-        m.counter_fn(
+        m.scraped(
             "memsync_subscriber_writes",
             "Writes to subscribers: the fan-out's own write of a published batch to a "
             "caught-up WebSocket (path=direct, one per audience of the batch and subscriber); "
@@ -435,7 +435,7 @@ class Runtime:
         one("memsync_subscriber_coalescing",
             "Times an eager subscription fell past its soft limit and began coalescing "
             "per memory.", lambda: st.coalescing)  # fmt: skip
-        m.counter_fn(
+        m.scraped(
             "memsync_subscriptions_closed",
             "Subscriptions the server closed, by reason (slow_consumer: past the hard "
             "limit, with its resume cursor; connection_lost: the socket failed).",
@@ -458,11 +458,12 @@ class Runtime:
                 counts[key] = counts.get(key, 0) + 1
             return counts
 
-        m.gauges_fn(
+        m.scraped(
             "memsync_subscriptions",
             "Live subscriptions (with at least one channel), by transport and mode.",
             ("transport", "mode"),
             live,
+            kind="gauge",
         )
 
     def _observe_existence_check(self, read: bool) -> None:
