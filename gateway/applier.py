@@ -71,9 +71,6 @@ class Reader(Protocol):
     async def commit(self, records: Sequence[Any]) -> None:
         """Commit past these records."""
 
-    def brought(self, new: bool) -> None:
-        """Whether the records last read changed anything (the reader's cadence)."""
-
 
 class DeadLetterSink(Protocol):
     """Where poisoned records go."""
@@ -164,7 +161,7 @@ class Applier:
             if records:
                 while True:
                     try:
-                        changed = await self.apply_batch(records)
+                        await self.apply_batch(records)
                         break
                     except MemsyncError as exc:
                         _log.warning(
@@ -173,9 +170,6 @@ class Applier:
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 2.0)
                 backoff = 0.05
-                # Own events the write-through applied come back as no change:
-                # a log bringing only those may be read at a quieter cadence.
-                self._reader.brought(bool(changed))
                 for record in records:
                     uncommitted[(record.topic, record.partition)] = record
             now = time.monotonic()

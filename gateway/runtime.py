@@ -219,8 +219,8 @@ class Runtime:
             grace_ms=k.grace_ms,
             fetch_max_wait_ms=k.fetch_max_wait_ms,
             # Its records are this gateway's own, applied already by the
-            # write-through (unless it is off): a quiet log is read at a
-            # quieter cadence (KafkaLogReader.brought).
+            # write-through (unless it is off): an idle log is polled at a
+            # quieter cadence (KafkaLogReader.quiet).
             quiet_fetch_wait_ms=(
                 max(k.quiet_fetch_wait_ms, k.fetch_max_wait_ms)
                 if k.quiet_fetch_wait_ms and s.limits.write_through_queue

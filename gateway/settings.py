@@ -44,8 +44,8 @@ class KafkaSettings:
     segment_ms: int = 10_000
     grace_ms: int = 2_000
     fetch_max_wait_ms: int = 5
-    # The local log's fetch wait once it brought nothing new for a second
-    # (only this gateway's own written-through events, or nothing); 0: never,
+    # The local log's fetch wait once it brought nothing for a second (its
+    # events are this gateway's own, written through already); 0: never,
     # and never shorter than fetch_max_wait_ms. At most 100: the applier reads
     # every 100 ms at least, so a longer wait would not pace its reads.
     quiet_fetch_wait_ms: int = 25

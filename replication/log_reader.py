@@ -108,15 +108,12 @@ class KafkaLogReader:
         self._segment_ms = segment_ms
         self._grace_ms = grace_ms
         self._fetch_max_wait_ms = fetch_max_wait_ms
-        # The quiet cadence (see :meth:`brought`): the fetch wait, and the
-        # least time between two reads that return records, once nothing new
-        # came for ``quiet_after_ms``. ``_wait_ms`` is the wait in effect.
+        # The quiet cadence (see :attr:`quiet`): the fetch wait once no read
+        # returned records for ``quiet_after_ms``. ``_wait_ms`` is the wait in effect.
         self._quiet_wait_ms = quiet_fetch_wait_ms
         self._quiet_after_s = quiet_after_ms / 1000
         self._wait_ms = fetch_max_wait_ms
-        self._fresh_until = 0.0  # monotonic: the fast cadence holds until then
-        self._returned_at = 0.0  # monotonic: the last read that returned records
-        self._backlog = False  # the last read returned a full batch: read on at once
+        self._active_until = 0.0  # monotonic: the fast cadence holds until then
         self._max_records = max_records
         self._refresh_s = refresh_ms / 1000
         self._request_timeout_ms = request_timeout_ms
@@ -162,7 +159,7 @@ class KafkaLogReader:
         # returned but nobody committed may not have been applied.
         self._forget_positions()
         self._wait_ms = self._fetch_max_wait_ms  # the consumer below starts fast
-        self._fresh_until = time.monotonic() + self._quiet_after_s
+        self._active_until = time.monotonic() + self._quiet_after_s
         self._admin = _Admin(self._bootstrap, self._request_timeout_ms, self._routes)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -245,52 +242,41 @@ class KafkaLogReader:
 
     @property
     def quiet(self) -> bool:
-        """Whether the quiet cadence is in effect (nothing new came for a while)."""
-        return self._quiet_wait_ms is not None and time.monotonic() >= self._fresh_until
+        """Whether the quiet cadence is in effect.
 
-    def brought(self, new: bool) -> None:
-        """Tell the reader whether the records it last returned changed anything.
-
-        Only with ``quiet_fetch_wait_ms``: once nothing new came for
+        Only with ``quiet_fetch_wait_ms``: once no read returned records for
         ``quiet_after_ms``, fetches wait ``quiet_fetch_wait_ms`` instead of
-        ``fetch_max_wait_ms`` and at most one read per that wait returns
-        records, unless the last one returned a full batch (aiokafka fetches
-        nothing more from a broker while fetched records wait to be read). The
-        bundled broker answers a fetch only when
-        its wait expires, so a reader polls it every wait even when idle: for
-        a gateway's own log, whose records its write-through already applied,
-        that is CPU on both sides for nothing. The first new record after a
-        quiet spell waits at most one quiet wait more; it restores the fast
-        cadence at once.
+        ``fetch_max_wait_ms``; the first read that returns records brings the
+        fast wait back. The bundled broker answers a fetch only when its wait
+        expires, so a reader polls it every wait even when the log is idle:
+        CPU on both sides for nothing. The first record after a quiet spell
+        waits at most one quiet wait more. Only for a log whose first record
+        after a pause may come that much later: a gateway's own log, whose
+        events its write-through applied already. While records flow the
+        wait stays fast (an earlier rule that went quiet while the records
+        were only already-applied ones made an overloaded gateway's
+        subscribers later).
         """
-        if new:
-            self._fresh_until = time.monotonic() + self._quiet_after_s
+        return self._quiet_wait_ms is not None and time.monotonic() >= self._active_until
 
-    def _cadence(self, consumer: AIOKafkaConsumer) -> bool:
-        """Set the fetch wait the cadence asks for; whether it is the quiet one."""
-        quiet = self.quiet
-        wait = self._quiet_wait_ms if quiet and self._quiet_wait_ms else self._fetch_max_wait_ms
+    def _cadence(self, consumer: AIOKafkaConsumer) -> None:
+        """Set the fetch wait the cadence asks for."""
+        wait = (
+            self._quiet_wait_ms if self.quiet and self._quiet_wait_ms else self._fetch_max_wait_ms
+        )
         if wait != self._wait_ms:
             self._wait_ms = wait
             _set_fetch_wait(consumer, wait)
-        return quiet
 
     async def read(self, max_records: int | None = None, timeout_ms: int = 1000) -> list[LogRecord]:
         """Up to ``max_records`` records, waiting at most ``timeout_ms`` for the first."""
         consumer, _ = self._require()
         limit = max_records or self._max_records
         deadline = time.monotonic() + timeout_ms / 1000
-        if self._cadence(consumer) and not self._backlog:
-            pause = min(self._returned_at + self._wait_ms / 1000, deadline) - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
+        self._cadence(consumer)
         records = await self._read(consumer, limit, deadline)
         if records:
-            self._returned_at = time.monotonic()
-        # A full batch: more may be waiting (a backlog of own events after a
-        # restart, or writes past what one batch per quiet wait carries), so
-        # the next read does not wait for the cadence.
-        self._backlog = len(records) >= limit
+            self._active_until = time.monotonic() + self._quiet_after_s
         return records
 
     async def _read(

@@ -130,7 +130,6 @@ class _Reader:
     def __init__(self, script: list[list[_Record]]) -> None:
         self.script = script
         self.commits: list[list[tuple[int, int]]] = []
-        self.cadence: list[bool] = []  # what the applier said each batch brought
         self.drained = asyncio.Event()
 
     async def read(self, max_records: int, timeout_ms: int) -> list[_Record]:
@@ -139,9 +138,6 @@ class _Reader:
         self.drained.set()
         await asyncio.sleep(timeout_ms / 1000)
         return []
-
-    def brought(self, new: bool) -> None:
-        self.cadence.append(new)
 
     async def commit(self, records: list[_Record]) -> None:
         self.commits.append(sorted((r.partition, r.offset) for r in records))
@@ -195,15 +191,6 @@ async def test_offsets_are_committed_once_for_several_batches_and_when_the_log_g
     assert reader.commits == [[(0, 2), (1, 2)]]
     for key in replica.states:
         assert await store.get(key) is not None  # every batch applied before its commit
-
-
-async def test_the_reader_is_told_whether_each_batch_changed_anything() -> None:
-    replica = Replica("r1")
-    records = [_Record(encode(e), offset=n) for n, e in enumerate(_creates(replica, 3))]
-    reader = _Reader([records[0:2], records[0:2], records[1:3]])  # the second: duplicates
-    applier = _make(_Store(), _Service(), SeqTracker(), reader=reader, poll_ms=10)
-    await _run_until_drained(applier, reader)
-    assert reader.cadence == [True, False, True]  # the third brings one new event
 
 
 class _CountingStore(_Store):
