@@ -46,8 +46,8 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 5
     # The local log's fetch wait once it brought nothing for a second (its
     # events are this gateway's own, written through already); 0: never,
-    # and never shorter than fetch_max_wait_ms. At most 100: the applier reads
-    # every 100 ms at least, so a longer wait would not pace its reads.
+    # and never shorter than fetch_max_wait_ms. At most 100 (ms): what the
+    # first record after a quiet second may wait more.
     quiet_fetch_wait_ms: int = 25
     request_timeout_ms: int = 3_000
     idempotent: bool = False

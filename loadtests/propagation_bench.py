@@ -26,7 +26,8 @@ d. **idle subscribers** — 10,000 WebSocket connections, each subscribed to
    connection (measured first, on a fresh gateway, so memory freed by other
    phases cannot hide the cost; the gateway is then restarted on the same
    data, so the other phases do not inherit the teardown of those
-   connections);
+   connections); then the restarted gateway's CPU and its broker's while
+   idle (no writes, no subscribers), what every phase has beneath it;
 r. **the reference** the targets were set against, measured last, once the
    region is stopped, on a fresh broker of its own (what the gateway had at
    its start; the bundled broker keeps every record in memory):
@@ -134,6 +135,7 @@ class Plan:
     single_seconds: float = 15.0
     connect_rate: float = 1000.0
     rate: float = 1000.0
+    idle_cpu_seconds: float = 5.0  # the idle gateway's CPU (no writes, no subscribers)
 
 
 QUICK = Plan(
@@ -151,6 +153,7 @@ QUICK = Plan(
     drain_max=30.0,
     ref_seconds=2.0,
     single_seconds=5.0,
+    idle_cpu_seconds=2.0,
 )
 DEFAULT = Plan(
     floor_seconds=5,
@@ -1317,6 +1320,31 @@ async def run_bench(
     return 0
 
 
+async def measure_idle_cpu(
+    region: LocalRegion, plan: Plan, rows: list[dict[str, Any]], meta: dict[str, Any]
+) -> None:
+    """The idle gateway's CPU and its broker's: what every phase has beneath it.
+
+    Measured once the local log has been quiet past its quiet cadence's
+    second (``MEMSYNC_KAFKA_QUIET_FETCH_WAIT_MS``): on the bundled broker an
+    idle reader still polls every fetch wait.
+    """
+    await asyncio.sleep(1.5)
+    cpu = CpuMeter(_pids(region))
+    await asyncio.sleep(plan.idle_cpu_seconds)
+    usage = cpu.pct()
+    meta["d_idle_gateway_cpu_pct"] = usage
+    log(f"(d) idle gateway over {plan.idle_cpu_seconds:g} s: CPU % of a core {usage}")
+    rows.append(
+        {
+            "phase": "d idle gateway: no writes, no subscribers (CPU)",
+            "subs": 0,
+            "gw_cpu_pct": usage["gateway"],
+            "client_cpu_pct": f"broker {usage['broker']:g}",
+        }
+    )
+
+
 async def measure_floor_rows(region: LocalRegion, plan: Plan, rows: list[dict[str, Any]]) -> None:
     """(a) the raw produce→consume floor: two rows."""
     log(f"(a) floor: produce→consume at {plan.rate:.0f}/s for {plan.floor_seconds} s")
@@ -1368,6 +1396,7 @@ async def measure_gateway(
     warm = Latencies()
     await open_loop(500, 300, lambda i: writer.write("w1", i), warm.record, workers=32)
 
+    await measure_idle_cpu(region, plan, rows, meta)
     await measure_floor_rows(region, plan, rows)
 
     # reference: the same writes with nobody subscribed

@@ -33,6 +33,7 @@ TINY = propagation_bench.Plan(
     single_rate=20.0,
     single_seconds=1.0,
     rate=100.0,
+    idle_cpu_seconds=1.0,
 )
 
 
@@ -64,5 +65,7 @@ async def test_the_propagation_benchmark_counts_every_delivery(
     assert meta["d_idle"]["connections"] == 40
     assert 0 < meta["d_idle"]["kib_per_conn"] < 64  # 40 connections: RSS pages are coarse
     assert "b write ack (POST) @100/s, 0 subs" in rows
+    idle_cpu = rows["d idle gateway: no writes, no subscribers (CPU)"]
+    assert idle_cpu["gw_cpu_pct"] > 0 and meta["d_idle_gateway_cpu_pct"]["broker"] > 0
     idle = _result(out, "propagation_bench.idle")
     assert idle["results"]
