@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -39,7 +38,7 @@ from replication.merge import apply, join
 from replication.schema import MemoryEvent, decode_event
 from replication.state import MemoryState
 
-__all__ = ["APPLIED_META", "WRITTEN", "Applier", "ApplyGate", "DeadLetterSink", "Reader", "Record"]
+__all__ = ["APPLIED_META", "WRITTEN", "Applier", "DeadLetterSink", "Reader", "Record"]
 
 _log = structlog.get_logger(__name__)
 
@@ -80,72 +79,18 @@ class DeadLetterSink(Protocol):
         """Keep the record and why it was rejected."""
 
 
-# A batch listener may return what it still writes (the history's write): the
-# applier waits for it with the store write, outside the lock for write-through.
 BatchListener = Callable[
-    [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext],
-    Awaitable[Awaitable[None] | None],
+    [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext], Awaitable[None]
 ]
 HeartbeatListener = Callable[[str, bytes, tuple[tuple[str, bytes], ...]], None]
 StateListener = Callable[[list[tuple[MemoryState | None, MemoryState]]], None]
-
-
-@dataclass(slots=True)
-class _Begun:
-    """A batch merged, cached and fanned out, its store and history writes running."""
-
-    events: list[tuple[MemoryEvent, bytes]]
-    fresh: list[tuple[MemoryEvent, bytes]]
-    changed: dict[str, MemoryState]
-    originals: dict[str, MemoryState]
-    dots: list[Dot]
-    persist: asyncio.Future[None]
-    durable: list[asyncio.Future[None]]
-    delivered: bool
-
-
-def _retrieve(write: asyncio.Future[None]) -> None:
-    """Take a write's outcome that nobody waits for any more."""
-    if not write.cancelled():
-        write.exception()
-
-
-class ApplyGate:
-    """The region's apply lock, and the write-through batches still settling under it.
-
-    A write-through batch holds the lock only while it merges, fills the
-    cache and fans out; its store and history writes settle after it, in
-    order, while the next batch starts (:meth:`Applier.apply_written`). A
-    batch that touches a memory a settling batch wrote waits for that one
-    first, so one memory's store reads and writes stay in order on any
-    store. Everything else — a batch from a log, a state repair — takes the
-    gate :meth:`exclusive`: the lock, once every settling batch finished,
-    so it never takes a cached state whose store write may still fail.
-    """
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.tail: asyncio.Future[None] | None = None  # the last batch still settling
-        self.pending: dict[str, int] = {}  # memories settling batches wrote → how many
-
-    async def settled(self) -> None:
-        """Wait until every settling batch finished (however it ended)."""
-        while self.tail is not None and not self.tail.done():
-            await asyncio.wait([self.tail])
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """The lock, with no batch settling."""
-        async with self.lock:
-            await self.settled()
-            yield
 
 
 class Applier:
     """Consumes one log and merges it into the region's state.
 
     A region runs one applier per log (its own and each peer's mirrored log)
-    and anti-entropy repairs through one more; they share ``gate``, so one
+    and anti-entropy repairs through one more; they share ``lock``, so one
     memory's read-merge-write never interleaves with another's and listeners
     see batches one at a time, each with the frontier it was applied on.
     """
@@ -163,7 +108,7 @@ class Applier:
         batch: int = 500,
         poll_ms: int = 100,
         commit_every: float = 0.1,
-        gate: ApplyGate | None = None,
+        lock: asyncio.Lock | None = None,
         digest: RunningDigest | None = None,
         known: KnownKeys | None = None,
     ) -> None:
@@ -171,7 +116,7 @@ class Applier:
         # Keys whose state may be in the store (None: any may be). Only for a
         # store this gateway alone writes: a key it never saw is not there.
         self._known = known
-        self.gate = gate or ApplyGate()
+        self.lock = lock or asyncio.Lock()
         self.digest = digest
         self._reader = reader
         self._store = store
@@ -257,7 +202,7 @@ class Applier:
 
     async def apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
         """Merge a batch into the store; the events that changed something."""
-        async with self.gate.exclusive():
+        async with self.lock:
             return await self._apply_batch(records)
 
     async def _persist(self, changed: dict[str, MemoryState]) -> None:
@@ -296,7 +241,7 @@ class Applier:
         subscribers) get the joined states, reads and syncs see them. Returns
         how many memories changed.
         """
-        async with self.gate.exclusive():
+        async with self.lock:
             keys = [s.key for s in remote]
             local = await self._store.get_many(keys)
             original = dict(local)
@@ -346,10 +291,8 @@ class Applier:
                 heartbeat_listener(self.name, record.value, tuple(record.headers))
         return await self._apply_events(events, delivered=True)
 
-    async def apply_written(
-        self, events: Sequence[tuple[MemoryEvent, bytes]]
-    ) -> asyncio.Future[None] | None:
-        """Start applying events this gateway wrote, once the log acknowledged them.
+    async def apply_written(self, events: Sequence[tuple[MemoryEvent, bytes]]) -> None:
+        """Apply events this gateway wrote, once the log acknowledged them (write-through).
 
         The same merge, cache, store, history and fan-out as for a batch read
         from the log, without waiting for the log to deliver it back: local
@@ -357,78 +300,17 @@ class Applier:
         segment roll's hold) sooner. When the log delivers the events, they
         are duplicates here (I5) and change nothing; the log's delivery is
         what is counted, timed and committed.
-
-        Returns once the batch is merged, cached and fanned out, with a
-        future that settles once the store and the history have it: the
-        next batch need not wait for those writes (:class:`ApplyGate`). A
-        failed write raises :class:`~replication.errors.MemsyncError` from
-        the future; the log applies the events then.
         """
-        gate = self.gate
-        async with gate.lock:
-            begun = await self._begin(list(events), delivered=False)
-            if begun is None:
-                return None
-            previous = gate.tail
-            for key in begun.changed:
-                gate.pending[key] = gate.pending.get(key, 0) + 1
-            settle = asyncio.ensure_future(self._settle_after(previous, begun))
-            gate.tail = settle
-        return settle
-
-    async def _settle_after(self, previous: asyncio.Future[None] | None, begun: _Begun) -> None:
-        """Finish ``begun`` once the batch before it finished, however that ended.
-
-        Settling in order keeps read-your-writes and the metrics in the order
-        the batches were applied. A failed batch before this one does not
-        fail it: this one touches none of its memories (:meth:`_begin` waits
-        when it would), so it merged on states the store holds.
-        """
-        gate = self.gate
-        try:
-            if previous is not None:
-                await asyncio.wait([previous])
-            await self._finish(begun)
-        except asyncio.CancelledError:
-            # Stopping: the writes run on (they are queued); nobody waits for them.
-            for write in (begun.persist, *begun.durable):
-                write.add_done_callback(_retrieve)
-            raise
-        finally:
-            for key in begun.changed:
-                left = gate.pending.pop(key, 1) - 1
-                if left > 0:
-                    gate.pending[key] = left
-            if gate.tail is asyncio.current_task():
-                gate.tail = None
+        async with self.lock:
+            await self._apply_events(list(events), delivered=False)
 
     async def _apply_events(
         self, events: list[tuple[MemoryEvent, bytes]], *, delivered: bool
     ) -> list[MemoryEvent]:
-        """Apply a batch whole (the caller holds the gate exclusively)."""
-        begun = await self._begin(events, delivered=delivered)
-        if begun is None:
-            return []
-        await self._finish(begun)
-        return [e for e, _ in begun.fresh]
-
-    async def _begin(
-        self, events: list[tuple[MemoryEvent, bytes]], *, delivered: bool
-    ) -> _Begun | None:
-        """Merge, cache, start the store write, record and fan out (under the lock).
-
-        Returns what :meth:`_finish` still has to wait for: the store write
-        and the listeners' durable parts (the history's write).
-        """
         if not events:
-            return None
+            return []
         started = time.perf_counter()
         keys = list(dict.fromkeys(e.key for e, _ in events))
-        gate = self.gate
-        if gate.tail is not None and any(key in gate.pending for key in keys):
-            # A batch still settling wrote one of these memories: this one's
-            # store read and write come after its write, whatever the store.
-            await gate.settled()
         states: dict[str, MemoryState] = {}
         missing = []
         for key in keys:
@@ -464,7 +346,6 @@ class Applier:
         persist = asyncio.ensure_future(self._persist(changed))
         merged = time.perf_counter()
         self._stage("merge", merged - started, delivered=delivered)
-        durable: list[asyncio.Future[None]] = []
         try:
             if delivered:
                 self._observe(events)
@@ -475,39 +356,25 @@ class Applier:
                 frontier = self._tracker.applied
                 batch = [(e, raw, states[e.key]) for e, raw in events]
                 for batch_listener in self.batch_listeners:
-                    pending = await batch_listener(batch, frontier)
-                    if pending is not None:
-                        durable.append(asyncio.ensure_future(pending))
+                    await batch_listener(batch, frontier)
         except BaseException:
             with contextlib.suppress(Exception):
                 await persist
-            for pending in durable:
-                with contextlib.suppress(Exception):
-                    await pending
             raise
-        self._stage("publish", time.perf_counter() - merged, delivered=delivered)
-        return _Begun(events, fresh, changed, originals, dots, persist, durable, delivered)
-
-    async def _finish(self, begun: _Begun) -> None:
-        """Wait for the store and the listeners; then the digest and read-your-writes."""
-        waited = time.perf_counter()
-        try:
-            # Both to their end, whichever fails: the first failure is the batch's.
-            outcomes = await asyncio.gather(begun.persist, *begun.durable, return_exceptions=True)
-        finally:
-            self._stage("store", time.perf_counter() - waited, delivered=begun.delivered)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        published = time.perf_counter()
+        self._stage("publish", published - merged, delivered=delivered)
+        await persist
+        self._stage("store", time.perf_counter() - published, delivered=delivered)
         if self.digest is not None:
-            for key, state in begun.changed.items():
-                self.digest.replace(begun.originals.get(key), state)
-        await self._tracker.note(begun.dots)
-        if begun.delivered:
-            self._metrics.applied.labels(source=self.name).inc(len(begun.events))
-            self.applied_total += len(begun.events)
+            for key, state in changed.items():
+                self.digest.replace(originals.get(key), state)
+        await self._tracker.note(dots)
+        if delivered:
+            self._metrics.applied.labels(source=self.name).inc(len(events))
+            self.applied_total += len(events)
             self.last_applied_at = time.monotonic()
             for count in self.event_counters:
-                count(self.name, len(begun.events))
+                count(self.name, len(events))
         else:
-            self._metrics.written_through.inc(len(begun.fresh))
+            self._metrics.written_through.inc(len(fresh))
+        return [e for e, _ in fresh]

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from gateway.antientropy import AntiEntropy
-from gateway.applier import Applier, ApplyGate
+from gateway.applier import Applier
 from gateway.cache import StateCache
 from gateway.deadletter import KafkaDeadLetters
 from gateway.fanout import Fanout
@@ -130,7 +130,7 @@ class Runtime:
     remote: dict[str, tuple[KafkaLogReader, Applier, SegmentJanitor]] = field(
         default_factory=dict, init=False
     )
-    apply_gate: ApplyGate = field(default_factory=ApplyGate, init=False)
+    apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     digest: RunningDigest = field(default_factory=RunningDigest, init=False)
     antientropy: AntiEntropy = field(init=False)
     write_through: WriteThrough | None = field(default=None, init=False)
@@ -314,7 +314,7 @@ class Runtime:
             metrics=self.metrics,
             batch=self.settings.limits.apply_batch,
             commit_every=self.settings.limits.apply_commit_ms / 1000,
-            gate=self.apply_gate,
+            lock=self.apply_lock,
             digest=self.digest,
             # A store only this gateway writes: a key it never saw is not there.
             known=self.service.known if self.settings.store.backend != "server" else None,

@@ -14,7 +14,6 @@ because the fan-out steps aside while the pump is sending.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,11 +74,8 @@ class Streams:
 
     async def on_batch(
         self, batch: Sequence[tuple[MemoryEvent, bytes, MemoryState]], frontier: DotContext
-    ) -> Awaitable[None] | None:
+    ) -> None:
         """Record and publish the events of a batch the history does not hold yet.
-
-        Returns the history's write when it is still running (the applier
-        waits for it beside the store's), or ``None``.
 
         Cursors are positions in this history: their context is everything it
         recorded before, plus the batch up to the event (``frontier`` is not
@@ -93,31 +89,27 @@ class Streams:
                 fresh.append((e, raw, state))
                 seen = dvv.add(seen, dot)
         if not fresh:
-            return None
+            return
         entries = self.history.stamp(
             [
                 (Dot(e.dot.replica, e.seq), e.memory.tenant_id, e.channels, raw)
                 for e, raw, _ in fresh
             ]
         )
-        # Queued before the fan-out (a resume replays after it), awaited after,
-        # by the applier: live subscribers need not wait for the history's
-        # thread — unless the batch's indexes are not reserved on disk yet
-        # (History.reserved; asked before the write is queued, which may move
-        # the reservation).
+        # Queued before the fan-out (a resume replays after it), awaited after:
+        # live subscribers need not wait for the history's thread — unless the
+        # batch's indexes are not reserved on disk yet (History.reserved; asked
+        # before the write is queued, which may move the reservation).
         reserved = self.history.reserved(entries)
         persisted = self.history.append(entries)
         if not reserved:
             await persisted
             self._publish(fresh, entries)
-            return None
+            return
         try:
             self._publish(fresh, entries)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await persisted
-            raise
-        return persisted
+        finally:
+            await persisted
 
     def _publish(
         self,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import structlog
 
@@ -39,9 +38,7 @@ __all__ = ["WriteThrough"]
 
 _log = structlog.get_logger(__name__)
 
-# Applies a batch; returns once it is merged and fanned out, with what still
-# settles (its store and history writes), or None if nothing does.
-Apply = Callable[[Sequence[tuple[MemoryEvent, bytes]]], Awaitable["asyncio.Future[None] | None"]]
+Apply = Callable[[Sequence[tuple[MemoryEvent, bytes]]], Awaitable[None]]
 
 
 class WriteThrough:
@@ -53,12 +50,10 @@ class WriteThrough:
         *,
         limit: int = 10_000,
         batch: int = 500,
-        depth: int = 4,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        if limit < 1 or batch < 1 or depth < 1:
-            raise ValueError("limit, batch and depth must be at least 1")
-        self._depth = depth
+        if limit < 1 or batch < 1:
+            raise ValueError("limit and batch must be at least 1")
         self._apply = apply
         self._limit = limit
         self._batch = batch
@@ -78,60 +73,18 @@ class WriteThrough:
         self._ready.set()
 
     async def run(self) -> None:
-        """Apply queued events in batches, forever (until cancelled).
-
-        A batch's store and history writes settle while the next batch is
-        merged and fanned out; at most ``depth`` batches settle at once.
-        """
-        settling: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
-        try:
-            while True:
-                if not self._queue:
-                    while settling and settling[0][0].done():
-                        self._settled(*settling.popleft())
-                    if settling and not self._ready.is_set():
-                        # Nothing to start: wait for the oldest write or a new event.
-                        ready: asyncio.Future[Any] = asyncio.ensure_future(self._ready.wait())
-                        oldest: asyncio.Future[Any] = settling[0][0]
-                        try:
-                            await asyncio.wait([ready, oldest], return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            ready.cancel()
-                        continue
-                    await self._ready.wait()
-                self._ready.clear()
-                # The acknowledgements of one produce response resume their writers
-                # one loop step each: let them all queue, then apply them together.
-                await asyncio.sleep(0)
-                while self._queue:
-                    while len(settling) >= self._depth:
-                        await asyncio.wait([settling[0][0]])
-                        self._settled(*settling.popleft())
-                    n = min(len(self._queue), self._batch)
-                    events = [self._queue.popleft() for _ in range(n)]
-                    try:
-                        settle = await self._apply(events)
-                    except MemsyncError as exc:
-                        self._failed(n, exc)
-                        continue
-                    if settle is not None:
-                        settling.append((settle, n))
-        finally:
-            for settle, _ in settling:
-                settle.cancel()
-
-    def _settled(self, settle: asyncio.Future[None], n: int) -> None:
-        if settle.cancelled():
-            self._on_drop(n)
-            return
-        exc = settle.exception()
-        if exc is None:
-            return
-        if isinstance(exc, MemsyncError):
-            self._failed(n, exc)
-            return
-        raise exc
-
-    def _failed(self, n: int, exc: MemsyncError) -> None:
-        self._on_drop(n)
-        _log.warning("write_through.failed", events=n, error=exc.message)
+        """Apply queued events in batches, forever (until cancelled)."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            # The acknowledgements of one produce response resume their writers
+            # one loop step each: let them all queue, then apply them together.
+            await asyncio.sleep(0)
+            while self._queue:
+                n = min(len(self._queue), self._batch)
+                events = [self._queue.popleft() for _ in range(n)]
+                try:
+                    await self._apply(events)
+                except MemsyncError as exc:
+                    self._on_drop(len(events))
+                    _log.warning("write_through.failed", events=len(events), error=exc.message)

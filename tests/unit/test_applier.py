@@ -7,14 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-import pytest
-
 from gateway.applier import Applier
 from gateway.cache import StateCache
 from gateway.known_keys import KnownKeys
 from gateway.metrics import Metrics
 from gateway.service import MemoryService, SeqTracker
-from gateway.state_digest import RunningDigest
 from gateway.store import StoreError
 from gateway.testing import InMemoryStore
 from replication.clock import HybridClock
@@ -227,9 +224,7 @@ async def test_a_written_through_event_is_applied_once_and_its_delivery_is_a_dup
     applier, store, service, tracker, seen = _applier(metrics)
     event = _event()
     raw = encode(event)
-    settle = await applier.apply_written([(event, raw)])
-    assert settle is not None
-    await settle
+    await applier.apply_written([(event, raw)])
     state = service.cache.peek(event.key)
     assert state is not None and (await store.get(event.key)) == state
     assert tracker.covers(context_of([Dot("r1", event.seq)]))  # read-your-writes at once
@@ -241,113 +236,6 @@ async def test_a_written_through_event_is_applied_once_and_its_delivery_is_a_dup
     assert applier.applied_total == 1
     assert _counted(metrics, "memsync_events_duplicate_total") == 1
     assert seen == [[event], [event]]  # listeners deduplicate (the history does)
-
-
-class _OrderedStore(_Store):
-    """Each write waits for its own release: the test says when the store has it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.releases: list[asyncio.Future[bool]] = []  # True: written, False: failed
-
-    async def put_many(self, states: list[MemoryState]) -> None:
-        release = asyncio.get_running_loop().create_future()
-        self.releases.append(release)
-        if not await release:
-            raise StoreError("the store is away")
-        await InMemoryStore.put_many(self, states)
-
-
-async def _until(check: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
-async def test_a_written_batch_starts_while_the_one_before_still_settles() -> None:
-    applier, _, service, tracker, seen = _applier()
-    store = _OrderedStore()
-    applier._store = store
-    replica = Replica("r1")
-    first, second = _creates(replica, 2)
-    settle1 = await applier.apply_written([(first, encode(first))])
-    settle2 = await applier.apply_written([(second, encode(second))])
-    assert settle1 is not None and settle2 is not None
-    # Both fanned out and cached; neither written: read-your-writes waits.
-    assert seen == [[first], [second]] and service.cache.peek(second.key) is not None
-    assert not tracker.covers(context_of([Dot("r1", first.seq)]))
-    await _until(lambda: len(store.releases) == 2)
-    # A batch from the log waits until both settled (it must not merge on
-    # cached states whose store write may still fail).
-    delivered = asyncio.create_task(applier.apply_batch([_Record(encode(first))]))
-    await asyncio.sleep(0.02)
-    assert not delivered.done()
-    store.releases[1].set_result(True)
-    await asyncio.sleep(0.02)
-    assert not settle2.done()  # settles in order, after the first
-    store.releases[0].set_result(True)
-    await settle1
-    await settle2
-    assert tracker.covers(context_of([Dot("r1", first.seq), Dot("r1", second.seq)]))
-    assert await asyncio.wait_for(delivered, 5) == []  # a duplicate
-    assert applier.gate.tail is None and applier.gate.pending == {}
-
-
-async def test_a_written_batch_on_a_settling_memory_waits_for_its_store_write() -> None:
-    applier, _, _, _, seen = _applier()
-    store = _OrderedStore()
-    applier._store = store
-    replica = Replica("r1")
-    create = replica.write("m1", "fact", "create", user="u1", content="a")
-    update = replica.write("m1", "fact", "update", content="b")
-    assert create is not None and update is not None
-    settle1 = await applier.apply_written([(create, encode(create))])
-    second = asyncio.create_task(applier.apply_written([(update, encode(update))]))
-    await asyncio.sleep(0.02)
-    assert not second.done() and seen == [[create]]  # one memory: one write at a time
-    await _until(lambda: len(store.releases) == 1)
-    store.releases[0].set_result(True)
-    settle2 = await asyncio.wait_for(second, 5)
-    assert settle1 is not None and settle2 is not None
-    await _until(lambda: len(store.releases) == 2)
-    store.releases[1].set_result(True)
-    await settle2
-    stored = await store.get("t1/m1")
-    assert stored is not None and stored == replica.states["t1/m1"]
-
-
-async def test_a_failed_written_batch_leaves_the_next_one_applied() -> None:
-    applier, _, service, tracker, _ = _applier()
-    store = _OrderedStore()
-    applier._store = store
-    applier.digest = RunningDigest()
-    replica = Replica("r1")
-    first, second = _creates(replica, 2)
-    settle1 = await applier.apply_written([(first, encode(first))])
-    settle2 = await applier.apply_written([(second, encode(second))])
-    assert settle1 is not None and settle2 is not None
-    await _until(lambda: len(store.releases) == 2)
-    store.releases[0].set_result(False)
-    store.releases[1].set_result(True)
-    with pytest.raises(StoreError):
-        await settle1
-    await settle2  # another memory, merged on what the store holds: applied
-    assert service.cache.peek(first.key) is None  # the log's delivery merges from the store
-    assert not tracker.covers(context_of([Dot("r1", first.seq)]))
-    assert service.cache.peek(second.key) is not None
-    assert tracker.covers(context_of([Dot("r1", second.seq)]))
-    assert applier.digest.count == 1
-    # The log brings both: the first applied from the store, the second a duplicate.
-    delivered = asyncio.create_task(
-        applier.apply_batch([_Record(encode(first)), _Record(encode(second))])
-    )
-    await _until(lambda: len(store.releases) == 3)
-    store.releases[2].set_result(True)
-    assert [e.event_id for e in await delivered] == [first.event_id]
-    assert tracker.covers(context_of([Dot("r1", first.seq), Dot("r1", second.seq)]))
-    assert applier.digest.count == 2
-    assert (await store.get(first.key)) is not None and (await store.get(second.key)) is not None
 
 
 async def test_keys_never_seen_are_not_read_from_the_store() -> None:

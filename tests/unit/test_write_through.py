@@ -86,31 +86,6 @@ async def test_a_failed_apply_is_counted_and_the_loop_carries_on() -> None:
         assert dropped == [2] and applied == [1]  # batches of at most 2; the first failed
 
 
-async def test_at_most_depth_batches_settle_at_once_and_a_failed_settle_is_counted() -> None:
-    dropped: list[int] = []
-    settles: list[asyncio.Future[None]] = []
-
-    async def apply(_events: Sequence[tuple[MemoryEvent, bytes]]) -> asyncio.Future[None]:
-        settle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        settles.append(settle)
-        return settle
-
-    wt = WriteThrough(apply, limit=100, batch=1, depth=2, on_drop=dropped.append)
-    async with _running(wt, _events(4)):
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert len(settles) == 2 and len(wt) == 2  # two settling: the third waits
-        settles[0].set_exception(StoreError("the store is away"))
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert len(settles) == 3 and dropped == [1]
-        settles[1].set_result(None)
-        settles[2].set_result(None)
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert len(settles) == 4 and len(wt) == 0 and dropped == [1]
-
-
 def test_limits_must_be_positive() -> None:
     async def apply(_events: Sequence[tuple[MemoryEvent, bytes]]) -> None:
         pass
