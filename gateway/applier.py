@@ -183,6 +183,7 @@ class Applier:
                 self._stage("commit", last_commit - now)
             elif not records:
                 await self.save_applied()  # write-through and repairs, while the log is quiet
+                await self._mend_quietly()
 
     async def save_applied(self) -> None:
         """Write which events were applied to the store, if that changed since last time.
@@ -196,6 +197,13 @@ class Applier:
             await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
             self._persisted = applied
 
+    async def _mend_quietly(self) -> None:
+        """:meth:`mend_digest`, a store still failing only logged (the next quiet poll retries)."""
+        try:
+            await self.mend_digest()
+        except MemsyncError as exc:
+            _log.warning("applier.digest_mend_failed", applier=self.name, error=exc.message)
+
     def _stage(self, stage: str, seconds: float, *, delivered: bool = True) -> None:
         source = self.name if delivered else WRITTEN
         self._metrics.apply_stage.labels(source=source, stage=stage).observe(seconds)
@@ -205,12 +213,16 @@ class Applier:
         async with self.lock:
             return await self._apply_batch(records)
 
-    async def _persist(self, changed: dict[str, MemoryState]) -> None:
-        """Write changed states; on failure, forget them in the cache.
+    async def _persist(
+        self, changed: dict[str, MemoryState], originals: dict[str, MemoryState]
+    ) -> None:
+        """Write changed states and count them in the digest; on failure, forget them.
 
         The cache already holds the merged states; if the store did not take
         them, the retried batch must merge from the store again (from the
-        cache it would find nothing to write).
+        cache it would find nothing to write). A failed write may still have
+        landed, so the digest holds those keys in doubt until the store is
+        read again (:meth:`RunningDigest.doubt`).
         """
         if not changed:
             return
@@ -219,7 +231,62 @@ class Applier:
         except BaseException:
             for key in changed:
                 self._service.cache.discard(key)
+                if self.digest is not None:
+                    self.digest.doubt(key, originals.get(key))
             raise
+        if self.digest is not None:
+            for key, state in changed.items():
+                self.digest.replace(originals.get(key), state)
+
+    async def _read_doubted(self, keys: list[str]) -> dict[str, MemoryState | None]:
+        """The stored states (``None``: none) of the keys in doubt, the digest settled.
+
+        Read from the store, not the cache: what a failed write left there is
+        the truth, whatever a read filled the cache with meanwhile.
+        """
+        digest = self.digest
+        if digest is None or not digest.has_doubts:
+            return {}
+        doubted = [key for key in keys if digest.in_doubt(key)]
+        if not doubted:
+            return {}
+        stored = await self._store.get_many(doubted)
+        found = {key: stored.get(key) for key in doubted}
+        for key, state in found.items():
+            digest.settle(key, state)
+        return found
+
+    async def mend_digest(self, page: int = 1000) -> None:
+        """Settle every doubt of the digest from the store, or rebuild it when stale.
+
+        Keys in doubt are settled as soon as a batch touches them; this
+        settles the others (called when the log is quiet). A stale digest
+        (too many doubts to hold) is rebuilt by one scan of the store under
+        the apply lock, so no change slips between its pages.
+        """
+        digest = self.digest
+        if digest is None or not (digest.stale or digest.has_doubts):
+            return
+        async with self.lock:
+            if digest.stale:
+                started = time.perf_counter()
+                digest.reset()
+                offset: str | None = None
+                while True:
+                    states, offset = await self._store.scan(offset, page)
+                    digest.add_all(states)
+                    if offset is None:
+                        break
+                _log.warning(
+                    "applier.digest_rebuilt",
+                    applier=self.name,
+                    memories=digest.count,
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+                return
+            doubted = digest.doubts
+            for i in range(0, len(doubted), page):
+                await self._read_doubted(doubted[i : i + page])
 
     def _observe(self, events: list[tuple[MemoryEvent, bytes]]) -> None:
         """Feed the batch's timestamps to the clock and the apply-lag histogram."""
@@ -244,6 +311,9 @@ class Applier:
         async with self.lock:
             keys = [s.key for s in remote]
             local = await self._store.get_many(keys)
+            if self.digest is not None and self.digest.has_doubts:
+                for key in keys:  # read from the store just now: what it holds
+                    self.digest.settle(key, local.get(key))
             original = dict(local)
             changed: dict[str, MemoryState] = {}
             for state in remote:
@@ -252,12 +322,19 @@ class Applier:
                 if after != before:
                     changed[state.key] = after
                     local[state.key] = after
-                    if self.digest is not None:
-                        self.digest.replace(before, after)
             if changed:
                 for key in changed:
                     self._service.note_known(key)  # before the store has it
-                await self._store.put_many(list(changed.values()))
+                try:
+                    await self._store.put_many(list(changed.values()))
+                except BaseException:
+                    if self.digest is not None:
+                        for key in changed:
+                            self.digest.doubt(key, original.get(key))
+                    raise
+                if self.digest is not None:
+                    for key, after in changed.items():
+                        self.digest.replace(original.get(key), after)
                 for state in changed.values():
                     self._service.remember(state)
                 pairs = [(original.get(k), after) for k, after in changed.items()]
@@ -313,7 +390,13 @@ class Applier:
         keys = list(dict.fromkeys(e.key for e, _ in events))
         states: dict[str, MemoryState] = {}
         missing = []
+        doubted = await self._read_doubted(keys)
         for key in keys:
+            if key in doubted:
+                state = doubted[key]
+                if state is not None:
+                    states[key] = state
+                continue
             cached = self._service.cache.peek(key)
             if cached is not None:
                 states[key] = cached
@@ -343,7 +426,7 @@ class Applier:
         dots = [Dot(e.dot.replica, e.seq) for e, _ in events]
         for state in changed.values():
             self._service.remember(state)
-        persist = asyncio.ensure_future(self._persist(changed))
+        persist = asyncio.ensure_future(self._persist(changed, originals))
         merged = time.perf_counter()
         self._stage("merge", merged - started, delivered=delivered)
         try:
@@ -365,9 +448,6 @@ class Applier:
         self._stage("publish", published - merged, delivered=delivered)
         await persist
         self._stage("store", time.perf_counter() - published, delivered=delivered)
-        if self.digest is not None:
-            for key, state in changed.items():
-                self.digest.replace(originals.get(key), state)
         await self._tracker.note(dots)
         if delivered:
             self._metrics.applied.labels(source=self.name).inc(len(events))

@@ -392,6 +392,14 @@ class Runtime:
             )
         m.gauge_fn("memsync_cache_bytes", "Estimated bytes in the cache.", lambda: cache.size_bytes)
         m.gauge_fn("memsync_cache_entries", "Memories in the cache.", lambda: len(cache))
+        digest = self.digest
+        m.gauge_fn(
+            "memsync_digest_doubts",
+            "Memories whose store write failed and may have landed: the state digest "
+            "is settled from the store when they are next touched or the log is quiet "
+            "(-1: too many, the digest is rebuilt by a store scan).",
+            lambda: -1 if digest.stale else len(digest.doubts),
+        )
         m.scraped(
             "memsync_log_roll_releases",
             "Times records held after a segment roll were let go by an end-offsets answer "

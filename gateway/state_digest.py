@@ -5,6 +5,16 @@ Every memory contributes ``member_hash(key, state_digest(state))`` to one of
 memory updates its bucket in O(1) from its state before and after, without
 keeping a per-memory table. Built once at start by scanning the store;
 regions compare bucket vectors and descend only into buckets that differ.
+
+A store write that fails may still have landed (a timeout, a child that
+died after writing): the digest cannot know which state the store holds.
+Such keys are *in doubt* (:meth:`RunningDigest.doubt`): the digest keeps the
+state it counts for each, and the next change or read of the key
+(:meth:`~RunningDigest.replace`, :meth:`~RunningDigest.settle`) swaps that
+state for the one the store is known to hold, so a failed write never leaves
+the digest off for good. Past ``max_doubts`` keys the digest is *stale*
+instead and is rebuilt by a store scan (:meth:`RunningDigest.reset` and
+:meth:`~RunningDigest.add_all`) once the store answers again.
 """
 
 from __future__ import annotations
@@ -20,11 +30,16 @@ __all__ = ["RunningDigest"]
 class RunningDigest:
     """A mutable :class:`~replication.digest.SetDigest` of the region's states."""
 
-    def __init__(self, buckets: int = 256) -> None:
-        if buckets < 1:
-            raise ValueError("buckets must be ≥ 1")
+    def __init__(self, buckets: int = 256, max_doubts: int = 100_000) -> None:
+        if buckets < 1 or max_doubts < 1:
+            raise ValueError("buckets and max_doubts must be ≥ 1")
+        self.max_doubts = max_doubts
+        self.stale = False  # too many doubts: only a rebuild from the store mends it
         self._acc = [0] * buckets
         self.count = 0
+        # key → the state this digest counts for it (None: not counted), for
+        # keys whose store write failed and may or may not have landed.
+        self._doubts: dict[str, MemoryState | None] = {}
 
     @property
     def buckets(self) -> int:
@@ -43,12 +58,65 @@ class RunningDigest:
             self.count += 1
 
     def replace(self, before: MemoryState | None, after: MemoryState) -> None:
-        """One memory changed from ``before`` (``None``: new) to ``after``."""
+        """One memory changed from ``before`` (``None``: new) to ``after`` in the store.
+
+        For a key in doubt, ``before`` is what the caller read, not what
+        this digest counts: the counted state is swapped out instead.
+        """
+        if after.key in self._doubts:
+            before = self._doubts.pop(after.key)
         if before is not None:
             self._toggle(before)
         else:
             self.count += 1
         self._toggle(after)
+
+    def doubt(self, key: str, counted: MemoryState | None) -> None:
+        """A store write of ``key`` failed; ``counted`` is what this digest counts for it.
+
+        A key already in doubt keeps the state it was counted with (nothing
+        changed it here since). Past ``max_doubts`` keys, the digest goes
+        :attr:`stale` and forgets them: a rebuild replaces it whole.
+        """
+        if self.stale:
+            return
+        self._doubts.setdefault(key, counted)
+        if len(self._doubts) > self.max_doubts:
+            self.stale = True
+            self._doubts.clear()
+
+    def reset(self) -> None:
+        """Empty, doubts and staleness forgotten: a rebuild's start (then :meth:`add_all`)."""
+        self._acc = [0] * len(self._acc)
+        self.count = 0
+        self._doubts.clear()
+        self.stale = False
+
+    def settle(self, key: str, stored: MemoryState | None) -> None:
+        """The store is known to hold ``stored`` (``None``: nothing) for ``key``."""
+        if key not in self._doubts:
+            return
+        counted = self._doubts.pop(key)
+        if counted is not None:
+            self._toggle(counted)
+            self.count -= 1
+        if stored is not None:
+            self._toggle(stored)
+            self.count += 1
+
+    @property
+    def has_doubts(self) -> bool:
+        """Whether some key's stored state is in doubt."""
+        return bool(self._doubts)
+
+    def in_doubt(self, key: str) -> bool:
+        """Whether ``key``'s stored state is in doubt."""
+        return key in self._doubts
+
+    @property
+    def doubts(self) -> list[str]:
+        """Keys whose stored state this digest is unsure of."""
+        return list(self._doubts)
 
     def snapshot(self) -> SetDigest:
         """The digest now, as an immutable value."""

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+
+import pytest
 
 from gateway.applier import Applier
 from gateway.cache import StateCache
 from gateway.known_keys import KnownKeys
 from gateway.metrics import Metrics
 from gateway.service import MemoryService, SeqTracker
+from gateway.state_digest import RunningDigest
 from gateway.store import StoreError
 from gateway.testing import InMemoryStore
 from replication.clock import HybridClock
+from replication.digest import SetDigest
 from replication.dvv import Dot, context_of
 from replication.merge import join
 from replication.schema import MemoryEvent, encode
@@ -41,6 +48,9 @@ class _Service:
     def remember(self, state: MemoryState) -> None:
         old = self.cache.peek(state.key)
         self.cache.put(state if old is None else join(old, state))
+
+    def note_known(self, key: str) -> None:
+        pass
 
 
 class _Store(InMemoryStore):
@@ -287,3 +297,144 @@ async def test_the_applied_set_is_written_once_before_each_commit_and_restored()
     await _make(store, _Service(), restarted).load_applied()
     assert restarted.applied == tracker.applied
     assert restarted.covers(context_of([Dot("r1", 4)]))
+
+
+# -- the state digest across failed store writes -----------------------------------
+
+
+class _FlakyStore(InMemoryStore):
+    """A store whose writes fail on demand, after landing (``landed``) or before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: list[bool] = []  # per coming put_many: True lands then fails, False fails
+
+    async def put_many(self, states: Sequence[MemoryState]) -> None:
+        if self.fail:
+            landed = self.fail.pop(0)
+            if landed:
+                await super().put_many(states)
+            raise StoreError("the store timed out")
+        await super().put_many(states)
+
+
+async def _scanned(store: InMemoryStore) -> SetDigest:
+    """The digest of what the store holds, from a full scan (the start-up build)."""
+    digest, offset = RunningDigest(buckets=16), None
+    while True:
+        states, offset = await store.scan(offset, 7)
+        digest.add_all(states)
+        if offset is None:
+            return digest.snapshot()
+
+
+def _flaky(**options: Any) -> tuple[Applier, _FlakyStore, RunningDigest]:
+    store, digest = _FlakyStore(), RunningDigest(buckets=16, **options)
+    return _make(store, _Service(), SeqTracker(), digest=digest), store, digest
+
+
+async def _apply_retrying(applier: Applier, records: list[_Record]) -> None:
+    while True:  # as the applier's run loop does
+        try:
+            await applier.apply_batch(records)
+        except StoreError:
+            continue
+        return
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["write-landed", "write-lost"])
+async def test_a_failed_store_write_leaves_the_digest_equal_to_the_store(landed: bool) -> None:
+    applier, store, digest = _flaky()
+    replica = Replica("r1")
+    first = _creates(replica, 3)
+    await applier.apply_batch([_Record(encode(e)) for e in first])
+    update = replica.write("m1", "fact", "update", content="changed")
+    assert update is not None
+    store.fail = [landed]
+    await _apply_retrying(applier, [_Record(encode(update)), _Record(encode(first[0]))])
+    assert digest.snapshot() == await _scanned(store)
+    assert not digest.has_doubts
+
+
+async def test_a_failed_write_through_is_settled_when_the_log_is_quiet() -> None:
+    applier, store, digest = _flaky()
+    events = _creates(Replica("r1"), 4)
+    store.fail = [True]  # landed, yet the write-through saw it fail and gave up
+    with pytest.raises(StoreError):
+        await applier.apply_written([(e, encode(e)) for e in events])
+    assert sorted(digest.doubts) == sorted(e.key for e in events)
+    assert digest.snapshot() != await _scanned(store)  # what the old code kept for good
+    reader = _Reader([])
+    await _run_until_drained(_make(store, _Service(), SeqTracker(), reader=reader,
+                                   digest=digest, poll_ms=10), reader)  # fmt: skip
+    assert digest.snapshot() == await _scanned(store)
+    assert not digest.has_doubts
+
+
+async def test_a_failed_state_repair_leaves_the_digest_equal_to_the_store() -> None:
+    applier, store, digest = _flaky()
+    replica = Replica("r1")
+    events = _creates(replica, 3)
+    await applier.apply_batch([_Record(encode(e)) for e in events[:1]])
+    store.fail = [True]
+    with pytest.raises(StoreError):
+        await applier.merge_states([replica.states[e.key] for e in events])
+    await applier.mend_digest()
+    assert digest.snapshot() == await _scanned(store)
+    store.fail = [False]  # a repair lost before the store: the digest counts no more
+    more = [replica.write(f"n{i}", "fact", "create", content="new") for i in range(2)]
+    with pytest.raises(StoreError):
+        await applier.merge_states([replica.states[e.key] for e in more if e is not None])
+    assert digest.snapshot() == await _scanned(store)
+    await applier.mend_digest()
+    assert digest.snapshot() == await _scanned(store) and not digest.has_doubts
+
+
+async def test_too_many_doubts_make_the_digest_stale_and_a_scan_rebuilds_it() -> None:
+    applier, store, digest = _flaky(max_doubts=2)
+    store.fail = [True]
+    with pytest.raises(StoreError):
+        await applier.apply_written([(e, encode(e)) for e in _creates(Replica("r1"), 5)])
+    assert digest.stale and not digest.has_doubts
+    await applier.mend_digest()
+    assert not digest.stale
+    assert digest.snapshot() == await _scanned(store) and digest.count == 5
+
+
+async def test_a_listener_failing_after_the_store_write_leaves_the_digest_right() -> None:
+    applier, store, digest = _flaky()
+    failures = [True]
+
+    async def history(batch: Any, frontier: Any) -> None:
+        await asyncio.sleep(0.01)  # the store write lands meanwhile
+        if failures:
+            failures.pop()
+            raise StoreError("the history is away")
+
+    applier.batch_listeners.append(history)
+    records = [_Record(encode(e)) for e in _creates(Replica("r1"), 3)]
+    await _apply_retrying(applier, records)
+    assert digest.snapshot() == await _scanned(store)
+
+
+async def test_random_store_failures_never_leave_the_digest_off() -> None:
+    rng = random.Random(7)
+    applier, store, digest = _flaky(max_doubts=50)
+    replica = Replica("r1")
+    for round_ in range(60):
+        ids = [f"m{rng.randrange(40)}" for _ in range(rng.randint(1, 6))]
+        events = []
+        for memory_id in ids:
+            op = "update" if f"t1/{memory_id}" in replica.states else "create"
+            event = replica.write(memory_id, "fact", op, content=f"{round_}")
+            if event is not None:
+                events.append(event)
+        store.fail = [rng.random() < 0.5 for _ in range(rng.choice([0, 0, 1, 2]))]
+        if rng.random() < 0.3:
+            with contextlib.suppress(StoreError):
+                await applier.apply_written([(e, encode(e)) for e in events])
+        else:
+            await _apply_retrying(applier, [_Record(encode(e)) for e in events])
+    store.fail = []
+    await applier.mend_digest()
+    assert digest.snapshot() == await _scanned(store)
