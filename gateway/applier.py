@@ -43,6 +43,7 @@ __all__ = ["APPLIED_META", "WRITTEN", "Applier", "DeadLetterSink", "Reader", "Re
 _log = structlog.get_logger(__name__)
 
 APPLIED_META = "applied-seqs"
+_MEND_RETRY_S = 1.0  # how long a failed mend of the digest waits before the next
 WRITTEN = "written"  # the apply-stage source of write-through batches (Applier.apply_written)
 _applied_decoder = msgspec.msgpack.Decoder(DotContext)
 
@@ -138,6 +139,7 @@ class Applier:
         self.applied_total = 0
         self.last_applied_at = 0.0
         self._persisted: DotContext | None = None  # the applied context last written
+        self._mend_after = 0.0  # when to try settling the digest's doubts again
 
     async def load_applied(self) -> None:
         """Restore which events were applied before a restart."""
@@ -183,7 +185,8 @@ class Applier:
                 self._stage("commit", last_commit - now)
             elif not records:
                 await self.save_applied()  # write-through and repairs, while the log is quiet
-                await self._mend_quietly()
+            if self.digest is not None and (self.digest.stale or self.digest.has_doubts):
+                await self._mend_digest_after_failures()
 
     async def save_applied(self) -> None:
         """Write which events were applied to the store, if that changed since last time.
@@ -197,11 +200,15 @@ class Applier:
             await self._store.put_meta(APPLIED_META, msgspec.msgpack.encode(applied))
             self._persisted = applied
 
-    async def _mend_quietly(self) -> None:
-        """:meth:`mend_digest`, a store still failing only logged (the next quiet poll retries)."""
+    async def _mend_digest_after_failures(self) -> None:
+        """:meth:`mend_digest` between batches; a store still failing is retried 1 s later."""
+        now = time.monotonic()
+        if now < self._mend_after:
+            return
         try:
             await self.mend_digest()
         except MemsyncError as exc:
+            self._mend_after = now + _MEND_RETRY_S
             _log.warning("applier.digest_mend_failed", applier=self.name, error=exc.message)
 
     def _stage(self, stage: str, seconds: float, *, delivered: bool = True) -> None:
@@ -260,7 +267,8 @@ class Applier:
         """Settle every doubt of the digest from the store, or rebuild it when stale.
 
         Keys in doubt are settled as soon as a batch touches them; this
-        settles the others (called when the log is quiet). A stale digest
+        settles the others (the run loop calls it after any batch while
+        there are doubts, a failing store retried every second). A stale digest
         (too many doubts to hold) is rebuilt by one scan of the store under
         the apply lock, so no change slips between its pages.
         """

@@ -438,3 +438,24 @@ async def test_random_store_failures_never_leave_the_digest_off() -> None:
     store.fail = []
     await applier.mend_digest()
     assert digest.snapshot() == await _scanned(store)
+
+
+async def test_a_mend_while_the_store_still_fails_waits_and_then_settles() -> None:
+    applier, store, digest = _flaky()
+    store.fail = [True]
+    with pytest.raises(StoreError):
+        await applier.apply_written([(e, encode(e)) for e in _creates(Replica("r1"), 2)])
+    reads = store.get_many
+
+    async def away(keys: Sequence[str]) -> dict[str, MemoryState]:
+        raise StoreError("the store is away")
+
+    store.get_many = away  # type: ignore[method-assign]
+    await applier._mend_digest_after_failures()  # logged, not raised
+    assert digest.has_doubts
+    store.get_many = reads  # type: ignore[method-assign]
+    await applier._mend_digest_after_failures()  # within the second: not tried again
+    assert digest.has_doubts
+    applier._mend_after = 0.0
+    await applier._mend_digest_after_failures()
+    assert not digest.has_doubts and digest.snapshot() == await _scanned(store)
