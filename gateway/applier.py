@@ -260,40 +260,53 @@ class Applier:
         stored = await self._store.get_many(doubted)
         found = {key: stored.get(key) for key in doubted}
         for key, state in found.items():
-            digest.settle(key, state)
+            self._settle(key, state)
         return found
+
+    def _settle(self, key: str, stored: MemoryState | None) -> None:
+        """The store holds ``stored`` for ``key``: the digest counts it, the cache has it.
+
+        Into the cache too (joined, never regressing): a read that started
+        before the failed write may fill the cache with what the store held
+        before it landed, and the next merge would build on that.
+        """
+        if self.digest is not None and self.digest.settle(key, stored) and stored is not None:
+            self._service.remember(stored)
 
     async def mend_digest(self, page: int = 1000) -> None:
         """Settle every doubt of the digest from the store, or rebuild it when stale.
 
         Keys in doubt are settled as soon as a batch touches them; this
         settles the others (the run loop calls it after any batch while
-        there are doubts, a failing store retried every second). A stale digest
-        (too many doubts to hold) is rebuilt by one scan of the store under
-        the apply lock, so no change slips between its pages.
+        there are doubts, a failing store retried every second), holding the
+        apply lock one page at a time. A stale digest (too many doubts to
+        hold) is rebuilt by one scan of the store under the apply lock, so
+        no change slips between its pages; it is swapped in only whole.
         """
         digest = self.digest
         if digest is None or not (digest.stale or digest.has_doubts):
             return
-        async with self.lock:
-            if digest.stale:
+        if digest.stale:
+            async with self.lock:
                 started = time.perf_counter()
-                digest.reset()
+                fresh = RunningDigest(digest.buckets, digest.max_doubts)
                 offset: str | None = None
                 while True:
                     states, offset = await self._store.scan(offset, page)
-                    digest.add_all(states)
+                    fresh.add_all(states)
                     if offset is None:
                         break
-                _log.warning(
-                    "applier.digest_rebuilt",
-                    applier=self.name,
-                    memories=digest.count,
-                    seconds=round(time.perf_counter() - started, 3),
-                )
-                return
-            doubted = digest.doubts
-            for i in range(0, len(doubted), page):
+                digest.adopt(fresh)
+            _log.warning(
+                "applier.digest_rebuilt",
+                applier=self.name,
+                memories=digest.count,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            return
+        doubted = digest.doubts
+        for i in range(0, len(doubted), page):
+            async with self.lock:
                 await self._read_doubted(doubted[i : i + page])
 
     def _observe(self, events: list[tuple[MemoryEvent, bytes]]) -> None:
@@ -321,7 +334,7 @@ class Applier:
             local = await self._store.get_many(keys)
             if self.digest is not None and self.digest.has_doubts:
                 for key in keys:  # read from the store just now: what it holds
-                    self.digest.settle(key, local.get(key))
+                    self._settle(key, local.get(key))
             original = dict(local)
             changed: dict[str, MemoryState] = {}
             for state in remote:
@@ -336,8 +349,11 @@ class Applier:
                 try:
                     await self._store.put_many(list(changed.values()))
                 except BaseException:
-                    if self.digest is not None:
-                        for key in changed:
+                    for key in changed:
+                        # The write may have landed: reads go to the store,
+                        # and the next merge of the key reads it (in doubt).
+                        self._service.cache.discard(key)
+                        if self.digest is not None:
                             self.digest.doubt(key, original.get(key))
                     raise
                 if self.digest is not None:

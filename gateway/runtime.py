@@ -398,7 +398,7 @@ class Runtime:
             "Memories whose store write failed and may have landed: the state digest "
             "is settled from the store when they are next touched or the log is quiet "
             "(-1: too many, the digest is rebuilt by a store scan).",
-            lambda: -1 if digest.stale else len(digest.doubts),
+            lambda: -1 if digest.stale else digest.doubt_count,
         )
         m.scraped(
             "memsync_log_roll_releases",

@@ -13,8 +13,8 @@ state it counts for each, and the next change or read of the key
 (:meth:`~RunningDigest.replace`, :meth:`~RunningDigest.settle`) swaps that
 state for the one the store is known to hold, so a failed write never leaves
 the digest off for good. Past ``max_doubts`` keys the digest is *stale*
-instead and is rebuilt by a store scan (:meth:`RunningDigest.reset` and
-:meth:`~RunningDigest.add_all`) once the store answers again.
+instead: the applier rebuilds it by a store scan into a fresh digest and
+swaps that in whole (:meth:`RunningDigest.adopt`).
 """
 
 from __future__ import annotations
@@ -85,17 +85,22 @@ class RunningDigest:
             self.stale = True
             self._doubts.clear()
 
-    def reset(self) -> None:
-        """Empty, doubts and staleness forgotten: a rebuild's start (then :meth:`add_all`)."""
-        self._acc = [0] * len(self._acc)
-        self.count = 0
-        self._doubts.clear()
-        self.stale = False
+    def adopt(self, fresh: RunningDigest) -> None:
+        """Become ``fresh`` (a rebuild from the store), doubts and staleness forgotten."""
+        if fresh.buckets != self.buckets:
+            raise ValueError("a rebuilt digest must have the same buckets")
+        self._acc = list(fresh._acc)
+        self.count = fresh.count
+        self._doubts = dict(fresh._doubts)
+        self.stale = fresh.stale
 
-    def settle(self, key: str, stored: MemoryState | None) -> None:
-        """The store is known to hold ``stored`` (``None``: nothing) for ``key``."""
+    def settle(self, key: str, stored: MemoryState | None) -> bool:
+        """The store is known to hold ``stored`` (``None``: nothing) for ``key``.
+
+        Whether ``key`` was in doubt (else nothing changes).
+        """
         if key not in self._doubts:
-            return
+            return False
         counted = self._doubts.pop(key)
         if counted is not None:
             self._toggle(counted)
@@ -103,6 +108,7 @@ class RunningDigest:
         if stored is not None:
             self._toggle(stored)
             self.count += 1
+        return True
 
     @property
     def has_doubts(self) -> bool:
@@ -112,6 +118,11 @@ class RunningDigest:
     def in_doubt(self, key: str) -> bool:
         """Whether ``key``'s stored state is in doubt."""
         return key in self._doubts
+
+    @property
+    def doubt_count(self) -> int:
+        """How many keys are in doubt."""
+        return len(self._doubts)
 
     @property
     def doubts(self) -> list[str]:

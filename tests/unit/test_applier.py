@@ -308,6 +308,13 @@ class _FlakyStore(InMemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.fail: list[bool] = []  # per coming put_many: True lands then fails, False fails
+        self.fail_scans = 0  # scans to fail after their first page
+
+    async def scan(self, offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:
+        if offset is not None and self.fail_scans:
+            self.fail_scans -= 1
+            raise StoreError("the store went away during a scan")
+        return await super().scan(offset, limit)
 
     async def put_many(self, states: Sequence[MemoryState]) -> None:
         if self.fail:
@@ -417,26 +424,82 @@ async def test_a_listener_failing_after_the_store_write_leaves_the_digest_right(
     assert digest.snapshot() == await _scanned(store)
 
 
-async def test_random_store_failures_never_leave_the_digest_off() -> None:
+async def test_random_store_failures_never_leave_the_digest_or_the_store_off() -> None:
     rng = random.Random(7)
-    applier, store, digest = _flaky(max_doubts=50)
-    replica = Replica("r1")
-    for round_ in range(60):
-        ids = [f"m{rng.randrange(40)}" for _ in range(rng.randint(1, 6))]
+    applier, store, digest = _flaky(max_doubts=8)
+    replica, peer = Replica("r1"), Replica("r2")
+    stale_seen, written = 0, []
+    for round_ in range(120):
+        source = peer if rng.random() < 0.2 else replica
         events = []
-        for memory_id in ids:
-            op = "update" if f"t1/{memory_id}" in replica.states else "create"
-            event = replica.write(memory_id, "fact", op, content=f"{round_}")
+        for memory_id in (f"m{rng.randrange(40)}" for _ in range(rng.randint(1, 6))):
+            op = "update" if f"t1/{memory_id}" in source.states else "create"
+            event = source.write(memory_id, "fact", op, content=f"{round_}")
             if event is not None:
                 events.append(event)
+        if source is replica:
+            written += events
         store.fail = [rng.random() < 0.5 for _ in range(rng.choice([0, 0, 1, 2]))]
-        if rng.random() < 0.3:
-            with contextlib.suppress(StoreError):
+        how = rng.random()
+        with contextlib.suppress(StoreError):
+            if source is peer:  # a state repair from a peer region
+                await applier.merge_states([peer.states[e.key] for e in events])
+            elif how < 0.3:
                 await applier.apply_written([(e, encode(e)) for e in events])
-        else:
-            await _apply_retrying(applier, [_Record(encode(e)) for e in events])
+            else:
+                await _apply_retrying(applier, [_Record(encode(e)) for e in events])
+        stale_seen += digest.stale
+        if rng.random() < 0.2:
+            with contextlib.suppress(StoreError):
+                await applier.mend_digest()
     store.fail = []
+    # What the log and anti-entropy bring again in the end: every event, every repair.
+    await _apply_retrying(applier, [_Record(encode(e)) for e in written])
+    await applier.merge_states(list(peer.states.values()))
     await applier.mend_digest()
+    assert stale_seen, "the run should have gone stale at least once"
+    assert digest.snapshot() == await _scanned(store)
+    for key, state in replica.states.items():
+        stored = await store.get(key)
+        assert stored is not None
+        assert join(stored, state) == stored  # nothing applied was lost by the store
+
+
+async def test_a_failed_repair_then_a_new_event_keeps_the_repair() -> None:
+    applier, store, digest = _flaky()
+    replica, peer = Replica("r1"), Replica("r2")
+    created = replica.write("m1", "list", "create", items=["a"])
+    assert created is not None
+    await applier.apply_batch([_Record(encode(created))])
+    peer.receive(created)
+    added = peer.write("m1", "list", "add", items=["b"])
+    assert added is not None
+    store.fail = [True]  # the repair lands, then fails
+    with pytest.raises(StoreError):
+        await applier.merge_states([peer.states[created.key]])
+    await applier.mend_digest()
+    more = replica.write("m1", "list", "add", items=["c"])
+    assert more is not None
+    await applier.apply_batch([_Record(encode(more))])
+    stored = await store.get(created.key)
+    assert stored is not None
+    assert join(stored, peer.states[created.key]) == stored  # the repair is still there
+    assert digest.snapshot() == await _scanned(store)
+
+
+async def test_a_rebuild_that_fails_midway_stays_stale_and_is_done_again() -> None:
+    applier, store, digest = _flaky(max_doubts=1)
+    await applier.apply_batch([_Record(encode(e)) for e in _creates(Replica("r9"), 20)])
+    store.fail = [True]
+    with pytest.raises(StoreError):
+        await applier.apply_written([(e, encode(e)) for e in _creates(Replica("r1"), 3)])
+    assert digest.stale
+    store.fail_scans = 1
+    with pytest.raises(StoreError):
+        await applier.mend_digest(page=5)
+    assert digest.stale  # not half rebuilt, not taken for whole
+    await applier.mend_digest(page=5)
+    assert not digest.stale
     assert digest.snapshot() == await _scanned(store)
 
 
