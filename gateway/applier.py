@@ -287,27 +287,33 @@ class Applier:
         if digest is None or not (digest.stale or digest.has_doubts):
             return
         if digest.stale:
-            async with self.lock:
-                started = time.perf_counter()
-                fresh = RunningDigest(digest.buckets, digest.max_doubts)
-                offset: str | None = None
-                while True:
-                    states, offset = await self._store.scan(offset, page)
-                    fresh.add_all(states)
-                    if offset is None:
-                        break
-                digest.adopt(fresh)
-            _log.warning(
-                "applier.digest_rebuilt",
-                applier=self.name,
-                memories=digest.count,
-                seconds=round(time.perf_counter() - started, 3),
-            )
+            await self._rebuild_digest(digest, page)
             return
         doubted = digest.doubts
         for i in range(0, len(doubted), page):
             async with self.lock:
                 await self._read_doubted(doubted[i : i + page])
+
+    async def _rebuild_digest(self, digest: RunningDigest, page: int) -> None:
+        """Scan the store into a fresh digest under the apply lock and adopt it whole."""
+        async with self.lock:
+            if not digest.stale:
+                return  # another applier (they share the digest) rebuilt it meanwhile
+            started = time.perf_counter()
+            fresh = RunningDigest(digest.buckets, digest.max_doubts)
+            offset: str | None = None
+            while True:
+                states, offset = await self._store.scan(offset, page)
+                fresh.add_all(states)
+                if offset is None:
+                    break
+            digest.adopt(fresh)
+        _log.warning(
+            "applier.digest_rebuilt",
+            applier=self.name,
+            memories=digest.count,
+            seconds=round(time.perf_counter() - started, 3),
+        )
 
     def _observe(self, events: list[tuple[MemoryEvent, bytes]]) -> None:
         """Feed the batch's timestamps to the clock and the apply-lag histogram."""
@@ -332,6 +338,8 @@ class Applier:
         async with self.lock:
             keys = [s.key for s in remote]
             local = await self._store.get_many(keys)
+            for stored in local.values():
+                self._service.remember(stored)  # as in _apply_events
             if self.digest is not None and self.digest.has_doubts:
                 for key in keys:  # read from the store just now: what it holds
                     self._settle(key, local.get(key))
@@ -430,7 +438,12 @@ class Applier:
             known = self._known
             missing = [key for key in missing if key in known]  # never a false "absent"
         if missing:
-            states.update(await self._store.get_many(missing))
+            found = await self._store.get_many(missing)
+            for state in found.values():
+                # Into the cache, joined: a read that started before a failed
+                # write may fill it later with what the store held before.
+                self._service.remember(state)
+            states.update(found)
         originals = dict(states)
         changed: dict[str, MemoryState] = {}
         fresh: list[tuple[MemoryEvent, bytes]] = []

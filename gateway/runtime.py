@@ -396,7 +396,8 @@ class Runtime:
         m.gauge_fn(
             "memsync_digest_doubts",
             "Memories whose store write failed and may have landed: the state digest "
-            "is settled from the store when they are next touched or the log is quiet "
+            "is settled from the store when a batch next touches them, or by the applier "
+            "after its next batch or quiet poll "
             "(-1: too many, the digest is rebuilt by a store scan).",
             lambda: -1 if digest.stale else digest.doubt_count,
         )

@@ -54,9 +54,10 @@ async def test_a_stale_digest_is_not_compared_and_a_rebuilt_one_is() -> None:
             secret=b"s" * 32,
         )  # fmt: skip
         async with ClientSession() as http:
+            assert await ae.run_once(http, peer) == "in_sync"  # differs once: not yet
             digest.stale = True  # too many failed store writes: the applier rebuilds it
             assert [await ae.run_once(http, peer) for _ in range(3)] == ["in_sync"] * 3
             assert asked == []  # no repair on a digest that says nothing
-            digest.stale = False  # rebuilt
+            digest.stale = False  # rebuilt: what differed before it counts no more
             assert [await ae.run_once(http, peer) for _ in range(2)] == ["in_sync", "repaired"]
             assert asked == [[3]]  # the differing bucket, once it differed twice in a row

@@ -522,3 +522,50 @@ async def test_a_mend_while_the_store_still_fails_waits_and_then_settles() -> No
     applier._mend_after = 0.0
     await applier._mend_digest_after_failures()
     assert not digest.has_doubts and digest.snapshot() == await _scanned(store)
+
+
+async def test_a_settled_key_joins_the_store_into_a_cache_a_racing_read_filled() -> None:
+    applier, store, digest = _flaky()
+    service = cast(_Service, applier._service)
+    replica, peer = Replica("r1"), Replica("r2")
+    created = replica.write("m1", "list", "create", items=["a"])
+    assert created is not None
+    await applier.apply_batch([_Record(encode(created))])
+    before = await store.get(created.key)
+    assert before is not None
+    peer.receive(created)
+    assert peer.write("m1", "list", "add", items=["b"]) is not None
+    store.fail = [True]  # the repair lands, then fails
+    with pytest.raises(StoreError):
+        await applier.merge_states([peer.states[created.key]])
+    service.cache.put(before)  # a read that started before the repair landed
+    await applier.mend_digest()
+    more = replica.write("m1", "list", "add", items=["c"])
+    assert more is not None
+    await applier.apply_batch([_Record(encode(more))])
+    stored = await store.get(created.key)
+    assert stored is not None
+    assert join(stored, peer.states[created.key]) == stored  # the repair is still there
+    assert digest.snapshot() == await _scanned(store)
+
+
+async def test_appliers_sharing_a_stale_digest_rebuild_it_once() -> None:
+    applier, store, digest = _flaky(max_doubts=1)
+    other = _make(store, _Service(), SeqTracker(), digest=digest, lock=applier.lock)
+    store.fail = [True]
+    with pytest.raises(StoreError):
+        await applier.apply_written([(e, encode(e)) for e in _creates(Replica("r1"), 3)])
+    assert digest.stale
+    scans = 0
+    scan = store.scan
+
+    async def counted(offset: str | None, limit: int) -> tuple[list[MemoryState], str | None]:
+        nonlocal scans
+        scans += offset is None
+        await asyncio.sleep(0.01)  # a real store answers later: the other applier runs
+        return await scan(offset, limit)
+
+    store.scan = counted  # type: ignore[method-assign]
+    await asyncio.gather(applier.mend_digest(page=2), other.mend_digest(page=2))
+    assert scans == 1 and not digest.stale
+    assert digest.snapshot() == await _scanned(store)
