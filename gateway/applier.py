@@ -354,19 +354,9 @@ class Applier:
             if changed:
                 for key in changed:
                     self._service.note_known(key)  # before the store has it
-                try:
-                    await self._store.put_many(list(changed.values()))
-                except BaseException:
-                    for key in changed:
-                        # The write may have landed: reads go to the store,
-                        # and the next merge of the key reads it (in doubt).
-                        self._service.cache.discard(key)
-                        if self.digest is not None:
-                            self.digest.doubt(key, original.get(key))
-                    raise
-                if self.digest is not None:
-                    for key, after in changed.items():
-                        self.digest.replace(original.get(key), after)
+                # On failure its keys leave the cache and go in doubt: the
+                # write may have landed, and the next merge reads the store.
+                await self._persist(changed, original)
                 for state in changed.values():
                     self._service.remember(state)
                 pairs = [(original.get(k), after) for k, after in changed.items()]
