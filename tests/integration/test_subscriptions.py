@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import uvloop
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from deploy.tansu import TansuBroker
@@ -606,28 +607,95 @@ async def test_stream_handshake_failures_are_json_errors_and_timed(gw: Gateway) 
     assert 'route="/v1/events",status="403"' in metrics
 
 
-async def test_a_closed_websocket_leaves_no_cyclic_garbage(gw: Gateway) -> None:
-    """Freed by reference counting when it ends: a mass disconnect costs no long GC pause."""
+@pytest.mark.parametrize(
+    "leave", ["close_handshake", "fin", "reset", "close_frame_then_fin", "dropped_by_the_gateway"]
+)
+def test_a_closed_websocket_leaves_no_cyclic_garbage(
+    tmp_path: Path, broker: TansuBroker, leave: str
+) -> None:
+    """Freed by reference counting when it ends: a mass disconnect costs no long GC pause.
+
+    However it ends: a close handshake, a client gone with or without a close
+    frame (its socket closed or reset, as when its process exits), or dropped
+    by the gateway. On uvloop, the gateway's loop in production. (The close
+    reply that fails when the socket's end is read first, which only load
+    brings about, is tested in ``tests/unit/test_direct_frames.py``.)
+    """
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_leaves_no_garbage(tmp_path, broker, leave))
+
+
+async def _leaves_no_garbage(tmp_path: Path, broker: TansuBroker, leave: str) -> None:
+    from aiohttp import web
+
     from gateway.keys import CONNECTIONS
     from gateway.subscribe import _Connection
 
-    assert gw.client is not None
-    gc.collect()
-    gc.disable()
+    gw = await Gateway(tmp_path / "region", broker, **GATEWAY_OPTIONS).start()
     try:
-        ws = await _ws(gw)
-        await _subscribe(ws, channels=["user:alice:memories"])
-        await _write(gw, "POST", "/v1/memories", user_id="alice", id="g1", kind="fact")
-        await _events(ws, 1)
-        await ws.close()
+        assert gw.client is not None
         live = gw.client.app[CONNECTIONS]  # type: ignore[index]
-        await eventually(lambda: _true(not live), what="the connection to end")
-        await asyncio.sleep(0.1)
-        left = [o for o in gc.get_objects() if isinstance(o, _Connection)]
-        assert left == []
+        gc.collect()
+        gc.disable()
+        try:
+            if leave == "close_handshake":
+                ws = await _ws(gw)
+                await _subscribe(ws, channels=["user:alice:memories"])
+                await _write(gw, "POST", "/v1/memories", user_id="alice", id="g1", kind="fact")
+                await _events(ws, 1)
+                await ws.close()
+            else:
+                reader, writer = await _raw_subscriber(gw, "user:alice:memories")
+                await _write(gw, "POST", "/v1/memories", user_id="alice", id="g1", kind="fact")
+                await asyncio.wait_for(reader.readuntil(b'"g1"'), 10.0)
+                if leave == "dropped_by_the_gateway":  # as when its socket fails
+                    next(iter(live)).sub.close_lost()
+                    await asyncio.wait_for(reader.read(), 10.0)  # to the socket's end
+                    writer.close()
+                else:
+                    if leave.startswith("close_frame"):
+                        writer.write(_masked(0x88, (1000).to_bytes(2, "big")))
+                    if leave.endswith("fin"):
+                        writer.close()
+                    else:
+                        writer.transport.abort()
+            await eventually(lambda: _true(not live), what="the connection to end")
+            await asyncio.sleep(0.1)
+            left = [
+                type(o).__name__
+                for o in gc.get_objects()
+                if isinstance(o, (_Connection, web.WebSocketResponse))
+            ]
+            assert left == []
+        finally:
+            gc.enable()
     finally:
-        gc.enable()
+        await gw.stop()
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def _raw_subscriber(
+    gw: Gateway, channel: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare WebSocket client, subscribed to ``channel``: it can leave without a close frame."""
+    assert gw.client is not None
+    reader, writer = await asyncio.open_connection(str(gw.client.host), gw.client.port)
+    writer.write(
+        (
+            f"GET /v1/subscribe HTTP/1.1\r\nHost: {gw.client.host}:{gw.client.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {gw.default_token}\r\n\r\n"
+        ).encode()
+    )
+    status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+    assert status.startswith(b"HTTP/1.1 101"), status
+    writer.write(_masked(0x81, json.dumps({"op": "subscribe", "channels": [channel]}).encode()))
+    await asyncio.wait_for(reader.readuntil(b'"subscribed"'), 10.0)
+    return reader, writer
+
+
+def _masked(first: int, payload: bytes) -> bytes:
+    """One masked client frame (FIN + ``first``'s opcode) of under 126 bytes."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((first, 0x80 | len(payload))) + mask + masked
