@@ -16,6 +16,8 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from deploy.tansu import TansuBroker
 from gateway.client import LocalCache
+from gateway.fanout import Subscription
+from gateway.keys import CONNECTIONS
 from replication.state import MemoryState
 
 from .harness import Gateway, eventually, token
@@ -286,6 +288,8 @@ async def test_slow_subscriber_is_dropped_with_its_cursor(
             "max_body_bytes": 512 * 1024,
         },
     ).start()
+    gc.collect()
+    gc.disable()  # what the drop leaves must be freed by reference counting (see below)
     try:
         ws = await _ws(g)
         await _subscribe(ws, channels=["user:alice:memories"])
@@ -314,8 +318,30 @@ async def test_slow_subscriber_is_dropped_with_its_cursor(
         assert 'memsync_subscriptions_closed_total{reason="slow_consumer"} 1.0' in metrics
         assert "memsync_subscriber_coalescing_total 1.0" in metrics
         assert 'memsync_subscriber_writes_total{path="pump"}' in metrics
+        live = g.client.app[CONNECTIONS]  # type: ignore[index]
+        await eventually(lambda: _true(not live), what="the connection to end")
+        await asyncio.sleep(0.1)
+        assert _connections_in_garbage() == []  # its pump, socket and subscription included
     finally:
+        gc.enable()
         await g.stop()
+
+
+def _connections_in_garbage() -> list[str]:
+    """Connection objects only a full collection would free (collected here, then dropped)."""
+    from aiohttp import web
+
+    from gateway.subscribe import _Connection
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+    kinds = (_Connection, web.WebSocketResponse, Subscription)
+    found = [type(o).__name__ for o in gc.garbage if isinstance(o, kinds)]
+    gc.garbage.clear()
+    return found
 
 
 async def test_cursor_from_one_gateway_resumes_on_another(
@@ -628,7 +654,6 @@ def test_a_closed_websocket_leaves_no_cyclic_garbage(
 async def _leaves_no_garbage(tmp_path: Path, broker: TansuBroker, leave: str) -> None:
     from aiohttp import web
 
-    from gateway.keys import CONNECTIONS
     from gateway.subscribe import _Connection
 
     gw = await Gateway(tmp_path / "region", broker, **GATEWAY_OPTIONS).start()
