@@ -167,6 +167,14 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.gc_collected = Counter(
+            "memsync_gc_collected_objects_total",
+            "Objects the garbage collector freed, by generation. Reference counting frees "
+            "everything not in a reference cycle, so a steady rise here is cyclic garbage, "
+            "which only a collection (a full one, for long-lived objects) finds.",
+            ["generation"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "memsync_event_loop_lag_seconds",
             "How late a 100 ms timer of the event loop fires: time the loop was busy elsewhere.",

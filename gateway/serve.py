@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -18,18 +19,25 @@ from gateway.settings import Settings
 __all__ = ["serve"]
 
 
-def _time_gc(metrics: Metrics) -> None:
-    """Observe every collector pause (a process-wide hook: only where one app runs)."""
+def _time_gc(metrics: Metrics) -> Callable[[str, dict[str, Any]], None]:
+    """Observe every collector pause and what it freed (a process-wide hook: one app per process).
+
+    Returns the hook, already in ``gc.callbacks``.
+    """
     started = [0.0]
+    pauses = {g: metrics.gc_pause.labels(str(g)) for g in range(3)}
+    collected = {g: metrics.gc_collected.labels(str(g)) for g in range(3)}
 
     def callback(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             started[0] = time.perf_counter()
         else:
-            pause = time.perf_counter() - started[0]
-            metrics.gc_pause.labels(str(info["generation"])).observe(pause)
+            generation = info["generation"]
+            pauses[generation].observe(time.perf_counter() - started[0])
+            collected[generation].inc(info["collected"])
 
     gc.callbacks.append(callback)
+    return callback
 
 
 def serve(settings: Settings) -> int:
