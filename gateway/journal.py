@@ -212,15 +212,20 @@ class Journal:
 
     # -- the write path -----------------------------------------------------
 
-    async def record(
+    def record(
         self, *, seq: int, key: str, counter: int, body: bytes, high_water: int
-    ) -> None:
-        """Durably journal one event as pending; returns after the fsync."""
+    ) -> asyncio.Future[None]:
+        """Journal one event as pending; the future is done after its group commit's fsync.
+
+        The event joins the next group commit at once; a future rather than a
+        coroutine, so that a write need not start a task of its own to
+        journal concurrently with its append.
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(seq, key, counter, body, high_water, done))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_loop())
-        await done
+        return done
 
     async def _flush_loop(self) -> None:
         while self._queue:

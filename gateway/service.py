@@ -546,10 +546,8 @@ class MemoryService:
     ) -> tuple[Any, bool]:
         """Journal (fsync) and append concurrently; ``(appended or None, degraded)``."""
         started = time.perf_counter()
-        journalled = asyncio.ensure_future(
-            self.journal.record(
-                seq=seq, key=key, counter=counter, body=raw, high_water=event.timestamp
-            )
+        journalled = self.journal.record(
+            seq=seq, key=key, counter=counter, body=raw, high_water=event.timestamp
         )
         journalled.add_done_callback(
             lambda _: self._observe_stage("journal", time.perf_counter() - started)
