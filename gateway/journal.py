@@ -191,13 +191,16 @@ class Journal:
         if counter > self._claimed.get(key, 0):
             self._claimed[key] = counter
 
-    def release(self, key: str, counter: int, seq: int) -> None:
+    def release(self, key: str, counter: int, seq: int | None) -> None:
         """Give back a counter and seq whose event reached neither journal nor log.
 
-        Only the latest ones can be given back; an older one stays a gap.
+        ``seq`` is ``None`` when none was issued for it (the event was refused
+        before). Only the latest ones can be given back; an older one stays a gap.
         """
         if self._claimed.get(key) == counter:
             del self._claimed[key]
+        if seq is None:
+            return
         if self._seq == seq:
             self._seq -= 1
         else:
@@ -355,6 +358,32 @@ class Journal:
             if self._live.get(key) == counter:
                 del self._live[key]
         return len(pruned)
+
+    async def discard(self, seq: int) -> bool:
+        """Delete one pending event the log refused for good; whether it was there.
+
+        Only for a refusal retrying cannot fix (the log will never take that
+        event): left pending, it would hold the outbox, and every write that
+        joins it, forever. The high-water mark and last seq stay in the meta,
+        as when rows are pruned, so no seq is issued twice.
+        """
+
+        def drop() -> int:
+            db = self._conn
+            db.execute("BEGIN")
+            try:
+                hw, top = db.execute("SELECT MAX(hw), MAX(seq) FROM events").fetchone()
+                db.execute(_UPSERT_META, ("high_water", str(hw or 0), "seq", str(top or 0)))
+                gone = db.execute(
+                    "DELETE FROM events WHERE seq = ? AND segment IS NULL", (seq,)
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(gone)
+
+        return bool(await self._run(drop))
 
     async def counts(self) -> tuple[int, int]:
         """``(pending, logged)`` event counts."""

@@ -32,7 +32,7 @@ from gateway.errors import (
     UnavailableError,
     ValidationError,
 )
-from gateway.journal import Journal
+from gateway.journal import Journal, JournalRow
 from gateway.known_keys import KnownKeys
 from gateway.ratelimit import RateLimiter
 from gateway.requests import CreateRequest, PatchRequest, SearchRequest
@@ -44,7 +44,15 @@ from replication.dvv import EMPTY, Dot, DotContext
 from replication.errors import MemsyncError
 from replication.events import make_event, next_counter
 from replication.merge import apply, join
-from replication.schema import EventType, MemoryBody, MemoryEvent, Ops, Source, default_policy
+from replication.schema import (
+    EventType,
+    MemoryBody,
+    MemoryEvent,
+    Ops,
+    Source,
+    decode_event,
+    default_policy,
+)
 from replication.schema import encode as encode_wire
 from replication.state import MemoryState, MemoryView, materialize
 from replication.token import decode_context, encode_context, seal, unseal
@@ -527,11 +535,16 @@ class MemoryService:
                 system=system,
             )
         except MemsyncError:
-            self.journal.release(key, counter, 0)
+            self.journal.release(key, counter, None)  # no seq was issued for it
             raise
         seq = self.journal.next_seq()
         event = msgspec.structs.replace(event, seq=seq)
         raw = encode_wire(event)
+        try:
+            _checked_as_consumers_will(raw)
+        except MemsyncError:
+            self.journal.release(key, counter, seq)
+            raise
         self._inflight.add(seq)
         try:
             _, degraded = await self._journal_and_append(key, counter, seq, raw, event)
@@ -559,7 +572,12 @@ class MemoryService:
                 self._observe_stage("append", time.perf_counter() - started)
             except MemsyncError as exc:
                 if not exc.retriable:
+                    # The log will never take this event: it must not stay in
+                    # the outbox, where it would hold every later write.
                     await asyncio.gather(journalled, return_exceptions=True)
+                    await self.journal.discard(seq)
+                    self.journal.release(key, counter, seq)
+                    _log.error("log.refused_write", key=key, seq=seq, error=exc.message)
                     raise
                 self.log_available = False
                 _log.warning("log.unavailable_on_write", key=key, seq=seq, error=exc.message)
@@ -600,8 +618,9 @@ class MemoryService:
             logged: list[tuple[int, int]] = []
             try:
                 for row in rows:
-                    appended = await self.log.append(row.key.encode(), row.body, ())
-                    logged.append((row.seq, int(appended.segment)))
+                    appended = await self._append_row(row)
+                    if appended is not None:
+                        logged.append((row.seq, int(appended.segment)))
             finally:
                 await self.journal.mark_logged(logged)
                 sent += len(logged)
@@ -616,11 +635,36 @@ class MemoryService:
                 return sent
             logged = []
             for row in rows:
-                appended = await self.log.append(row.key.encode(), row.body, ())
-                logged.append((row.seq, int(appended.segment)))
+                appended = await self._append_row(row)
+                if appended is not None:
+                    logged.append((row.seq, int(appended.segment)))
             await self.journal.mark_logged(logged)
             sent += len(logged)
             after = rows[-1].seq
+
+    async def _append_row(self, row: JournalRow) -> Any:
+        """Append one journal row; ``None`` when the log refused it for good (row dropped).
+
+        A refusal retrying cannot fix (a journal written before the gateway
+        checked events as consumers do, or a broker with a smaller record
+        limit) would otherwise stop the outbox, or a re-publication, at that
+        row forever. The row is dropped with an error naming it; an
+        unavailable log still raises, so the drainer retries later.
+        """
+        try:
+            return await self.log.append(row.key.encode(), row.body, ())
+        except MemsyncError as exc:
+            if exc.retriable:
+                raise
+            await self.journal.discard(row.seq)
+            _log.error(
+                "journal.row_refused_by_log",
+                seq=row.seq,
+                key=row.key,
+                bytes=len(row.body),
+                error=exc.message,
+            )
+            return None
 
     def poke_outbox(self) -> None:
         """Ask the outbox drainer to look now."""
@@ -634,3 +678,18 @@ class MemoryService:
         except TimeoutError:
             pass
         self._wake_drainer.clear()
+
+
+def _checked_as_consumers_will(raw: bytes) -> None:
+    """Refuse a finished event that a consumer of the log would refuse.
+
+    Structs built in the gateway skip the wire type's constraints (lengths,
+    ranges) and the event's size limit, which every consumer checks when it
+    decodes: a write answered 201 would then be applied here (write-through)
+    and dead-lettered everywhere else. Raises the decoder's
+    :class:`PayloadTooLargeError` (413) or :class:`ValidationError` (422).
+    """
+    try:
+        decode_event(raw)
+    except MemsyncError as exc:
+        raise type(exc)(f"this write is refused, its event breaks a limit: {exc.message}") from exc

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_ITEM_CHARS",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
+    "MAX_METADATA_INT",
     "MAX_METADATA_KEYS",
     "MAX_TOPICS",
     "check_metadata",
@@ -37,6 +38,9 @@ MAX_ID_CHARS = 128
 MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 8
 MAX_METADATA_KEYS = 256
+# Integers in metadata: exactly representable as JSON numbers everywhere
+# (JavaScript's safe integers) and in the stores' encodings (64-bit).
+MAX_METADATA_INT = 2**53 - 1
 # Ids become parts of channel names (`user:{id}:memories`) and storage keys:
 # no colons, slashes or spaces.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$"
@@ -67,7 +71,22 @@ def check_metadata(value: dict[str, Any], encoded_size: int) -> None:
                     )
                 if isinstance(child, dict | list):
                     stack.append((child, depth + 1))
+                else:
+                    _check_scalar(child)
         elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+            for child in node:
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1))
+                else:
+                    _check_scalar(child)
     if keys > MAX_METADATA_KEYS:
         raise ValidationError(f"metadata has {keys} keys; the limit is {MAX_METADATA_KEYS}")
+
+
+def _check_scalar(value: Any) -> None:
+    """An integer in metadata must be a safe one (see ``MAX_METADATA_INT``)."""
+    if type(value) is int and not -MAX_METADATA_INT <= value <= MAX_METADATA_INT:
+        raise ValidationError(
+            f"metadata holds the integer {str(value)[:40]}, outside ±{MAX_METADATA_INT} "
+            "(2**53 - 1, what JSON numbers hold exactly everywhere); send it as a string"
+        )

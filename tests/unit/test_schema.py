@@ -111,6 +111,22 @@ def test_metadata_depth_and_size_are_bounded() -> None:
         decode_event(json.dumps(data).encode())
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [{"n": 2**64}, {"n": -(2**63) - 1}, {"deep": {"list": [1, [2**53]]}}, {"x": [-(2**53)]}],
+)
+def test_metadata_integers_must_be_safe_ones(metadata: dict[str, object]) -> None:
+    """A log of JSON carries any integer; the stores' 64-bit encodings and JavaScript do not."""
+    data = _fixture("create_fact")
+    memory = data["memory"]
+    assert isinstance(memory, dict)
+    memory["metadata"] = metadata
+    with pytest.raises(ValidationError, match="outside"):
+        decode_event(json.dumps(data).encode())
+    memory["metadata"] = {"n": 2**53 - 1, "m": -(2**53 - 1), "flag": True, "f": 1e300}
+    decode_event(json.dumps(data).encode())
+
+
 def test_policy_must_fit_kind() -> None:
     data = _fixture("create_fact")
     memory = data["memory"]
