@@ -41,7 +41,7 @@ from gateway.store import ListQuery, MemoryStore, SearchQuery
 from replication import dvv
 from replication.clock import HybridClock
 from replication.dvv import EMPTY, Dot, DotContext
-from replication.errors import MemsyncError
+from replication.errors import MemsyncError, PreconditionFailedError
 from replication.events import make_event, next_counter
 from replication.merge import apply, join
 from replication.schema import (
@@ -55,7 +55,7 @@ from replication.schema import (
 )
 from replication.schema import encode as encode_wire
 from replication.state import MemoryState, MemoryView, materialize
-from replication.token import decode_context, encode_context, seal, unseal
+from replication.token import Version, decode_version, encode_version, seal, unseal
 
 __all__ = ["Appender", "MemoryService", "SeqTracker", "WriteResult"]
 
@@ -194,17 +194,17 @@ class MemoryService:
     # -- tokens ---------------------------------------------------------------
 
     def version_token(self, state: MemoryState) -> str:
-        """The ``ETag`` of a state."""
-        return encode_context(state.clock, self._key)
+        """The ``ETag`` of a state: its memory and causal context."""
+        return encode_version(state.key, state.clock, self._key)
 
-    def parse_version(self, token: str | None) -> DotContext | None:
-        """The causal context of an ``If-Match`` header (``None``: blind write)."""
+    def parse_version(self, token: str | None) -> Version | None:
+        """The memory and context of an ``If-Match`` header (``None``: blind write)."""
         if token is None:
             return None
         token = token.strip()
         if token.startswith("W/"):
             token = token[2:]
-        return decode_context(token.strip('"'), self._key)
+        return decode_version(token.strip('"'), self._key)
 
     def parse_session(self, token: str | None) -> DotContext:
         """The applied-events context named by an ``X-Memsync-Session`` header."""
@@ -390,7 +390,7 @@ class MemoryService:
         claims: Claims,
         memory_id: str,
         req: PatchRequest,
-        if_match: DotContext | None,
+        version: Version | None,
         session: DotContext,
     ) -> WriteResult:
         """Update a memory's fields, list items or counter."""
@@ -398,6 +398,7 @@ class MemoryService:
         await self.await_session(session)
         key = f"{claims.tenant}/{memory_id}"
         state = self._visible(claims, await self.current(key), memory_id)
+        if_match = _matched(version, key)
         if state.deleted:
             raise NotFoundError(f"memory {memory_id!r} was deleted")
         view = materialize(state)
@@ -463,13 +464,14 @@ class MemoryService:
         )
 
     async def delete(
-        self, claims: Claims, memory_id: str, if_match: DotContext | None, session: DotContext
+        self, claims: Claims, memory_id: str, version: Version | None, session: DotContext
     ) -> WriteResult:
         """Delete a memory (a tombstone that keeps its causal context)."""
         claims.require("write")
         await self.await_session(session)
         key = f"{claims.tenant}/{memory_id}"
         state = self._visible(claims, await self.current(key), memory_id)
+        if_match = _matched(version, key)
         if state.deleted:
             raise NotFoundError(f"memory {memory_id!r} was already deleted")
         view = materialize(state)
@@ -693,3 +695,14 @@ def _checked_as_consumers_will(raw: bytes) -> None:
         decode_event(raw)
     except MemsyncError as exc:
         raise type(exc)(f"this write is refused, its event breaks a limit: {exc.message}") from exc
+
+
+def _matched(version: Version | None, key: str) -> DotContext | None:
+    """The context of an ``If-Match`` for memory ``key``; 412 if it names another memory."""
+    if version is None:
+        return None
+    if version.key != key:
+        raise PreconditionFailedError(
+            "If-Match holds the version of another memory; read this memory and send its ETag"
+        )
+    return version.context

@@ -17,9 +17,18 @@ from typing import TypeVar
 import msgspec
 
 from replication.dvv import DotContext
-from replication.errors import InvalidTokenError
+from replication.errors import InvalidTokenError, PreconditionFailedError
 
-__all__ = ["MAX_TOKEN_CHARS", "decode_context", "encode_context", "seal", "unseal"]
+__all__ = [
+    "MAX_TOKEN_CHARS",
+    "Version",
+    "decode_context",
+    "decode_version",
+    "encode_context",
+    "encode_version",
+    "seal",
+    "unseal",
+]
 
 MAX_TOKEN_CHARS = 8192
 _PREFIX = "v1"
@@ -76,3 +85,42 @@ def encode_context(ctx: DotContext, key: bytes) -> str:
 def decode_context(token: str, key: bytes) -> DotContext:
     """The causal context inside a version token."""
     return unseal(token, key, "version", DotContext)
+
+
+class Version(msgspec.Struct, frozen=True, array_like=True):
+    """What a memory's ``ETag`` names: that memory (its key) and the causal context read.
+
+    Bound to its memory, so an ``If-Match`` cannot carry another memory's
+    context, which could cover versions of this one its writer never saw (I4).
+    """
+
+    key: str
+    context: DotContext
+
+
+_VERSION = "memory-version"
+
+
+def encode_version(memory_key: str, ctx: DotContext, key: bytes) -> str:
+    """The version token (``ETag`` / ``If-Match``) of one memory's causal context."""
+    return seal(Version(memory_key, ctx), key, _VERSION)
+
+
+def decode_version(token: str, key: bytes) -> Version:
+    """The memory and context inside a version token.
+
+    :class:`InvalidTokenError` (400) when it is not a genuine token;
+    :class:`PreconditionFailedError` (412) for a genuine one minted before
+    version tokens named their memory, which cannot be checked against it.
+    """
+    try:
+        return unseal(token, key, _VERSION, Version)
+    except InvalidTokenError as exc:
+        try:
+            decode_context(token, key)
+        except InvalidTokenError:
+            raise exc from None
+        raise PreconditionFailedError(
+            "this version token predates tokens that name their memory; "
+            "read the memory again and send its current ETag"
+        ) from None

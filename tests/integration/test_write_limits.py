@@ -111,3 +111,28 @@ async def test_a_row_the_log_refuses_for_good_leaves_the_outbox(
     await eventually(drained, within=20, what="the outbox to drain past the refused row")
     assert [r.seq for r in await journal.pending(10)] == []
     assert not await journal.discard(poison)  # gone already
+
+
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+async def test_an_if_match_of_another_memory_fails_its_precondition(
+    gw: Gateway, method: str
+) -> None:
+    """An ETag names its memory: another memory's context must not cover this one's versions."""
+    a = await _create(gw, id="a", kind="fact", content="a0")
+    await _create(gw, id="b", kind="fact", content="b0")
+    journal = gw.runtime.journal
+    before = journal.last_seq, (await journal.counts())[0]
+    body = {"content": "b1"} if method == "PATCH" else None
+    resp, err = await gw.request(
+        method, "/v1/memories/b", json=body, headers={"If-Match": f'"{a["version"]}"'}
+    )
+    assert resp.status == 412, err
+    assert err["error"]["code"] == "precondition_failed"
+    assert "another memory" in err["error"]["message"]
+    await _nothing_journalled(gw, before)
+    resp, got = await gw.request("GET", "/v1/memories/b")
+    assert resp.status == 200 and got["content"] == "b0"
+    resp, ok = await gw.request(  # its own ETag still works
+        method, "/v1/memories/b", json=body, headers={"If-Match": f'"{got["version"]}"'}
+    )
+    assert resp.status == 200, ok

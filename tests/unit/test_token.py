@@ -8,8 +8,16 @@ import pytest
 
 from replication import dvv
 from replication.dvv import Dot
-from replication.errors import InvalidTokenError
-from replication.token import decode_context, encode_context, seal, unseal
+from replication.errors import InvalidTokenError, PreconditionFailedError
+from replication.token import (
+    Version,
+    decode_context,
+    decode_version,
+    encode_context,
+    encode_version,
+    seal,
+    unseal,
+)
 
 KEY = b"k" * 32
 
@@ -43,3 +51,19 @@ def test_token_for_another_purpose_is_refused() -> None:
 def test_malformed_tokens_are_refused_with_a_reason(bad: str) -> None:
     with pytest.raises(InvalidTokenError):
         decode_context(bad, KEY)
+
+
+def test_a_version_token_names_its_memory() -> None:
+    ctx = dvv.context_of([Dot("eu", 3)])
+    token = encode_version("t1/m1", ctx, KEY)
+    assert decode_version(token, KEY) == Version("t1/m1", ctx)
+    with pytest.raises(InvalidTokenError, match="integrity"):
+        decode_version(token, b"other-key")
+
+
+def test_a_version_token_from_before_memories_were_named_asks_for_a_fresh_read() -> None:
+    """Genuine but unbound: it cannot be checked against the memory written, so 412."""
+    with pytest.raises(PreconditionFailedError, match="read the memory again"):
+        decode_version(encode_context(dvv.context_of([Dot("eu", 3)]), KEY), KEY)
+    with pytest.raises(InvalidTokenError):  # anything else stays a bad token
+        decode_version(seal({"a": 1}, KEY, "cursor"), KEY)
