@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -27,14 +27,22 @@ from gateway.errors import ValidationError as MemsyncValidationError
 from gateway.keys import METRICS, MODE, SERVICE, TOKENS
 from gateway.requests import decode_create, decode_patch, decode_search
 from gateway.service import WriteResult
-from replication.limits import ID_PATTERN
+from replication.limits import ID_PATTERN, MAX_METADATA_DEPTH
 
-__all__ = ["STREAM_ROUTES", "error_middleware", "error_response", "observe", "routes"]
+__all__ = [
+    "STREAM_ROUTES",
+    "decode_json",
+    "error_middleware",
+    "error_response",
+    "observe",
+    "routes",
+]
 
 _log = structlog.get_logger(__name__)
 _ID = re.compile(ID_PATTERN)
 _KINDS = ("fact", "preference", "conversation", "list", "counter")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_R = TypeVar("_R")
 _encoder = msgspec.json.Encoder()
 
 
@@ -109,14 +117,24 @@ def error_response(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
-        if exc.status == 413:
-            message = "request body is larger than the limit of this gateway"
-        else:
-            message = exc.reason
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return json_response(error_body(code, message), exc.status)
+        return _http_error(request, exc)
     _log.error("http.unhandled", method=request.method, path=request.path, exc_info=exc)
     return json_response(error_body("internal", "internal error; see the gateway log"), 500)
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusal (no route, wrong method, body too large) in the error shape."""
+    allow = exc.headers.get("Allow")  # a 405 names the methods the resource takes
+    if exc.status == 413:
+        message = "request body is larger than the limit of this gateway"
+    elif exc.status == 405 and allow is not None:
+        methods = allow.replace(",", ", ")
+        message = f"{request.method} is not allowed on this path: use {methods}"
+    else:
+        message = exc.reason
+    code = _HTTP_CODES.get(exc.status, "http_error")
+    headers = None if allow is None else {"Allow": allow}
+    return json_response(error_body(code, message), exc.status, headers)
 
 
 def observe(request: web.Request, response: web.StreamResponse, started: float) -> None:
@@ -147,6 +165,29 @@ def _memory_id(request: web.Request) -> str:
             "at most 128 characters"
         )
     return memory_id
+
+
+def decode_json(decode: Callable[[bytes], _R], body: bytes) -> _R:
+    """``decode(body)``, with the two failures msgspec raises outside its own errors mapped.
+
+    A string that is not UTF-8 raises ``UnicodeDecodeError`` and nesting
+    deeper than the interpreter's recursion limit ``RecursionError``; both are
+    re-raised as msgspec's ``DecodeError`` / ``ValidationError`` so every
+    caller's handling of bad JSON answers them too (never a 500).
+    """
+    try:
+        return decode(body)
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise msgspec.DecodeError(
+            f"a string holds byte 0x{byte}, which is not UTF-8 ({exc.reason}): "
+            "send the body encoded as UTF-8"
+        ) from exc
+    except RecursionError as exc:
+        raise msgspec.ValidationError(
+            "arrays and objects are nested too deeply to decode: "
+            f"metadata may nest at most {MAX_METADATA_DEPTH} levels"
+        ) from exc
 
 
 async def _body(request: web.Request) -> bytes:
@@ -189,7 +230,7 @@ def _outcome(request: web.Request, result: WriteResult) -> None:
 async def create_memory(request: web.Request) -> web.Response:
     """``POST /v1/memories``."""
     claims = _claims(request)
-    req = decode_create(await _body(request))
+    req = decode_json(decode_create, await _body(request))
     service = request.app[SERVICE]
     session = service.parse_session(request.headers.get("X-Memsync-Session"))
     result = await service.create(claims, req, session)
@@ -213,7 +254,7 @@ async def patch_memory(request: web.Request) -> web.Response:
     """``PATCH /v1/memories/{id}``."""
     claims = _claims(request)
     memory_id = _memory_id(request)
-    req = decode_patch(await _body(request))
+    req = decode_json(decode_patch, await _body(request))
     service = request.app[SERVICE]
     if_match = service.parse_version(request.headers.get("If-Match"))
     session = service.parse_session(request.headers.get("X-Memsync-Session"))
@@ -264,7 +305,7 @@ async def list_memories(request: web.Request) -> web.Response:
 async def search_memories(request: web.Request) -> web.Response:
     """``POST /v1/search``."""
     claims = _claims(request)
-    req = decode_search(await _body(request))
+    req = decode_json(decode_search, await _body(request))
     service = request.app[SERVICE]
     try:
         hits = await service.search(claims, req)

@@ -133,6 +133,11 @@ class TokenCache:
 
 def verify(token: str, secret: bytes) -> Claims:
     """The claims of a genuine, unexpired token; :class:`UnauthorizedError` otherwise."""
+    if not token.isascii():  # PyJWT cannot encode the surrogates of a header's raw bytes
+        raise UnauthorizedError(
+            "invalid token: it holds characters that are not ASCII, so it is not a token "
+            "this cluster minted; send it exactly as 'memsync token' printed it"
+        )
     try:
         raw = jwt.decode(
             token,

@@ -24,9 +24,10 @@ from typing import Annotated, TypeVar
 import msgspec
 from aiohttp import web
 
-from gateway.api import _body, _claims, json_response
+from gateway.api import _body, _claims, decode_json, json_response
 from gateway.errors import BadRequestError
 from gateway.keys import RUNTIME
+from gateway.store import decode_page_token
 from replication import dvv
 from replication.digest import bucket_of
 from replication.dvv import DotContext
@@ -56,13 +57,30 @@ class StatesRequest(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_STATES)] = 500
 
 
-def _decode(raw: bytes, kind: type[S]) -> S:
+_missing_decoder = msgspec.json.Decoder(MissingRequest)
+_states_decoder = msgspec.json.Decoder(StatesRequest)
+
+
+def _decode(raw: bytes, decoder: msgspec.json.Decoder[S]) -> S:
     try:
-        return msgspec.json.decode(raw, type=kind)
+        return decode_json(decoder.decode, raw)
     except msgspec.ValidationError as exc:
-        raise BadRequestError(f"invalid {kind.__name__}: {exc}") from None
+        raise BadRequestError(f"invalid {decoder.type.__name__}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"malformed JSON: {exc}") from None
+
+
+def _offset(body: StatesRequest) -> str | None:
+    """The request's ``offset``, if it is a page token a store issued."""
+    if body.offset is not None:
+        try:
+            decode_page_token(body.offset)
+        except ValueError:
+            raise BadRequestError(
+                "'offset' is not a page token this gateway issued: pass the 'next' of "
+                "the previous page, or null for the first page"
+            ) from None
+    return body.offset
 
 
 async def replication(request: web.Request) -> web.Response:
@@ -91,7 +109,7 @@ async def context(request: web.Request) -> web.Response:
 async def missing(request: web.Request) -> web.Response:
     """``POST /v1/replication/missing``: events a peer lacks, from the history."""
     _claims(request).require("replicate")
-    body = _decode(await _body(request), MissingRequest)
+    body = _decode(await _body(request), _missing_decoder)
     since, upto = dvv.normalised(body.since), dvv.normalised(body.upto)
     found = await request.app[RUNTIME].history.missing(since, upto, body.limit)
     events = b",".join(found.events)
@@ -105,13 +123,13 @@ async def missing(request: web.Request) -> web.Response:
 async def states(request: web.Request) -> web.Response:
     """``POST /v1/replication/states``: whole states of the memories in some buckets."""
     _claims(request).require("replicate")
-    body = _decode(await _body(request), StatesRequest)
+    body = _decode(await _body(request), _states_decoder)
     if any(b >= body.of for b in body.buckets):
         raise BadRequestError(f"bucket numbers must be below 'of' ({body.of})")
     wanted = set(body.buckets)
     store = request.app[RUNTIME].open_store
     out: list[str] = []
-    offset = body.offset
+    offset = _offset(body)
     scanned = 0
     while len(out) < body.limit and scanned < 20 * MAX_STATES:
         # Never more matches than still fit: ``next`` must not skip any.

@@ -9,6 +9,7 @@ name. Durations are seconds as floats unless the name says ``_ms``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -220,6 +221,7 @@ class Settings:
                 "MEMSYNC_WRITE_THROUGH_QUEUE must be between 0 (off: own writes wait for the "
                 "log's delivery) and 1000000"
             )
+        _check_rate_limits(self.limits)
         return self
 
     @classmethod
@@ -305,6 +307,28 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _check_rate_limits(limits: Limits) -> None:
+    """:class:`SettingsError` naming the variable unless every rate is > 0 and burst ≥ 1."""
+    for name, rate in (
+        ("MEMSYNC_AGENT_RATE", limits.agent_rate),
+        ("MEMSYNC_TENANT_RATE", limits.tenant_rate),
+    ):
+        if not (math.isfinite(rate) and rate > 0):
+            raise SettingsError(
+                f"{name}={rate!r} must be a positive number of writes per second "
+                "(a large value such as 1e9 effectively turns the limit off)"
+            )
+    for name, burst in (
+        ("MEMSYNC_AGENT_BURST", limits.agent_burst),
+        ("MEMSYNC_TENANT_BURST", limits.tenant_burst),
+    ):
+        if not (math.isfinite(burst) and burst >= 1):
+            raise SettingsError(
+                f"{name}={burst!r} must be at least 1 (the writes admitted at once; "
+                "a smaller bucket never admits a write)"
+            )
 
 
 def _hold(text: str) -> int | None:

@@ -73,6 +73,10 @@ async def test_replication_endpoints_refuse_bad_input_and_wrong_tokens(gw: Gatew
          b'{"since": [{}, []], "upto": [{}, []], "extra": 1}', "extra"),
         ("/v1/replication/states", b'{"buckets": [300], "of": 256}', "below"),
         ("/v1/replication/states", b'{"buckets": [1], "of": 0}', "of"),
+        ("/v1/replication/states", b'{"buckets": [0], "of": 1, "offset": "nope"}',
+         "'offset' is not a page token"),
+        ("/v1/replication/states", b'{"buckets": [0], "of": 1, "offset": "\xff"}',
+         "byte 0xff, which is not UTF-8"),
     ]  # fmt: skip
     for path, raw, words in cases:
         resp, body = await gw.request("POST", path, data=raw, token_=REPLICATE)

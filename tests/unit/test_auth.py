@@ -47,3 +47,12 @@ def test_cache_rechecks_expiry_on_every_hit() -> None:
 def test_unknown_scope_cannot_be_minted() -> None:
     with pytest.raises(ValueError, match="unknown scope"):
         _token(scope=["root"])
+
+
+@pytest.mark.parametrize("token", ["\udcff\udcfe", "abc.d\u00e9f.ghi"])
+def test_a_token_with_bytes_that_are_not_ascii_is_refused_as_unauthorized(token: str) -> None:
+    """A header's raw non-UTF-8 bytes arrive as surrogates; PyJWT cannot even encode them."""
+    with pytest.raises(UnauthorizedError, match="not ASCII"):
+        verify(token, SECRET)
+    with pytest.raises(UnauthorizedError, match="not ASCII"):
+        TokenCache(SECRET).verify(token)
