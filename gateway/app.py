@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from gateway import api, health, replication_api, subscribe
+from gateway import api, dashboard, health, replication_api, subscribe
 from gateway.auth import TokenCache
 from gateway.keys import (
     CONNECTIONS,
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
     app.add_routes(subscribe.routes())
     app.add_routes(health.routes())
     app.add_routes(replication_api.routes())
+    app.add_routes(dashboard.routes())
 
     # Shutdown runs from on_shutdown (streams) to the end of cleanup (runtime);
     # if any step hangs, the watchdog logs what every pending task awaits.

@@ -247,6 +247,28 @@ def spec() -> dict[str, Any]:
                 **_ERRORS,
             },
         }},
+        "/dashboard": {"get": {
+            "summary": "Live admin page (events, regions, lag, conflicts)",
+            "description": (
+                "A static HTML page with no data in it: it asks for an admin token, keeps it "
+                "in the tab's sessionStorage and polls /v1/dashboard once a second."
+            ),
+            "security": [],
+            "responses": {"200": {"description": "the page", "content": {"text/html": {}}}},
+        }},
+        "/v1/dashboard": {"get": {
+            "summary": "The dashboard's data (admin scope; the token's tenant only)",
+            "description": (
+                "mode and modes in effect, every incoming link (as /v1/replication), counts "
+                "(as /readyz, plus events_seen and conflicts_seen since start), the latest "
+                "events applied here (newest first: at_ms, type, id, user_id, region, local, "
+                "versions) and conflicts: the memories whose latest event left concurrent "
+                "versions (an LWW memory's losers, a surfaced memory's siblings)."
+            ),
+            "responses": {"200": {"description": "{region, at_ms, mode, modes, links, totals, "
+                                                 "recent, conflicts}",
+                                  "content": {"application/json": {}}}, **_ERRORS},
+        }},
         "/v1/replication": {"get": {
             "summary": "Incoming replication links: lag (time, events) and state",
             "description": (

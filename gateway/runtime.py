@@ -30,6 +30,7 @@ import structlog
 from gateway.antientropy import AntiEntropy
 from gateway.applier import Applier
 from gateway.cache import StateCache
+from gateway.dashboard import DashboardFeed
 from gateway.deadletter import KafkaDeadLetters
 from gateway.fanout import Fanout
 from gateway.history import History
@@ -126,6 +127,7 @@ class Runtime:
     dead_letters: KafkaDeadLetters = field(init=False)
     history: History = field(init=False)
     streams: Streams = field(init=False)
+    dashboard: DashboardFeed = field(init=False)
     replication: ReplicationStatus = field(init=False)
     remote: dict[str, tuple[KafkaLogReader, Applier, SegmentJanitor]] = field(
         default_factory=dict, init=False
@@ -280,8 +282,10 @@ class Runtime:
         await self.history.open()
         stack.push_async_callback(self.history.close)
         self.streams = Streams(self.history, Fanout(s.limits.max_subscriptions))
+        self.dashboard = DashboardFeed(s.region)
         for applier in self.appliers:
             applier.batch_listeners.append(self.streams.on_batch)
+            applier.batch_listeners.append(self.dashboard.on_batch)
             applier.state_listeners.append(self.streams.on_states)
         await self.applier.load_applied()
         await self._build_digest()

@@ -333,7 +333,8 @@ async def test_openapi_describes_every_route(gw: Gateway) -> None:
     assert resp.status == 200
     assert spec["openapi"].startswith("3.1")
     for path in ("/v1/memories", "/v1/memories/{id}", "/v1/search", "/readyz", "/metrics",
-                 "/v1/replication", "/v1/replication/missing"):  # fmt: skip
+                 "/v1/replication", "/v1/replication/missing", "/dashboard",
+                 "/v1/dashboard"):  # fmt: skip
         assert path in spec["paths"]
     assert "Memory" in spec["components"]["schemas"]
 
