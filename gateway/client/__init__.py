@@ -5,7 +5,9 @@
   retries that honour ``Retry-After``, region fallback), cache warming from
   ``/v1/sync`` and live subscriptions;
 - :class:`Subscription` — one self-healing WebSocket subscription (resume by
-  cursor, full resync when the cursor's history is gone);
+  cursor with backoff across short-lived sessions; a full, reconciled resync
+  when the cursor's history is gone or the gateway cannot decode it, memories
+  gone meanwhile reported with ``Change.gone``);
 - :class:`LocalCache` — a bounded replica of memory states, merged with the
   gateways' own ``replication.merge`` functions;
 - the errors of :mod:`gateway.client.errors`.

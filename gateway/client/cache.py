@@ -88,13 +88,31 @@ class LocalCache:
     def _evict(self) -> None:
         while len(self._states) > self._max:
             key, state = self._states.popitem(last=False)
-            self._partial.discard(key)
-            keys = self._by_id.get(state.id)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_id[state.id]
+            self._forget(key, state)
             self._evictions += 1
+
+    def _forget(self, key: str, state: MemoryState) -> None:
+        self._partial.discard(key)
+        keys = self._by_id.get(state.id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_id[state.id]
+
+    def discard(self, id_or_key: str) -> MemoryState | None:
+        """Drop one memory (not an eviction); the state it held, ``None`` when not held.
+
+        For what the server says no longer exists here, e.g. a memory a resync
+        snapshot no longer lists (see :func:`gateway.client.reconcile.drop_missing`):
+        it is not a tombstone — the cache then knows nothing about it.
+        """
+        key = self._key(id_or_key)
+        if key is None:
+            return None
+        state = self._states.pop(key, None)
+        if state is not None:
+            self._forget(key, state)
+        return state
 
     # -- reading --------------------------------------------------------------
 
@@ -131,6 +149,10 @@ class LocalCache:
         """Views of every held memory, least recently touched first (recency unchanged)."""
         out = [materialize(s) for s in self._states.values()]
         return out if include_deleted else [v for v in out if not v.deleted]
+
+    def states(self) -> list[MemoryState]:
+        """Every held state, least recently touched first (recency unchanged)."""
+        return list(self._states.values())
 
     def is_complete(self, id_or_key: str) -> bool:
         """Whether the entry holds the memory's whole history (see the class docstring)."""

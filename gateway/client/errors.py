@@ -157,7 +157,14 @@ class ServerError(MemsyncClientError):
 
 
 class SubscriptionError(MemsyncClientError):
-    """A subscription ended for good (``forbidden``, ``bad_request``, handshake refused)."""
+    """A subscription ended for good: what :meth:`Subscription.wait` raises.
+
+    ``code``: the server's (``forbidden``, ``bad_request``, ``bad_token``),
+    ``handshake`` (refused, with the HTTP ``status``), ``gave_up``
+    (``max_attempts`` consecutive failed attempts; the last one is
+    ``__cause__``), ``failed`` (an unexpected error, as ``__cause__``), or that
+    of the error answer that ended a resync (the typed error as ``__cause__``).
+    """
 
 
 _BY_STATUS: dict[int, type[MemsyncClientError]] = {

@@ -14,7 +14,9 @@ tokens accumulate, so the latest covers every earlier write) and sends it with
 reads and writes: a ``get`` then sees this client's own writes in any region,
 and a ``503 unavailable`` while the region catches up is retried briefly. It
 remembers the **version** (``ETag``) it last saw of each memory, so
-``if_match="auto"`` writes with exactly the causal context it read.
+``if_match="auto"`` writes with exactly the causal context it read — never
+an older one than it already holds, whatever order answers come in (see
+:mod:`gateway.client.versions`).
 
 Errors are :mod:`gateway.client.errors` classes; retries follow
 :mod:`gateway.client.transport` (idempotent calls only, honouring
@@ -33,7 +35,8 @@ import msgspec
 import structlog
 
 from gateway.client.cache import DEFAULT_MAX_ENTRIES, LocalCache
-from gateway.client.errors import ResyncRequiredError
+from gateway.client.errors import BadRequestError, MemsyncClientError, ResyncRequiredError
+from gateway.client.reconcile import drop_missing
 from gateway.client.stream import Callback, Mode, StreamOptions, Subscription
 from gateway.client.sync import fetch_page, pull, warm_cache
 from gateway.client.transport import Endpoints, RetryPolicy, Transport
@@ -149,10 +152,11 @@ class MemorySync:
         return self._endpoints.current
 
     def version_of(self, memory_id: str) -> str | None:
-        """The version token this client last saw of a memory."""
+        """The newest version token this client saw of a memory (its own writes win)."""
         return self._versions.get(memory_id)
 
     def _remember(self, views: Iterable[MemoryView]) -> None:
+        """Versions from read answers: kept only when newer than the held one."""
         self._versions.remember(views)
 
     def _session_headers(self) -> dict[str, str]:
@@ -163,7 +167,7 @@ class MemorySync:
         if token:
             self._session_token = token
         result = decode_write(body, token or "")
-        self._remember((result.memory,))
+        self._versions.wrote(result.memory)
         if result.degraded or status == 202:
             _log.warning("memsync_write_degraded", memory_id=result.id)
         return result
@@ -359,14 +363,23 @@ class MemorySync:
     # -- sync -----------------------------------------------------------------
 
     async def sync(
-        self, channels: Sequence[str], *, since: str | None = None, limit: int | None = None
+        self,
+        channels: Sequence[str],
+        *,
+        since: str | None = None,
+        limit: int | None = None,
+        page_token: str | None = None,
     ) -> SyncPage:
         """One page of ``GET /v1/sync`` (no cache update; see :meth:`warm`).
 
-        Without ``since`` it is a snapshot of the channels' memories. Raises
-        :class:`ResyncRequiredError` when ``since`` can no longer be served.
+        With ``since``: the changes after it (next page: ``since=page.cursor``
+        while ``has_more``). Without: a snapshot of the channels' live
+        memories (next page: ``page_token=page.page_token`` while
+        ``has_more``; every page's ``cursor`` is the snapshot's start, where
+        to resume). Raises :class:`ResyncRequiredError` when ``since`` can no
+        longer be served.
         """
-        page = await fetch_page(self._t, channels, since, limit)
+        page = await fetch_page(self._t, channels, since, limit, page_token)
         self._remember(page.changes)
         return page
 
@@ -380,17 +393,25 @@ class MemorySync:
 
         A later :meth:`subscribe` to the same channels starts from that cursor,
         so nothing between the snapshot and the subscription is missed. With
-        ``since`` only the changes after it are pulled (a full snapshot if the
-        gateway answers ``resync_required``).
+        ``since`` only the changes after it are pulled; when the gateway can
+        no longer serve it (``resync_required``) or cannot decode it
+        (``bad_token``), a full snapshot instead, after which every cached
+        live memory of these channels that the snapshot did not list (deleted
+        or moved away meanwhile) is dropped from the cache (see
+        :mod:`gateway.client.reconcile`; one created during the snapshot comes
+        back when subscribing from the returned cursor).
         """
         chans = tuple(dict.fromkeys(channels))
         try:
             cursor, _ = await warm_cache(pull(self._t, chans, since, limit), self.cache)
-        except ResyncRequiredError:
-            if since is None:
+        except (ResyncRequiredError, BadRequestError) as exc:
+            if since is None or not _needs_snapshot(exc):
                 raise
-            _log.warning("memsync_warm_resync", channels=",".join(chans))
-            cursor, _ = await warm_cache(pull(self._t, chans, None, limit), self.cache)
+            _log.warning("memsync_warm_resync", channels=",".join(chans), cause=exc.code)
+            seen: set[str] = set()
+            cursor, _ = await warm_cache(pull(self._t, chans, None, limit), self.cache, seen)
+            gone = drop_missing(self.cache, chans, seen)
+            _log.info("memsync_warm_reconciled", listed=len(seen), gone=len(gone))
         self._cursors[frozenset(chans)] = cursor
         return cursor
 
@@ -428,3 +449,8 @@ class MemorySync:
         self._subscriptions.add(sub)
         sub.start()
         return sub
+
+
+def _needs_snapshot(exc: MemsyncClientError) -> bool:
+    """Whether a ``/v1/sync`` error means the cursor is useless (gone, or not decodable)."""
+    return isinstance(exc, ResyncRequiredError) or exc.code == "bad_token"

@@ -7,30 +7,50 @@ A :class:`Subscription` owns one socket at a time and one background task:
    holds, wait for ``subscribed``; failed attempts are retried by tenacity
    with exponential backoff and jitter, capped at ``max_backoff`` (and at
    ``max_attempts`` consecutive failures when set), moving through the
-   region fallbacks — cursors are valid in every region;
+   region fallbacks — cursors are valid in every region. A *session* (one
+   subscribed socket) is an attempt too: only one that stayed up for
+   ``stable_after`` seconds counts as a success; one that ended sooner, and
+   every ``slow_consumer`` drop, is a failure (backoff, and counted toward
+   ``max_attempts``), so a gateway that accepts and drops at once is not
+   hammered. After a stable session is lost the subscription reconnects at
+   once, with the failure count reset;
 2. **pump** — every ``event`` is merged into the :class:`LocalCache`
    (``replication.merge.apply``), every ``batch`` joins its states
    (``replication.merge.join``) and applies its events; then the callback gets
    one :class:`Change` per memory whose cached state changed (duplicates are
    not reported) and the cursor advances;
 3. **resume** — when the socket drops, goes idle past ``idle_timeout`` or the
-   server says ``slow_consumer`` (with a cursor, which is adopted), the
-   subscription reconnects from its cursor: nothing is missed, nothing is
-   applied twice (the cache dedups by dot anyway);
-4. **resync** — on ``resync_required`` (the cursor's history is gone) it pulls
-   a full ``/v1/sync`` snapshot of its channels into the cache (reporting
-   changed memories with ``origin="resync"``), then subscribes with the
-   snapshot's cursor.
+   server says ``slow_consumer`` (with a cursor, which is adopted; a failed
+   attempt, so it backs off), the subscription reconnects from its cursor:
+   nothing is missed, nothing is applied twice (the cache dedups by dot
+   anyway);
+4. **resync** — on ``resync_required`` (the cursor's history is gone), and on
+   ``bad_token`` for the cursor it sent (the gateway cannot decode it, e.g.
+   one from a deployment with another secret: the cursor is dropped, with a
+   warning naming the cause), it pulls a full ``/v1/sync`` snapshot of its
+   channels into the cache (every page, by ``page_token``), reporting changed
+   memories with ``origin="resync"``. The snapshot lists live memories only,
+   so every cached, live memory on these channels that it did not list was
+   deleted or moved away meanwhile: it is dropped from the cache and
+   reported once with ``gone=True`` (:mod:`gateway.client.reconcile`). Then
+   it subscribes with the snapshot's start cursor; a memory created during
+   the snapshot may so be reported gone and then come back by the replay.
 
-``forbidden``, ``bad_request`` and refused handshakes (401/403/404) end the
-subscription: :meth:`Subscription.wait` raises the :class:`SubscriptionError`.
-An exception raised by the callback is logged and does not stop the stream.
+The subscription ends, with :attr:`Subscription.error` set to a
+:class:`SubscriptionError` that :meth:`Subscription.wait` raises, on
+``forbidden``, ``bad_request``, ``bad_token`` to a subscribe without a cursor
+(client and gateway disagree on the protocol), a refused handshake
+(401/403/404), a non-retriable error answer during a resync (code and status kept, the typed
+error as ``__cause__``), after ``max_attempts`` consecutive failed attempts
+(code ``gave_up``), or on an unexpected error (code ``failed``). An exception
+raised by the callback is logged and does not stop the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -41,6 +61,7 @@ import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    RetryError,
     retry_if_exception,
     stop_after_attempt,
     stop_never,
@@ -49,6 +70,7 @@ from tenacity import (
 
 from gateway.client.cache import LocalCache
 from gateway.client.errors import MemsyncClientError, SubscriptionError, TransportError
+from gateway.client.reconcile import drop_missing
 from gateway.client.transport import Transport
 from gateway.client.wire import Change, Frame, SyncPage, decode_frame
 from replication.errors import MemsyncError
@@ -69,7 +91,15 @@ _FATAL_HANDSHAKE = frozenset({401, 403, 404})
 
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
-    """Socket and reconnect settings (seconds; bytes)."""
+    """Socket and reconnect settings (seconds; bytes).
+
+    ``initial_backoff``, ``max_backoff``, ``jitter``: the exponential wait
+    between failed attempts. ``max_attempts``: give up after that many
+    consecutive failed attempts (``None``: never). ``stable_after``: how long
+    a subscribed session must stay up to count as a success — sooner losses
+    are failed attempts, so the backoff also spaces out sessions that a
+    gateway or proxy drops right after the handshake.
+    """
 
     heartbeat: float = 15.0
     idle_timeout: float = 60.0
@@ -79,6 +109,7 @@ class StreamOptions:
     max_backoff: float = 10.0
     jitter: float = 1.0
     max_attempts: int | None = None
+    stable_after: float = 5.0
 
 
 class _SubscribeMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +122,10 @@ class _SubscribeMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 class _Reconnect(Exception):
     """The socket must be replaced (retriable inside the connect loop)."""
+
+
+class _SlowConsumer(_Reconnect):
+    """The gateway dropped this subscriber for falling behind: a failed session however long."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -138,9 +173,11 @@ class Subscription:
         self._callback = callback
         self._options = options or StreamOptions()
         self._cursor = since
+        self._sent_since: str | None = None
         self._needs_resync = False
+        self._opened = False
         self._closing = False
-        self._error: MemsyncClientError | None = None
+        self._error: SubscriptionError | None = None
         self._task: asyncio.Task[None] | None = None
         self._log = _log.bind(channels=",".join(self.channels), mode=mode)
 
@@ -157,8 +194,8 @@ class Subscription:
         return self._task is not None and self._task.done()
 
     @property
-    def error(self) -> MemsyncClientError | None:
-        """Why the subscription ended, if it ended on an error."""
+    def error(self) -> SubscriptionError | None:
+        """Why the subscription ended, if it ended on an error (see the module docstring)."""
         return self._error
 
     def start(self) -> None:
@@ -175,38 +212,64 @@ class Subscription:
             await asyncio.wait([task])
 
     async def wait(self) -> None:
-        """Wait until the subscription ends; raise the error that ended it, if any."""
+        """Wait until the subscription ends; raise the :class:`SubscriptionError` that ended it."""
         task = self._task
         if task is not None:
             await asyncio.wait([task])
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                raise exc
         if self._error is not None:
             raise self._error
 
     # -- the loop -------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Sessions until closed; whatever else ends them becomes :attr:`error`."""
         try:
-            first = True
             while not self._closing:
-                ws = await self._connect()
-                if not first:
-                    self.reconnects += 1
-                    self._log.info("memsync_subscription_resumed", reconnects=self.reconnects)
-                first = False
-                try:
-                    await self._pump(ws)
-                except (TimeoutError, aiohttp.ClientError, _Reconnect) as exc:
-                    self._log.warning("memsync_subscription_lost", reason=repr(exc))
-                finally:
-                    self.connected.clear()
-                    await ws.close()
+                await self._attempts()
+        except RetryError as exc:
+            self._fail(_gave_up(exc), exc.last_attempt.exception())
+        except SubscriptionError as exc:
+            self._fail(exc, None)
         except MemsyncClientError as exc:
-            self._error = exc
-            self._log.error("memsync_subscription_failed", error=str(exc), code=exc.code)
+            message = f"subscription ended: {exc}"
+            self._fail(SubscriptionError(message, code=exc.code, status=exc.status), exc)
+        except Exception as exc:  # noqa: BLE001 - task supervisor: never die with a private error
+            message = (
+                f"subscription failed on an unexpected error: {exc!r}; subscribe again, and "
+                "report it if it repeats (the gateway may speak a newer protocol)"
+            )
+            self._fail(SubscriptionError(message, code="failed"), exc)
         finally:
             self.connected.clear()
+
+    def _fail(self, error: SubscriptionError, cause: BaseException | None) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        self._error = error
+        self._log.error("memsync_subscription_failed", error=str(error), code=error.code)
+
+    def _retrying(self) -> AsyncRetrying:
+        opts = self._options
+        return AsyncRetrying(
+            retry=retry_if_exception(_reconnectable),
+            wait=wait_exponential_jitter(
+                multiplier=opts.initial_backoff, max=opts.max_backoff, jitter=opts.jitter
+            ),
+            stop=stop_never if opts.max_attempts is None else stop_after_attempt(opts.max_attempts),
+            before_sleep=self._before_sleep,
+        )
+
+    async def _attempts(self) -> None:
+        """Connect and pump, with backoff between failed attempts, until a stable session ends.
+
+        One ``AsyncRetrying`` spans sessions, so short-lived ones back off and
+        count toward ``max_attempts``; the caller starts a fresh one (count
+        reset, no wait) after a stable session. Raises :class:`RetryError`
+        when ``max_attempts`` is reached.
+        """
+        async for attempt in self._retrying():
+            with attempt:
+                await self._session()
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -217,21 +280,34 @@ class Subscription:
             wait_s=round(state.upcoming_sleep, 3),
         )
 
-    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
-        opts = self._options
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_reconnectable),
-            wait=wait_exponential_jitter(
-                multiplier=opts.initial_backoff, max=opts.max_backoff, jitter=opts.jitter
-            ),
-            stop=stop_never if opts.max_attempts is None else stop_after_attempt(opts.max_attempts),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._open()
-        raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
+    async def _session(self) -> None:
+        """One socket: open, subscribe, pump until it is lost.
+
+        Returns when a stable session was lost (or the subscription closes);
+        raises :class:`_Reconnect` when the session failed (see
+        :attr:`StreamOptions.stable_after`).
+        """
+        ws = await self._open()
+        if self._opened:
+            self.reconnects += 1
+            self._log.info("memsync_subscription_resumed", reconnects=self.reconnects)
+        self._opened = True
+        started = time.monotonic()
+        try:
+            await self._pump(ws)
+        except (TimeoutError, aiohttp.ClientError, _Reconnect) as exc:
+            lost: BaseException = exc
+        else:
+            return
+        finally:
+            self.connected.clear()
+            await ws.close()
+        lasted = time.monotonic() - started
+        self._log.warning("memsync_subscription_lost", reason=repr(lost), lasted_s=round(lasted, 3))
+        if isinstance(lost, _SlowConsumer):
+            raise _Reconnect(f"dropped as a slow consumer after {lasted:.2f} s") from lost
+        if lasted < self._options.stable_after:
+            raise _Reconnect(f"session lost after {lasted:.2f} s: {lost}") from lost
 
     async def _open(self) -> aiohttp.ClientWebSocketResponse:
         if self._needs_resync:
@@ -280,6 +356,7 @@ class Subscription:
             interval_ms=msgspec.UNSET if self.interval_ms is None else self.interval_ms,
             since=msgspec.UNSET if self._cursor is None else self._cursor,
         )
+        self._sent_since = self._cursor
         await ws.send_str(_encoder.encode(msg).decode())
         self._log.info("memsync_subscribe_sent", since=self._cursor)
 
@@ -328,12 +405,38 @@ class Subscription:
         if code == "slow_consumer":
             if frame.cursor is not None:
                 self._cursor = frame.cursor
-            raise _Reconnect("slow consumer")
+            raise _SlowConsumer("slow consumer")
+        if code == "bad_token":
+            self._on_bad_token(frame)
         if code in _FATAL_CODES:
             raise SubscriptionError(frame.message or code, code=code)
         if frame.cursor is not None:
             self._cursor = frame.cursor
         raise _Reconnect(f"server error {code}: {frame.message}")
+
+    def _on_bad_token(self, frame: Frame) -> None:
+        """The gateway cannot decode a token of this subscription: the cursor, if one was sent.
+
+        Retrying with the same cursor would fail forever; a snapshot gives a
+        cursor this gateway issued.
+        """
+        if self._sent_since is None:
+            raise SubscriptionError(
+                f"the gateway answered bad_token to a subscribe without a cursor "
+                f"({frame.message or 'no message'}): this client and the gateway disagree on "
+                "the protocol; upgrade the older of the two",
+                code="bad_token",
+            )
+        self._log.warning(
+            "memsync_subscription_bad_cursor",
+            cause="bad_token",
+            message=frame.message,
+            cursor=self._sent_since,
+            action="resync from a snapshot",
+        )
+        self._cursor = None
+        self._needs_resync = True
+        raise _Reconnect(f"the gateway cannot decode the cursor (bad_token): {frame.message}")
 
     async def _on_events(
         self,
@@ -366,16 +469,41 @@ class Subscription:
             await self._emit(key, latest.get(key), origin)
 
     async def _resync(self) -> None:
+        """A full snapshot into the cache; drop what it no longer lists (module docstring, 4)."""
         self._log.warning("memsync_subscription_resync", stale_cursor=self._cursor)
         cursor: str | None = None
         changed: list[str] = []
+        seen: set[str] = set()
         async for page in self._pull(self.channels, None):
-            changed.extend(s.key for s in page.states if self._cache.join(s))
+            for state in page.states:
+                seen.add(state.key)
+                if self._cache.join(state):
+                    changed.append(state.key)
             cursor = page.cursor
+        gone = drop_missing(self._cache, self.channels, seen)
         self._cursor = cursor
         self._needs_resync = False
+        self._log.info(
+            "memsync_subscription_resynced",
+            cursor=cursor,
+            states=len(seen),
+            changed=len(changed),
+            gone=len(gone),
+        )
         for key in dict.fromkeys(changed):
             await self._emit(key, None, "resync")
+        for state in gone:
+            await self._deliver(
+                Change(
+                    key=state.key,
+                    view=materialize(state),
+                    state=state,
+                    event=None,
+                    origin="resync",
+                    cursor=self._cursor,
+                    gone=True,
+                )
+            )
 
     async def _emit(
         self, key: str, event: MemoryEvent | None, origin: Literal["event", "batch", "resync"]
@@ -391,9 +519,23 @@ class Subscription:
             origin=origin,
             cursor=self._cursor,
         )
+        await self._deliver(change)
+
+    async def _deliver(self, change: Change) -> None:
         try:
             result = self._callback(change)
             if inspect.isawaitable(result):
                 await result
         except Exception:  # noqa: BLE001 - task supervisor: a callback bug must not kill the stream
-            self._log.exception("memsync_subscription_callback_failed", key=key)
+            self._log.exception("memsync_subscription_callback_failed", key=change.key)
+
+
+def _gave_up(exc: RetryError) -> SubscriptionError:
+    """What ends a subscription after ``max_attempts`` consecutive failed attempts."""
+    last = exc.last_attempt
+    reason = last.exception()
+    return SubscriptionError(
+        f"gave up after {last.attempt_number} attempts: {reason}; check that the gateway is "
+        "reachable and healthy, then subscribe again (or raise StreamOptions.max_attempts)",
+        code="gave_up",
+    )

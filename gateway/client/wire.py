@@ -78,12 +78,23 @@ class _SearchAnswer(msgspec.Struct, frozen=True):
 
 
 class SyncPage(msgspec.Struct, frozen=True, kw_only=True):
-    """One page of ``GET /v1/sync``: views, their full states, and where to resume."""
+    """One page of ``GET /v1/sync``: views, their full states, and where to resume.
+
+    Two kinds of page share this shape. A **replay** page (asked with
+    ``since``) lists what changed after ``since``; ``cursor`` is where it
+    ends, and with ``has_more`` the next page is asked with ``since=cursor``.
+    A **snapshot** page (asked without ``since``) lists live memories;
+    ``cursor`` is the snapshot's *start* on every page (where a subscription
+    resumes once the whole snapshot is in), and with ``has_more`` the next
+    page is asked with ``page_token`` — asking ``since=cursor`` instead would
+    replay the changes after the start, not the rest of the snapshot.
+    """
 
     changes: tuple[MemoryView, ...] = ()
     states: tuple[MemoryState, ...] = ()
     cursor: str
     has_more: bool = False
+    page_token: str | None = None
 
 
 class Frame(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +124,15 @@ class Change:
     that memory, ``None`` when only a state arrived (batch without an event
     for it, or a resync snapshot). ``origin`` says which: ``event``,
     ``batch`` or ``resync``. ``cursor`` is where the stream stood after it.
+
+    ``gone`` (only with ``origin="resync"``): after a resync's full snapshot,
+    this memory was held live in the cache, its cached state put it on one of
+    the subscription's channels, and the snapshot (which lists live memories
+    only) did not contain it — it was deleted, or moved off these channels,
+    while the history was gone. It has been dropped from the cache; ``view``
+    and ``state`` are the last ones held. Reported once. A memory created
+    after the snapshot started may be reported gone and then arrive again
+    through the replay from the snapshot's cursor.
     """
 
     key: str
@@ -121,6 +141,7 @@ class Change:
     event: MemoryEvent | None
     origin: Literal["event", "batch", "resync"]
     cursor: str | None
+    gone: bool = False
 
 
 _memory = msgspec.json.Decoder(MemoryView)
