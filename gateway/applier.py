@@ -128,8 +128,9 @@ class Applier:
         self._batch = batch
         self._poll_ms = poll_ms
         self._commit_every = commit_every
-        # Called once per batch with its events (state after the batch) and the
-        # applied context before the batch (history and fan-out).
+        # Called once per batch with its events (each with its memory's state
+        # right after it) and the applied context before the batch (history
+        # and fan-out).
         self.batch_listeners: list[BatchListener] = []
         self.heartbeat_listeners: list[HeartbeatListener] = []
         # Told of ``(before, after)`` for memories a state repair changed (no
@@ -437,9 +438,16 @@ class Applier:
         originals = dict(states)
         changed: dict[str, MemoryState] = {}
         fresh: list[tuple[MemoryEvent, bytes]] = []
+        # Each event with its memory's state right after it, not after the
+        # batch: a later event of the batch may have made the memory private
+        # or moved it to other channels, and the state goes to subscribers of
+        # this event's channels (coalesced and lazy batches, I7). A reference
+        # to the immutable state, no copy.
+        batch: list[tuple[MemoryEvent, bytes, MemoryState]] = []
         for event, raw in events:
             before = states.get(event.key)
             after = apply(before, event)
+            batch.append((event, raw, after))
             if after is before:
                 if delivered:
                     self._metrics.duplicates.inc()
@@ -464,7 +472,6 @@ class Applier:
                 # missed one (a crash before the offsets were committed) gets it
                 # again when the batch is read again.
                 frontier = self._tracker.applied
-                batch = [(e, raw, states[e.key]) for e, raw in events]
                 for batch_listener in self.batch_listeners:
                     await batch_listener(batch, frontier)
         except BaseException:

@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+_Row = tuple[int, str, int, str, str, bytes, bytes]  # a row of the events table
 
 # Loose dots a cursor keeps (each ~20 bytes in the token); more and it keeps
 # only the version vector, a subset of what it has seen (module docstring).
@@ -121,12 +122,22 @@ class History:
         self._key = key
         self._max = max_events
         self._sql = SqliteThread(path, "event history", synchronous="NORMAL", schema=_SCHEMA)
+        # Owned by the event loop (stamp): the next index to hand out, and the
+        # reservation known to be committed *and* synced to disk — indexes
+        # below it may be handed out (in cursors) before their rows are
+        # written, since a restart starts past it (see fits).
         self._next_idx = 1
-        # Indexes below this one may have been handed out (in cursors) before
-        # their rows were written; a restart starts past it (see append).
         self._reserved = 1
+        self.failed = False  # the last append failed: flush() before stamping more
+        # Owned by the database thread (each is read and written only by jobs
+        # on it, so a check and the query it guards are one job): the oldest
+        # retained index, the dots of trimmed events, the reservation written
+        # so far, and the entries of a failed append (written again first by
+        # the next job).
         self._oldest = 1
         self.trimmed: DotContext = EMPTY
+        self._disk_reserved = 1
+        self._unwritten: list[HistoryEntry] = []
         # Every event this history ever recorded (retained or trimmed), exactly;
         # cursors carry a bounded subset of it.
         self.recorded: DotContext = EMPTY
@@ -137,9 +148,9 @@ class History:
     async def open(self) -> None:
         """Open (or create) the history and load its bounds."""
         await self._sql.open()
-        await self._run(self._load)
+        self._reserved = await self._run(self._load)
 
-    def _load(self) -> None:
+    def _load(self) -> int:
         db = self._conn
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "trimmed" in meta:
@@ -149,7 +160,7 @@ class History:
         self._next_idx = max(
             int(hi or 0) + 1, meta_int(meta, "next_idx", 1), meta_int(meta, "reserved_idx", 1)
         )
-        self._reserve(db)
+        reserved = self._reserve_sync(self._next_idx)
         if hi is not None:
             row = db.execute("SELECT cursor FROM events WHERE idx = ?", (hi,)).fetchone()
             self.head = _cursor_codec.decode(row[0])
@@ -159,23 +170,50 @@ class History:
             Dot(replica, seq) for replica, seq in db.execute("SELECT replica, seq FROM events")
         )
         self.recorded = dvv.join(dvv.join(self.trimmed, retained), self.head.context)
+        return reserved
 
-    def _reserve(self, db: sqlite3.Connection) -> None:
-        reserved = self._next_idx + _RESERVE
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('reserved_idx', ?)", (str(reserved),))
-        self._reserved = reserved  # in a transaction: only read once that has committed
+    def _reserve_sync(self, upto: int) -> int:
+        """Reserve the indexes below ``upto + _RESERVE`` on disk, durably; the reservation.
 
-    def reserved(self, entries: Sequence[HistoryEntry]) -> bool:
-        """Whether these stamped entries' indexes are below the reservation on disk.
-
-        Ask before queueing their :meth:`append` (it may move the reservation
-        in a transaction not yet committed). Then their cursors may be handed
-        out before that append is done: a
-        restart never gives their indexes to other events (it starts past
-        the reservation), so resuming by index after a crash cannot skip
-        anything; the log delivers again what the history did not write.
+        Its own transaction, synced (``synchronous=FULL``; the history's other
+        writes are ``NORMAL``, which a power loss may roll back): a
+        reservation that came back smaller after a restart would give
+        handed-out indexes to other events.
         """
-        return not entries or entries[-1].idx < self._reserved
+        reserved = max(self._disk_reserved, upto + _RESERVE)
+        if reserved > self._disk_reserved:
+            db = self._conn
+            db.execute("PRAGMA synchronous=FULL")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('reserved_idx', ?)", (str(reserved),)
+                )
+            finally:
+                db.execute("PRAGMA synchronous=NORMAL")
+            self._disk_reserved = reserved
+        return reserved
+
+    def fits(self, count: int) -> bool:
+        """Whether the next ``count`` indexes are reserved on disk (committed and synced).
+
+        Then the cursors of a batch stamped with them may be handed out
+        before its :meth:`append` is done: a restart never gives those
+        indexes to other events (it starts past the reservation), so
+        resuming by index after a crash cannot skip anything; the log
+        delivers again what the history did not write. Otherwise
+        :meth:`reserve` first, *before* stamping: a batch is published as
+        soon as it is stamped, so batches reach subscribers in index order.
+        """
+        return self._next_idx + count <= self._reserved
+
+    async def reserve(self, count: int) -> None:
+        """Reserve at least the next ``count`` indexes on disk (synced), and wait for it.
+
+        Queued after every append already submitted. Another batch may be
+        stamped while this waits: ask :meth:`fits` again afterwards.
+        """
+        reserved = await self._run(self._reserve_sync, self._next_idx + count)
+        self._reserved = max(self._reserved, reserved)
 
     async def close(self) -> None:
         """Close the database."""
@@ -225,14 +263,62 @@ class History:
 
         The write is queued on the history's thread at once: a replay asked
         for afterwards, by any task, reads after it. So the entries may be
-        delivered to live subscribers before the write is done.
-        """
-        return self._sql.submit(self._append_sync, list(entries))
+        delivered to live subscribers before the write is done (if their
+        indexes :meth:`fits` the reservation).
 
-    def _append_sync(self, entries: list[HistoryEntry]) -> None:
-        db = self._conn
-        db.execute("BEGIN")
+        A write that fails leaves :attr:`failed` set and its entries — with
+        the indexes and cursors already handed out — are written again,
+        first, by the next job on the thread (append, :meth:`flush`,
+        replay): a retried batch finds its events already recorded, so
+        without that they would never be written (a hole every earlier
+        cursor resumes across).
+        """
+        return self._appended(self._sql.submit(self._append_sync, list(entries)))
+
+    def flush(self) -> Awaitable[None]:
+        """Write what a failed :meth:`append` left (nothing if none); clears :attr:`failed`."""
+        return self.append(())
+
+    async def _appended(self, queued: Awaitable[int]) -> None:
         try:
+            reserved = await queued
+        except BaseException:
+            self.failed = True
+            raise
+        self.failed = False
+        # Set here, once its transaction has committed (synced): fits() reads it.
+        if reserved > self._reserved:
+            self._reserved = reserved
+
+    def _append_sync(self, entries: list[HistoryEntry]) -> int:
+        """Write a failed append's entries, then these; the reservation committed (0: none)."""
+        if self._unwritten:
+            entries = self._unwritten + entries
+        if not entries:
+            return 0
+        try:
+            reserved = self._write(self._conn, entries)
+        except BaseException:
+            self._unwritten = entries
+            raise
+        self._unwritten = []
+        return reserved
+
+    def _heal(self) -> None:
+        """Before a read: write what a failed append left (raises while it still fails)."""
+        if self._unwritten:
+            self._append_sync([])
+
+    def _write(self, db: sqlite3.Connection, entries: list[HistoryEntry]) -> int:
+        # Everything from the entries (in index order, the latest last), not
+        # from the loop's state, which later batches have moved on already.
+        next_idx = entries[-1].idx + 1
+        reserved = 0
+        if next_idx + _RESERVE // 2 > self._disk_reserved:
+            reserved = next_idx + _RESERVE
+            db.execute("PRAGMA synchronous=FULL")  # this commit moves the reservation: synced
+        try:
+            db.execute("BEGIN")
             db.executemany(
                 "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -248,31 +334,42 @@ class History:
                     for e in entries
                 ],
             )
-            cut = self._next_idx - self._max
+            cut = next_idx - self._max
+            trimmed = self.trimmed
             if cut > self._oldest:
-                trimmed = self.trimmed
                 for replica, seq in db.execute(
                     "SELECT replica, seq FROM events WHERE idx < ?", (cut,)
                 ):
                     trimmed = dvv.add(trimmed, Dot(replica, seq))
                 db.execute("DELETE FROM events WHERE idx < ?", (cut,))
-                self.trimmed = trimmed
-                self._oldest = cut
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('trimmed', ?)",
                     (msgspec.msgpack.encode(trimmed),),
                 )
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_idx', ?)", (str(self._next_idx),))
-            if self._next_idx + _RESERVE // 2 > self._reserved:
-                self._reserve(db)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_idx', ?)", (str(next_idx),))
+            if reserved:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('reserved_idx', ?)", (str(reserved),)
+                )
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('head', ?)",
-                (msgspec.msgpack.encode(self.head),),
+                (msgspec.msgpack.encode(entries[-1].cursor),),
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # some errors (a full disk) have rolled it back already
+                db.execute("ROLLBACK")
             raise
+        finally:
+            if reserved:
+                db.execute("PRAGMA synchronous=NORMAL")
+        # Committed: only now do the trim and the reservation count.
+        if cut > self._oldest:
+            self.trimmed = trimmed
+            self._oldest = cut
+        if reserved:
+            self._disk_reserved = reserved
+        return reserved
 
     # -- anti-entropy --------------------------------------------------------
 
@@ -298,6 +395,7 @@ class History:
         loose: list[Dot],
         limit: int,
     ) -> Missing:
+        self._heal()
         db = self._conn
         out: list[bytes] = []
         complete = True
@@ -334,7 +432,12 @@ class History:
     # -- replay --------------------------------------------------------------
 
     def _start_idx(self, cursor: Cursor) -> int:
-        """Where replay starts; :class:`ResyncRequiredError` if history is missing."""
+        """Where replay starts; :class:`ResyncRequiredError` if history is missing.
+
+        On the database thread, in the job that reads from there: an append
+        queued before it may trim past the cursor, and the check must see
+        that trim.
+        """
         if cursor.history == self.id and cursor.idx >= self._oldest - 1:
             return cursor.idx + 1
         if not dvv.is_subset(self.trimmed, cursor.context):
@@ -343,6 +446,14 @@ class History:
                 "(GET /v1/sync without 'since') and subscribe with the new cursor"
             )
         return self._oldest
+
+    def _replay_sync(self, cursor: Cursor, page: int) -> list[_Row]:
+        self._heal()  # a failed append's rows first: replay must not pass them by
+        return self._conn.execute(
+            "SELECT idx, replica, seq, tenant, channels, body, cursor FROM events "
+            "WHERE idx >= ? ORDER BY idx LIMIT ?",
+            (self._start_idx(cursor), page),
+        ).fetchall()
 
     async def replay(
         self,
@@ -354,15 +465,12 @@ class History:
 
         Returns the entries (at most ``limit``), the cursor after the last
         event scanned, and whether more may follow.
+        :class:`ResyncRequiredError` when events after the cursor were
+        trimmed (checked in the same job on the database thread as the read,
+        so no append queued before it can trim them in between).
         """
-        start = self._start_idx(cursor)
-        rows: list[tuple[int, str, int, str, str, bytes, bytes]] = await self._run(
-            lambda: self._conn.execute(
-                "SELECT idx, replica, seq, tenant, channels, body, cursor FROM events "
-                "WHERE idx >= ? ORDER BY idx LIMIT ?",
-                (start, max(limit * 8, 1000)),
-            ).fetchall()
-        )
+        page = max(limit * 8, 1000)
+        rows = await self._run(self._replay_sync, cursor, page)
         out: list[HistoryEntry] = []
         last = cursor
         more = False
@@ -378,7 +486,7 @@ class History:
                     out.append(HistoryEntry(idx, dot, tenant, chans, bytes(body), after))
             last = Cursor(cursor_context(dvv.join(cursor.context, after.context)), self.id, idx)
         else:
-            more = len(rows) == max(limit * 8, 1000)
+            more = len(rows) == page
         return out, last, more
 
 

@@ -2,8 +2,9 @@
 
 The applier hands every batch of newly applied events to :meth:`Streams.on_batch`,
 which stamps them into the durable history (so a cursor handed out can
-always be resumed — the history is written *before* anything is sent) and
-publishes them to the fan-out. A :class:`Pump` sends for one WebSocket or
+always be resumed — the history write is queued *before* anything is sent,
+and the batch's indexes are reserved on disk) and publishes them to the
+fan-out, in stamp (index) order. A :class:`Pump` sends for one WebSocket or
 SSE connection's :class:`~gateway.fanout.Subscription`: replays, lazy
 batches, SSE heartbeats and whatever had to wait for a full socket go out in
 order through it (a WebSocket's pump runs only while such work waits).
@@ -79,33 +80,44 @@ class Streams:
 
         Cursors are positions in this history: their context is everything it
         recorded before, plus the batch up to the event (``frontier`` is not
-        needed for that, and the history stays consistent with itself).
+        needed for that, and the history stays consistent with itself). Each
+        event's ``state`` is the memory's state right after that event (never
+        a later one: it goes to subscribers of the event's channels).
         """
-        seen = self.history.recorded  # retained and trimmed events alike
-        fresh = []
-        for e, raw, state in batch:
-            dot = Dot(e.dot.replica, e.seq)
-            if not dvv.contains(seen, dot):
-                fresh.append((e, raw, state))
-                seen = dvv.add(seen, dot)
-        if not fresh:
-            return
-        entries = self.history.stamp(
+        history = self.history
+        if history.failed:
+            # A failed append's entries (their cursors may be out) are written
+            # before anything new is stamped; while that fails, so does this.
+            await history.flush()
+        while True:
+            seen = history.recorded  # retained and trimmed events alike
+            fresh = []
+            for e, raw, state in batch:
+                dot = Dot(e.dot.replica, e.seq)
+                if not dvv.contains(seen, dot):
+                    fresh.append((e, raw, state))
+                    seen = dvv.add(seen, dot)
+            if not fresh:
+                return
+            if history.fits(len(fresh)):
+                break
+            # Its indexes are not reserved on disk yet: reserve them *before*
+            # stamping. Stamping, then waiting for the write, then publishing
+            # would let a batch stamped meanwhile go out first, and its cursor
+            # would pass this one unsent. Another batch may be stamped while
+            # this waits: look again.
+            await history.reserve(len(fresh))
+        entries = history.stamp(
             [
                 (Dot(e.dot.replica, e.seq), e.memory.tenant_id, e.channels, raw)
                 for e, raw, _ in fresh
             ]
         )
         # Queued before the fan-out (a resume replays after it), awaited after:
-        # live subscribers need not wait for the history's thread — unless the
-        # batch's indexes are not reserved on disk yet (History.reserved; asked
-        # before the write is queued, which may move the reservation).
-        reserved = self.history.reserved(entries)
-        persisted = self.history.append(entries)
-        if not reserved:
-            await persisted
-            self._publish(fresh, entries)
-            return
+        # live subscribers need not wait for the history's thread. Stamp,
+        # queue and publish with no await between them: publication follows
+        # stamp order, whoever calls.
+        persisted = history.append(entries)
         try:
             self._publish(fresh, entries)
         finally:

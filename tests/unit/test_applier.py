@@ -8,23 +8,29 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from gateway.applier import Applier
+from gateway.auth import Claims
 from gateway.cache import StateCache
+from gateway.fanout import Fanout, Subscription
+from gateway.history import History
 from gateway.known_keys import KnownKeys
 from gateway.metrics import Metrics
 from gateway.service import MemoryService, SeqTracker
 from gateway.state_digest import RunningDigest
 from gateway.store import StoreError
+from gateway.streams import Streams
 from gateway.testing import InMemoryStore
 from replication.clock import HybridClock
 from replication.digest import SetDigest
-from replication.dvv import Dot, context_of
-from replication.merge import join
-from replication.schema import MemoryEvent, encode
+from replication.dvv import EMPTY, Dot, DotContext, context_of
+from replication.events import make_event
+from replication.merge import apply, join
+from replication.schema import MemoryBody, MemoryEvent, Ops, Source, encode
 from replication.state import MemoryState
 from replication.testing import Replica
 
@@ -112,6 +118,64 @@ async def test_listeners_get_the_batch_before_the_store_write_completes() -> Non
     await asyncio.wait_for(task, 5)
     assert tracker.covers(context_of([Dot("r1", event.seq)]))
     assert (await store.get(event.key)) is not None
+
+
+def _shared_then_private() -> tuple[MemoryEvent, MemoryEvent]:
+    """A memory shared with its tenant, then made private with new content."""
+    clock = HybridClock(lambda: 1_700_000_000_000, max_drift_ms=10**12)
+
+    def event(n: int, *, shared: bool, content: str, context: DotContext) -> MemoryEvent:
+        body = MemoryBody(
+            id="m1", tenant_id="t1", user_id="alice", kind="fact", policy="lww",
+            content=content, shared=shared,
+        )  # fmt: skip
+        return make_event(
+            event_id=f"e{n}", event_type="create" if n == 1 else "update", memory=body,
+            source=Source(agent_id="a", region="r"), context=context, dot=Dot("r1", n),
+            seq=n, timestamp=clock.now(), ops=Ops(fields=True),
+        )  # fmt: skip
+
+    first = event(1, shared=True, content="team lunch friday", context=EMPTY)
+    return first, event(2, shared=False, content="SECRET", context=apply(None, first).clock)
+
+
+async def test_listeners_get_each_event_with_the_state_right_after_it() -> None:
+    applier, _, _, _, _ = _applier()
+    got: list[list[MemoryState]] = []
+
+    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState]], _: Any) -> None:
+        got.append([state for _, _, state in batch])
+
+    applier.batch_listeners.append(listener)
+    shared, private = _shared_then_private()
+    other = Replica("r2").write("m2", "fact", "create", user="u1", content="another")
+    assert other is not None
+    await applier.apply_batch([_Record(encode(e)) for e in (shared, other, private, shared)])
+    after_shared = apply(None, shared)
+    after_private = apply(after_shared, private)
+    # The duplicate at the end gets the state it found: the one after the private update.
+    assert got == [[after_shared, apply(None, other), after_private, after_private]]
+
+
+async def test_a_lazy_tenant_subscriber_never_gets_a_state_made_private_later_in_the_batch(
+    tmp_path: Path,
+) -> None:
+    """I7: the coalesced state with the shared event is the state after it, not the batch's."""
+    applier, _, _, _, _ = _applier()
+    history = History(tmp_path / "h.sqlite3", "h1", b"k" * 32, max_events=1000)
+    await history.open()
+    fanout = Fanout(10)
+    applier.batch_listeners.append(Streams(history, fanout).on_batch)
+    claims = Claims(sub="b", tenant="t1", users=("bob",), scope=frozenset({"subscribe"}), exp=0)
+    bob = Subscription(claims=claims, channels=("tenant:t1:shared",), mode="lazy")
+    fanout.add(bob)
+    try:
+        await applier.apply_batch([_Record(encode(e)) for e in _shared_then_private()])
+        ((message, _),) = bob.take(flush_lazy=True)
+        assert b"team lunch friday" in message
+        assert b"SECRET" not in message
+    finally:
+        await history.close()
 
 
 async def test_a_failed_store_write_leaves_the_cache_and_is_written_on_retry() -> None:

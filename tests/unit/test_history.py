@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
+from typing import Any
 
-from gateway.history import CURSOR_MAX_LOOSE, History
+import pytest
+
+from gateway import sqlite_thread
+from gateway.errors import UnavailableError
+from gateway.history import CURSOR_MAX_LOOSE, History, ResyncRequiredError
 from replication import dvv
 from replication.dvv import Dot
 
@@ -125,8 +131,8 @@ async def test_cursors_handed_out_before_a_crash_never_skip_events_after_the_res
     history = History(path, "h1", KEY, max_events=100_000)
     await history.open()
     await history.append(history.stamp(_entries([1])))
+    assert history.fits(2)  # so they may be delivered before their write
     lost = history.stamp(_entries([2, 3]))  # delivered live, then the gateway died
-    assert history.reserved(lost)
     await history.close()
     again = History(path, "h1", KEY, max_events=100_000)
     await again.open()
@@ -139,3 +145,108 @@ async def test_cursors_handed_out_before_a_crash_never_skip_events_after_the_res
         assert [e.dot.counter for e in replayed] == [4]  # nothing skipped, no duplicate
     finally:
         await again.close()
+
+
+async def test_a_replay_queued_behind_an_append_that_trims_past_its_cursor_must_resync(
+    tmp_path: Path,
+) -> None:
+    """The trim check runs in the replay's own job, after the append queued before it."""
+    history = History(tmp_path / "h.sqlite3", "h1", KEY, max_events=10)
+    await history.open()
+    try:
+        first = history.stamp(_entries(list(range(1, 11))))
+        await history.append(first)
+        persisted = history.append(history.stamp(_entries(list(range(11, 21)))))  # trims 1..10
+        with pytest.raises(ResyncRequiredError):
+            await history.replay(first[2].cursor, _everything, 100)
+        await persisted
+    finally:
+        await history.close()
+
+
+def _fail_writes(path: Path, table: str, when: str = "1") -> None:
+    """Make every insert into ``table`` (``when``) fail, from another connection."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} WHEN {when} "
+            "BEGIN SELECT RAISE(ABORT, 'the disk is away'); END"
+        )
+
+
+def _heal(path: Path, table: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(f"DROP TRIGGER fail_{table}")
+
+
+async def test_a_failed_append_is_written_with_its_cursors_before_anything_is_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    history = History(path, "h1", KEY, max_events=100_000)
+    await history.open()
+    try:
+        first = history.stamp(_entries([1]))
+        await history.append(first)
+        lost = history.stamp(_entries([2, 3]))  # delivered live, then the write fails
+        _fail_writes(path, "events")
+        with pytest.raises(UnavailableError):
+            await history.append(lost)
+        with pytest.raises(UnavailableError):  # never a replay that passes them by
+            await history.replay(first[0].cursor, _everything, 10)
+        assert history.failed
+        _heal(path, "events")
+        replayed, _, _ = await history.replay(first[0].cursor, _everything, 10)
+        assert [(e.idx, e.cursor) for e in replayed] == [(e.idx, e.cursor) for e in lost]
+        await history.flush()
+        assert not history.failed
+    finally:
+        await history.close()
+
+
+def _synced_reservations(statements: list[str]) -> int:
+    """How many reservations these statements committed; fails on one not synced."""
+    synced, sync, in_transaction, pending = 0, "", False, False
+    for sql in (s.upper() for s in statements):
+        if sql.startswith("PRAGMA SYNCHRONOUS="):
+            sync = sql.partition("=")[2].strip()
+        elif sql == "BEGIN":
+            in_transaction = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            if pending and sql == "COMMIT":
+                assert sync == "FULL", "a reservation was committed unsynced"
+                synced += 1
+            in_transaction = pending = False
+        elif sql.startswith("INSERT") and "RESERVED_IDX" in sql:
+            if in_transaction:
+                pending = True
+            else:
+                assert sync == "FULL", "a reservation was committed unsynced"
+                synced += 1
+    return synced
+
+
+async def test_the_commits_that_move_the_index_reservation_are_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``synchronous=FULL`` for them: a power loss must not roll a reservation back."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite_thread.sqlite3, "connect", traced)
+    history = History(tmp_path / "h.sqlite3", "h1", KEY, max_events=100_000)
+    await history.open()
+    try:
+        for start in range(1, 3001, 300):
+            await history.append(history.stamp(_entries(list(range(start, start + 300)))))
+        assert _synced_reservations(statements) >= 5  # at open, then every 500 indexes or so
+        assert not history.fits(5000)
+        await history.reserve(5000)
+        assert history.fits(5000)
+    finally:
+        await history.close()
+    assert _synced_reservations(statements) >= 6

@@ -1,0 +1,158 @@
+"""Streams: batches reach subscribers in index order, and a failed history write is not lost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from gateway.errors import UnavailableError
+from gateway.fanout import Delivery, Fanout
+from gateway.history import History
+from gateway.streams import Streams
+from replication.dvv import EMPTY, Dot
+from replication.merge import apply
+from replication.schema import MemoryEvent, encode
+from replication.state import MemoryState
+from replication.testing import Replica
+
+KEY = b"k" * 32
+
+Batch = list[tuple[MemoryEvent, bytes, MemoryState]]
+
+
+class _Published:
+    """The fan-out's twin: what was published, in order."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    def publish(self, deliveries: Iterable[Delivery]) -> None:
+        self.deliveries.extend(deliveries)
+
+
+def _batch(replica: Replica, first: int, n: int) -> Batch:
+    out: Batch = []
+    for i in range(first, first + n):
+        event = replica.write(f"m{i}", "fact", "create", content=f"note {i}")
+        assert event is not None
+        out.append((event, encode(event), apply(None, event)))
+    return out
+
+
+def _dot(event: MemoryEvent) -> Dot:
+    """The event's position in the cursor space."""
+    return Dot(event.dot.replica, event.seq)
+
+
+def _everything(_tenant: str, _channels: tuple[str, ...]) -> bool:
+    return True
+
+
+async def _streams(path: Path) -> tuple[Streams, _Published]:
+    history = History(path, "h1", KEY, max_events=100_000)
+    await history.open()
+    published = _Published()
+    return Streams(history, cast(Fanout, published)), published
+
+
+def _fail_writes(path: Path, table: str, when: str = "1") -> None:
+    """Make every insert into ``table`` (``when``) fail, from another connection."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} WHEN {when} "
+            "BEGIN SELECT RAISE(ABORT, 'the disk is away'); END"
+        )
+
+
+def _heal(path: Path, table: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(f"DROP TRIGGER fail_{table}")
+
+
+async def test_a_batch_waiting_for_its_reservation_is_not_overtaken_by_a_later_stamp(
+    tmp_path: Path,
+) -> None:
+    """Two appliers without a shared lock: publication follows index order, so no
+    cursor a subscriber holds is past a batch it has not been sent."""
+    streams, published = await _streams(tmp_path / "h.sqlite3")
+    history = streams.history
+    try:
+        big = _batch(Replica("r1"), 0, 1001)  # past the reservation made at open
+        small = _batch(Replica("r2"), 5000, 1)  # fits it
+        waiting = asyncio.create_task(streams.on_batch(big, EMPTY))
+        await asyncio.sleep(0)  # it waits: for its reservation (or for its write)
+        deadline = time.monotonic() + 10
+        while not history.fits(len(small)):  # until the small one would go at once
+            assert time.monotonic() < deadline, "the reservation never moved"
+            await asyncio.sleep(0)
+        await streams.on_batch(small, EMPTY)
+        await waiting
+        idx = [history.decode_cursor(d.cursor).idx for d in published.deliveries]
+        assert idx == sorted(idx) and len(idx) == 1002
+        for at in (0, 500, 1001):  # resuming from any delivery's cursor: exactly what followed
+            cursor = history.decode_cursor(published.deliveries[at].cursor)
+            replayed, _, _ = await history.replay(cursor, _everything, 5000)
+            assert [e.dot for e in replayed] == [d.dot for d in published.deliveries[at + 1 :]]
+    finally:
+        await history.close()
+
+
+async def test_a_batch_whose_history_write_failed_is_written_when_it_is_retried(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    streams, published = await _streams(path)
+    history = streams.history
+    replica = Replica("r1")
+    try:
+        await streams.on_batch(_batch(replica, 0, 1), EMPTY)
+        before = history.decode_cursor(published.deliveries[-1].cursor)
+        retried = _batch(replica, 1, 2)
+        _fail_writes(path, "events")
+        with pytest.raises(UnavailableError):
+            await streams.on_batch(retried, EMPTY)  # published, then the write failed
+        _heal(path, "events")
+        await streams.on_batch(retried, EMPTY)  # the applier retries the batch
+        assert [d.dot for d in published.deliveries[1:]] == [_dot(e) for e, _, _ in retried]
+    finally:
+        await history.close()
+    again = History(path, "h1", KEY, max_events=100_000)
+    await again.open()
+    try:
+        replayed, _, _ = await again.replay(before, _everything, 10)
+        assert [e.dot for e in replayed] == [_dot(e) for e, _, _ in retried]
+    finally:
+        await again.close()
+
+
+async def test_indexes_handed_out_are_never_reused_after_a_restart_when_writes_fail(
+    tmp_path: Path,
+) -> None:
+    """A failed write that would have moved the reservation leaves it where the disk has it."""
+    path = tmp_path / "h.sqlite3"
+    streams, published = await _streams(path)
+    replica = Replica("r1")
+    _fail_writes(path, "meta", "NEW.name = 'head'")  # the last statement of every append
+    try:
+        for first in (0, 600):
+            with pytest.raises(UnavailableError):
+                await streams.on_batch(_batch(replica, first, 600), EMPTY)
+    finally:
+        await streams.history.close()
+    handed_out = max(streams.history.decode_cursor(d.cursor).idx for d in published.deliveries)
+    _heal(path, "meta")
+    again = History(path, "h1", KEY, max_events=100_000)
+    await again.open()
+    try:
+        (entry,) = again.stamp(
+            [(_dot(e), "t1", e.channels, raw) for e, raw, _ in _batch(replica, 2000, 1)]
+        )
+        assert entry.idx > handed_out
+    finally:
+        await again.close()
