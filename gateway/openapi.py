@@ -39,7 +39,10 @@ def _json(ref: str, description: str, headers: dict[str, Any] | None = None) -> 
 
 
 _VERSION_HEADERS = {
-    "ETag": {"description": "Version token (causal context).", "schema": {"type": "string"}},
+    "ETag": {
+        "description": "Version token: this memory and its causal context (If-Match takes it).",
+        "schema": {"type": "string"},
+    },
     "X-Memsync-Session": {
         "description": "Session token for read-your-writes, in any region.",
         "schema": {"type": "string"},
@@ -79,7 +82,11 @@ _SESSION = {
     "name": "X-Memsync-Session",
     "in": "header",
     "required": False,
-    "description": "Session token of earlier writes; reads wait (bounded) until they apply.",
+    "description": (
+        "Session token of earlier writes; reads wait (bounded) until they apply. Several "
+        "tokens, comma-separated (at most 32), are joined: send the answers of writes that "
+        "were in flight at once."
+    ),
     "schema": {"type": "string"},
 }
 

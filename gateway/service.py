@@ -27,6 +27,7 @@ import structlog
 from gateway.auth import Claims
 from gateway.cache import StateCache
 from gateway.errors import (
+    BadRequestError,
     ConflictError,
     NotFoundError,
     UnavailableError,
@@ -57,9 +58,10 @@ from replication.schema import encode as encode_wire
 from replication.state import MemoryState, MemoryView, materialize
 from replication.token import Version, decode_version, encode_version, seal, unseal
 
-__all__ = ["Appender", "MemoryService", "SeqTracker", "WriteResult"]
+__all__ = ["MAX_SESSION_TOKENS", "Appender", "MemoryService", "SeqTracker", "WriteResult"]
 
 _log = structlog.get_logger(__name__)
+MAX_SESSION_TOKENS = 32  # tokens one X-Memsync-Session header may join
 
 
 class Appender(Protocol):
@@ -206,11 +208,26 @@ class MemoryService:
             token = token[2:]
         return decode_version(token.strip('"'), self._key)
 
-    def parse_session(self, token: str | None) -> DotContext:
-        """The applied-events context named by an ``X-Memsync-Session`` header."""
-        if not token:
+    def parse_session(self, header: str | None) -> DotContext:
+        """The applied-events context named by an ``X-Memsync-Session`` header.
+
+        The header holds one token or several, comma-separated, whose contexts
+        are joined: writes in flight at once each answer with the token they
+        were sent plus their own event, so a client that had several in flight
+        sends them all back (at most ``MAX_SESSION_TOKENS``).
+        """
+        if not header:
             return EMPTY
-        return unseal(token.strip(), self._key, "session", DotContext)
+        tokens = [t.strip() for t in header.split(",") if t.strip()]
+        if len(tokens) > MAX_SESSION_TOKENS:
+            raise BadRequestError(
+                f"X-Memsync-Session holds {len(tokens)} tokens; at most {MAX_SESSION_TOKENS} "
+                "(send the tokens of your latest writes that were in flight at once)"
+            )
+        ctx = EMPTY
+        for token in tokens:
+            ctx = dvv.join(ctx, unseal(token, self._key, "session", DotContext))
+        return ctx
 
     def session_token(self, ctx: DotContext) -> str:
         """An ``X-Memsync-Session`` token."""

@@ -9,9 +9,11 @@
         sub = ms.subscribe(["user:alice:memories"], on_change)
         await sub.connected.wait()
 
-The client keeps the **session token** of its latest write (the gateway's
-tokens accumulate, so the latest covers every earlier write) and sends it with
-reads and writes: a ``get`` then sees this client's own writes in any region,
+The client keeps the **session tokens** of its writes (the gateway's tokens
+accumulate, so one write at a time the latest covers every earlier one; writes
+in flight at once are each kept until a later answer covers them, see
+:mod:`gateway.client.sessions`) and sends them with reads and writes: a
+``get`` then sees this client's own writes in any region,
 and a ``503 unavailable`` while the region catches up is retried briefly. It
 remembers the **version** (``ETag``) it last saw of each memory, so
 ``if_match="auto"`` writes with exactly the causal context it read — never
@@ -37,6 +39,7 @@ import structlog
 from gateway.client.cache import DEFAULT_MAX_ENTRIES, LocalCache
 from gateway.client.errors import BadRequestError, MemsyncClientError, ResyncRequiredError
 from gateway.client.reconcile import drop_missing
+from gateway.client.sessions import SessionTokens
 from gateway.client.stream import Callback, Mode, StreamOptions, Subscription
 from gateway.client.sync import fetch_page, pull, warm_cache
 from gateway.client.transport import Endpoints, RetryPolicy, Transport
@@ -100,7 +103,7 @@ class MemorySync:
         self._request_timeout = request_timeout
         self._source = SourceIn(agent_id=agent_id, session_id=session_id)
         self._transport: Transport | None = None
-        self._session_token: str | None = None
+        self._sessions = SessionTokens()
         self._versions = VersionBook(cache_size)
         self._cursors: dict[frozenset[str], str] = {}
         self._subscriptions: set[Subscription] = set()
@@ -143,8 +146,8 @@ class MemorySync:
 
     @property
     def session_token(self) -> str | None:
-        """The latest ``X-Memsync-Session`` token (covers every write of this client)."""
-        return self._session_token
+        """The ``X-Memsync-Session`` value that covers every write of this client."""
+        return self._sessions.header()
 
     @property
     def base_url(self) -> str:
@@ -159,13 +162,16 @@ class MemorySync:
         """Versions from read answers: kept only when newer than the held one."""
         self._versions.remember(views)
 
-    def _session_headers(self) -> dict[str, str]:
-        return {SESSION_HEADER: self._session_token} if self._session_token else {}
+    def _session_headers(self, sent: tuple[str, ...] | None = None) -> dict[str, str]:
+        value = self._sessions.header(sent)
+        return {SESSION_HEADER: value} if value else {}
 
-    def _written(self, status: int, headers: Mapping[str, str], body: bytes) -> WriteResult:
+    def _written(
+        self, status: int, headers: Mapping[str, str], body: bytes, sent: tuple[str, ...]
+    ) -> WriteResult:
         token = headers.get(SESSION_HEADER)
         if token:
-            self._session_token = token
+            self._sessions.answered(sent, token)
         result = decode_write(body, token or "")
         self._versions.wrote(result.memory)
         if result.degraded or status == 202:
@@ -207,14 +213,15 @@ class MemorySync:
             policy=policy,
             source=self._source,
         )
+        sent = self._sessions.sent()
         resp = await self._t.request(
             "POST",
             "/v1/memories",
             body=_encoder.encode(req),
-            headers=self._session_headers(),
+            headers=self._session_headers(sent),
             retry="rejected" if id is not None else "never",
         )
-        return self._written(resp.status, resp.headers, resp.body)
+        return self._written(resp.status, resp.headers, resp.body, sent)
 
     async def get(
         self, memory_id: str, *, consistent: bool = True, wait_ms: int | None = None
@@ -280,7 +287,8 @@ class MemorySync:
             source=self._source,
         )
         version = await self._if_match(memory_id, if_match)
-        headers = self._session_headers()
+        sent = self._sessions.sent()
+        headers = self._session_headers(sent)
         if version is not None:
             headers["If-Match"] = f'"{version}"'
         resp = await self._t.request(
@@ -290,12 +298,13 @@ class MemorySync:
             headers=headers,
             retry="rejected" if version is not None else "never",
         )
-        return self._written(resp.status, resp.headers, resp.body)
+        return self._written(resp.status, resp.headers, resp.body, sent)
 
     async def delete(self, memory_id: str, *, if_match: str | None = None) -> WriteResult:
         """``DELETE /v1/memories/{id}``: a tombstone (``if_match`` as in :meth:`update`)."""
         version = await self._if_match(memory_id, if_match)
-        headers = self._session_headers()
+        sent = self._sessions.sent()
+        headers = self._session_headers(sent)
         if version is not None:
             headers["If-Match"] = f'"{version}"'
         resp = await self._t.request(
@@ -304,7 +313,7 @@ class MemorySync:
             headers=headers,
             retry="rejected" if version is not None else "never",
         )
-        return self._written(resp.status, resp.headers, resp.body)
+        return self._written(resp.status, resp.headers, resp.body, sent)
 
     async def list(
         self,
