@@ -44,6 +44,7 @@ from replication.clock import HybridClock
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.errors import MemsyncError, PreconditionFailedError
 from replication.events import make_event, next_counter
+from replication.log_errors import LogRecordRefusedError
 from replication.merge import apply, join
 from replication.schema import (
     EventType,
@@ -589,14 +590,18 @@ class MemoryService:
             try:
                 appended = await self.log.append(key.encode(), raw, ())
                 self._observe_stage("append", time.perf_counter() - started)
+            except LogRecordRefusedError as exc:
+                # The log will never take this event (checked as consumers do,
+                # it still is too large for this broker): it must not stay in
+                # the outbox, where it would hold every later write.
+                await asyncio.gather(journalled, return_exceptions=True)
+                await self.journal.discard(seq)
+                self.journal.release(key, counter, seq)
+                _log.error("log.refused_write", key=key, seq=seq, error=exc.message)
+                raise
             except MemsyncError as exc:
                 if not exc.retriable:
-                    # The log will never take this event: it must not stay in
-                    # the outbox, where it would hold every later write.
                     await asyncio.gather(journalled, return_exceptions=True)
-                    await self.journal.discard(seq)
-                    self.journal.release(key, counter, seq)
-                    _log.error("log.refused_write", key=key, seq=seq, error=exc.message)
                     raise
                 self.log_available = False
                 _log.warning("log.unavailable_on_write", key=key, seq=seq, error=exc.message)
@@ -664,17 +669,17 @@ class MemoryService:
     async def _append_row(self, row: JournalRow) -> Any:
         """Append one journal row; ``None`` when the log refused it for good (row dropped).
 
-        A refusal retrying cannot fix (a journal written before the gateway
-        checked events as consumers do, or a broker with a smaller record
-        limit) would otherwise stop the outbox, or a re-publication, at that
-        row forever. The row is dropped with an error naming it; an
-        unavailable log still raises, so the drainer retries later.
+        A record the log refuses for its size (a journal written before the
+        gateway checked events as consumers do, or a broker with a smaller
+        record limit) would otherwise stop the outbox, or a re-publication,
+        at that row forever. The row is dropped with an error naming it;
+        every other error still raises, so the drainer retries later.
         """
         try:
             return await self.log.append(row.key.encode(), row.body, ())
-        except MemsyncError as exc:
-            if exc.retriable:
-                raise
+        except LogRecordRefusedError as exc:
+            # Only a refusal of the record itself: any other error (a broker
+            # just restarted answers UnknownError) may pass, and the row stays.
             await self.journal.discard(row.seq)
             _log.error(
                 "journal.row_refused_by_log",

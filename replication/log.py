@@ -38,11 +38,18 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError, NodeNotReadyError, for_code
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+    RecordTooLargeError,
+    for_code,
+)
 from aiokafka.protocol.offset import OffsetRequest
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from replication.log_errors import LogError, LogUnavailableError
+from replication.log_errors import LogError, LogRecordRefusedError, LogUnavailableError
 from replication.segments import (
     DEFAULT_GRACE_MS,
     DEFAULT_SEGMENT_MS,
@@ -222,6 +229,8 @@ class LogReader(Protocol):
 
 def _translate(exc: BaseException, op: str) -> LogError:
     message = f"{op}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError):
+        return LogRecordRefusedError(message)
     unavailable = isinstance(exc, TimeoutError | OSError | KafkaTimeoutError | NodeNotReadyError)
     if unavailable or (isinstance(exc, KafkaError) and exc.retriable):
         return LogUnavailableError(message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from replication.errors import MemsyncError
 
-__all__ = ["LogError", "LogUnavailableError"]
+__all__ = ["LogError", "LogRecordRefusedError", "LogUnavailableError"]
 
 
 class LogError(MemsyncError):
@@ -24,3 +24,15 @@ class LogUnavailableError(LogError):
     status = 503
     code = "log_unavailable"
     retriable = True
+
+
+class LogRecordRefusedError(LogError):
+    """The log refuses this record for good, whenever it is sent (it is too large).
+
+    Only what the broker or the producer says about the record itself; any
+    other refusal may be the broker's state of the moment (a broker just
+    restarted answers ``UnknownError``) and is never taken as final.
+    """
+
+    status = 413
+    code = "too_large"
