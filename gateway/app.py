@@ -77,14 +77,29 @@ def create_app(settings: Settings, *, store: MemoryStore | None = None) -> web.A
                 await watchdog.stop()
 
     async def going_away(app: web.Application) -> None:
-        """Close live streams with GOING_AWAY (clients resume elsewhere with their cursor)."""
+        """Close live streams with GOING_AWAY (clients resume elsewhere with their cursor).
+
+        Every subscription is closed and its pump woken first: the fan-out
+        writes to it no more and its pump stops after the write in progress.
+        Then WebSockets get their close frame, and each SSE handler returns
+        so aiohttp ends its response after its last write (ending it from
+        here, while its pump could still write, made that write fail).
+        """
         watchdog.start()
-        live = app[CONNECTIONS]
-        # Concurrently, each bounded: a client that stopped reading cannot hold the shutdown.
-        await asyncio.gather(*(_going_away(conn) for conn in list(live)))
         for sub in app[STREAMS].fanout.subscriptions() if STREAMS in app else ():
-            sub.closed = "going_away"
+            sub.closed = sub.closed or "going_away"
             sub.send_direct(b"")
+        connections = app[CONNECTIONS]
+        live = list(connections)
+        # Concurrently, each bounded: a client that stopped reading cannot hold the shutdown.
+        await asyncio.gather(
+            *(
+                subscribe.end_event_stream(conn, _CLOSE_TIMEOUT_S)
+                if subscribe.is_event_stream(conn)
+                else _going_away(conn)
+                for conn in live
+            )
+        )
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(subscribe.liveness)

@@ -10,7 +10,9 @@ coalescing like **lazy** ones — one entry per memory, the latest event plus
 the memory's full replicated state, so nothing causally earlier is lost (the
 client joins the state). Past ``hard_limit`` coalesced memories the
 subscription is closed with its resume cursor (``slow_consumer``): a slow
-client never grows gateway memory without bound.
+client never grows gateway memory without bound. Control replies and state
+repairs queued for a client that does not read count against the same
+``hard_limit``.
 
 **Direct writes.** A WebSocket subscription that is eager, caught up and
 whose socket has room is written to by the fan-out itself: at the end of
@@ -45,6 +47,7 @@ from replication.routing import parse_channel
 from replication.state import MemoryState
 
 __all__ = [
+    "MAX_SUBSCRIPTION_CHANNELS",
     "Delivery",
     "DirectWriter",
     "Fanout",
@@ -57,6 +60,10 @@ _encoder = msgspec.json.Encoder()
 _ids = itertools.count(1)
 _DIRECT_MAX_BYTES = 256 * 1024  # the most one direct write may carry
 _RUN_MAX = 256  # the most events one batch frame carries
+# The most channels one subscription listens on, over all its subscribe ops
+# (also the most one op, an SSE stream or a pull sync may name): bounds the
+# index entries and the per-event membership checks a connection costs.
+MAX_SUBSCRIPTION_CHANNELS = 64
 
 
 class FanoutStats:
@@ -184,7 +191,8 @@ class Subscription:
 
     claims: Claims
     # A tuple, not a set: 48 bytes for one channel instead of 216, on every
-    # connection (membership over at most 64 names is as quick).
+    # connection (membership over at most MAX_SUBSCRIPTION_CHANNELS names is
+    # as quick).
     channels: tuple[str, ...]
     mode: str = "eager"
     interval_ms: int = 100
@@ -228,6 +236,10 @@ class Subscription:
         """The connection failed under a send: close this subscription."""
         self._close("connection_lost")
 
+    def close_slow(self) -> None:
+        """The client stopped reading (a send could not finish in time): drop it as slow."""
+        self._close("slow_consumer")
+
     def _close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
@@ -247,6 +259,14 @@ class Subscription:
                 if d.shared or self.claims.may_act_for(d.user):
                     return True
         return False
+
+    def allows_state(self, state: MemoryState, channels: tuple[str, ...], shared: bool) -> bool:
+        """Whether this subscriber may see ``state`` routed to ``channels`` (no event).
+
+        The rule of :meth:`allows`, for a memory's state where no event
+        carries it: a state repair, a pull sync re-checking a current state.
+        """
+        return self.allows(_probe(state, channels, shared))
 
     def hold(self) -> None:
         """Hold live deliveries back while a replay is being sent."""
@@ -368,15 +388,22 @@ class Subscription:
         """Send a message outside the fan-out (replay, control), in order with events.
 
         Written straight to the connection when it can take it now, else
-        queued for the pump.
+        queued for the pump. Bounded like events: past ``hard_limit`` queued
+        messages (a client that stops reading and keeps sending operations
+        is answered into the queue) the subscriber is dropped as
+        ``slow_consumer``. Once closed nothing is queued; the pump is only
+        woken, to finish.
         """
-        self._enqueue((message, cursor, None))
-        if cursor is not None:
-            self.cursor = cursor
         if self.closed is not None:
             self._wake()  # the pump is told to finish
-        else:
-            self.flush()
+            return
+        if self._enqueue((message, cursor, None)) > self.hard_limit:
+            self._close("slow_consumer")
+            self._wake()
+            return
+        if cursor is not None:
+            self.cursor = cursor
+        self.flush()
 
     def idle(self) -> bool:
         """Nothing queued, held back or coalesced: a pump would only wait."""
@@ -580,10 +607,7 @@ class Fanout:
         """
         found: dict[int, tuple[Subscription, list[bytes]]] = {}
         for state, channels, shared, state_json in items:
-            probe = Delivery(
-                key=state.key, tenant=state.tenant_id, user=state.user_id, shared=shared,
-                channels=channels, dot=Dot("", 0), raw=b"", state=state, cursor_token="",
-            )  # fmt: skip
+            probe = _probe(state, channels, shared)
             for sub in self._targets(state.tenant_id, channels):
                 if sub.closed is None and sub.allows(probe):
                     found.setdefault(sub.id, (sub, []))[1].append(state_json)
@@ -647,6 +671,14 @@ def _messages(group: list[Delivery]) -> list[bytes]:
         run[0].message if len(run) == 1 else _batch((d.raw for d in run), run[-1].cursor)
         for run in runs
     ]
+
+
+def _probe(state: MemoryState, channels: tuple[str, ...], shared: bool) -> Delivery:
+    """A delivery standing for a state routed to ``channels`` (only to ask who may see it)."""
+    return Delivery(
+        key=state.key, tenant=state.tenant_id, user=state.user_id, shared=shared,
+        channels=channels, dot=Dot("", 0), raw=b"", state=state, cursor_token="",
+    )  # fmt: skip
 
 
 def _skips(skip: DotContext, group: list[Delivery]) -> bool:

@@ -248,8 +248,42 @@ def spec() -> dict[str, Any]:
                 {"name": "page_token", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {
-                "200": {"description": "{changes, states, cursor, has_more, page_token?}",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "200": {
+                    "description": (
+                        "One page. With `since`: the current state of each memory changed "
+                        "after the cursor that the token may still see on these channels "
+                        "(tombstones of deletes it was shown included), and in `removed` the "
+                        "memories it was shown after the cursor that have left these "
+                        "channels since (made private, moved off a topic), without content: "
+                        "drop them. Without `since`: a paged snapshot of the channels' live "
+                        "memories (`page_token` continues it) and the cursor of its start. "
+                        "503 while this region's store has not yet applied what the cursor "
+                        "covers (retry)."
+                    ),
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["changes", "states", "cursor", "has_more"],
+                        "properties": {
+                            "changes": {"type": "array", "items": memory_ref},
+                            "states": {"type": "array", "items": {"type": "object"},
+                                       "description": "Each change's full replicated state."},
+                            "removed": {
+                                "type": "array",
+                                "description": "With `since` only.",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["id", "key"],
+                                    "properties": {"id": {"type": "string"},
+                                                   "key": {"type": "string"}},
+                                },
+                            },
+                            "cursor": {"type": "string"},
+                            "has_more": {"type": "boolean"},
+                            "page_token": {"type": ["string", "null"],
+                                           "description": "Snapshot pages only."},
+                        },
+                    }}},
+                },
                 "410": _error("resync_required: the cursor's history is gone; take a snapshot."),
                 **_ERRORS,
             },

@@ -7,7 +7,15 @@ WebSocket protocol (API.md): client → ``{"op": "subscribe", "channels",
 full state per memory), ``heartbeat``, ``error`` (codes ``bad_request``,
 ``forbidden``, ``resync_required``, ``slow_consumer`` with its resume
 cursor). Compression is off (permessage-deflate costs ~110 KiB per
-connection); frames are bounded by ``max_msg_size``.
+connection); frames are bounded by ``max_msg_size``; a subscription listens
+on at most ``MAX_SUBSCRIPTION_CHANNELS`` channels over all its operations.
+
+SSE streams are bounded like WebSockets: every write has a deadline, and a
+dropped subscriber's connection is aborted after a grace period.
+
+Pull sync returns a memory only if the reader may see its current state on
+the channels asked for; one it was shown after the cursor and may no longer
+see is listed in ``removed`` (id and key, no content).
 """
 
 from __future__ import annotations
@@ -24,22 +32,35 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.api import _claims, error_response, json_response, observe
-from gateway.errors import BadRequestError, ForbiddenError, MemsyncError, OverloadedError
-from gateway.fanout import Subscription, authorize_channels
-from gateway.history import Cursor, ResyncRequiredError
+from gateway.auth import Claims
+from gateway.errors import (
+    BadRequestError,
+    ForbiddenError,
+    MemsyncError,
+    OverloadedError,
+    UnavailableError,
+)
+from gateway.fanout import MAX_SUBSCRIPTION_CHANNELS, Subscription, authorize_channels
+from gateway.history import Cursor, HistoryEntry, ResyncRequiredError
 from gateway.keys import CONNECTIONS, SERVICE, SETTINGS, STREAMS
+from gateway.service import MemoryService
 from gateway.store import ListQuery
-from gateway.streams import Pump, Streams, channel_allows, control
+from gateway.streams import Pump, Streams, channel_allows, control, repair_route
+from replication.dvv import DotContext
 from replication.errors import InvalidTokenError
-from replication.state import materialize
+from replication.merge import apply, join
+from replication.routing import parse_channel
+from replication.schema import MemoryEvent, decode_event
+from replication.state import MemoryState
 from replication.token import seal, unseal
 
-__all__ = ["liveness", "routes"]
+__all__ = ["end_event_stream", "is_event_stream", "liveness", "routes"]
 
 _log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 Channels = Annotated[
-    list[Annotated[str, msgspec.Meta(max_length=400)]], msgspec.Meta(max_length=64)
+    list[Annotated[str, msgspec.Meta(max_length=400)]],
+    msgspec.Meta(max_length=MAX_SUBSCRIPTION_CHANNELS),
 ]
 
 
@@ -410,6 +431,14 @@ def _slow_consumer_error(cursor: str) -> bytes:
 
 
 def _handle_op(request: web.Request, sub: Subscription, conn: _Connection, raw: bytes) -> None:
+    """One client operation. A refused one (error reply) leaves the subscription as it was.
+
+    Everything that can refuse a ``subscribe`` is checked before anything
+    changes: the channel cap, then the cursor. Only the resume limit is
+    checked by :meth:`Pump.request_replay` itself; the mode it follows is
+    put back when it refuses. (Half-applied, a refused resume left the new
+    channels live with the replay never sent: a silent gap.)
+    """
     op = _ops.decode(raw)
     streams = request.app[STREAMS]
     try:
@@ -422,13 +451,24 @@ def _handle_op(request: web.Request, sub: Subscription, conn: _Connection, raw: 
         sub.send_direct(control("unsubscribed", channels=list(channels)))
         return
     new = [ch for ch in channels if ch not in sub.channels]
+    if len(sub.channels) + len(new) > MAX_SUBSCRIPTION_CHANNELS:
+        raise BadRequestError(
+            f"a subscription listens on at most {MAX_SUBSCRIPTION_CHANNELS} channels: this "
+            f"one has {len(sub.channels)} and the operation adds {len(new)}; unsubscribe "
+            "from some first"
+        )
+    cursor = None if op.since is None else streams.history.decode_cursor(op.since)
+    before = (sub.mode, sub.interval_ms)
     sub.set_mode(op.mode, op.interval_ms)
+    if cursor is not None and op.since is not None:
+        try:
+            conn.pump.request_replay(cursor, set(new or channels), op.since)
+        except BadRequestError:  # too many resumes in flight: nothing else changed yet
+            sub.set_mode(*before)
+            raise
     sub.channels = (*sub.channels, *new)
     streams.fanout.add(sub)
-    if op.since is not None:
-        cursor = streams.history.decode_cursor(op.since)
-        conn.pump.request_replay(cursor, set(new or channels), op.since)
-    else:
+    if cursor is None:
         head = streams.head_token()
         sub.send_direct(control("subscribed", channels=sorted(sub.channels), cursor=head), head)
 
@@ -437,54 +477,138 @@ async def events_sse(request: web.Request) -> web.StreamResponse:
     """``GET /v1/events?channels=a,b[&mode=lazy&interval_ms=N]``: Server-Sent Events."""
     started = time.perf_counter()
     try:
-        resp, sub, streams, cursor, since = await _sse_handshake(request)
+        stream, streams, cursor, since = await _sse_handshake(request)
     except Exception as exc:  # noqa: BLE001 - answered like any request's failure
         response = error_response(request, exc)
         observe(request, response, started)
         return response
-    observe(request, resp, started)
-    limits = request.app[SETTINGS].limits
-    channels = sub.channels
-
-    async def send(message: bytes, cursor: str | None) -> None:
-        head = b"id: " + cursor.encode() + b"\n" if cursor else b""
-        await resp.write(head + b"data: " + message + b"\n\n")
-
-    pump = Pump(streams, sub, send, heartbeat_s=limits.stream_heartbeat)
-    streams.fanout.add(sub)
-    if cursor is not None:
-        pump.request_replay(cursor, set(channels), since)
-    else:
-        head = streams.head_token()
-        sub.send_direct(control("subscribed", channels=sorted(channels), cursor=head), head)
+    observe(request, stream.resp, started)
     try:
-        reason = await pump.run()
-        if reason == "slow_consumer":
-            message = "this subscriber fell too far behind; reconnect with Last-Event-ID"
-            await send(
-                control("error", code="slow_consumer", cursor=pump.sent_cursor, message=message),
-                None,
-            )
-    except (ConnectionError, asyncio.CancelledError):
-        pass
+        await stream.run(streams, cursor, since)
     finally:
-        streams.fanout.remove(sub)
-        request.app[CONNECTIONS].discard(resp)
-    return resp
+        request.app[CONNECTIONS].discard(stream)
+    return stream.resp
+
+
+class _EventStream:
+    """One SSE subscriber: its response, subscription and pump, every write bounded in time.
+
+    A client that stops reading fills the socket and the pump waits in
+    aiohttp's drain. So each write has a deadline (twice the stream
+    heartbeat): one that cannot finish by then drops the subscriber as
+    ``slow_consumer`` and aborts the connection. A subscription dropped
+    while the pump waits (its buffers past their limits) is aborted at the
+    latest ``_DROP_ABORT_S`` later, as a WebSocket is; a client that reads
+    again before that gets its ``slow_consumer`` error first. Either way
+    the handler, its connection slot and its buffers go.
+    """
+
+    __slots__ = ("_abort", "_done", "_heartbeat_s", "_transport", "_write_timeout", "resp", "sub")
+
+    def __init__(
+        self,
+        resp: web.StreamResponse,
+        sub: Subscription,
+        transport: asyncio.Transport | None,
+        heartbeat_s: float,
+    ) -> None:
+        self.resp, self.sub = resp, sub
+        self._transport = transport
+        self._heartbeat_s = heartbeat_s
+        self._write_timeout = 2 * heartbeat_s
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._abort: asyncio.TimerHandle | None = None
+        sub.on_close = self._dropped
+
+    async def send(self, message: bytes, cursor: str | None) -> None:
+        """Write one SSE message (``TimeoutError`` past the write deadline)."""
+        head = b"id: " + cursor.encode() + b"\n" if cursor else b""
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self.resp.write(head + b"data: " + message + b"\n\n")
+        except RuntimeError as exc:  # aiohttp refuses a write after the response's end
+            raise ConnectionResetError(f"the event stream has ended: {exc}") from exc
+
+    async def run(self, streams: Streams, cursor: Cursor | None, since: str) -> None:
+        """Replay (if resumed), then live, until the subscription closes or the client goes."""
+        sub = self.sub
+        pump = Pump(streams, sub, self.send, heartbeat_s=self._heartbeat_s)
+        streams.fanout.add(sub)
+        try:
+            if cursor is not None:
+                pump.request_replay(cursor, set(sub.channels), since)
+            else:
+                head = streams.head_token()
+                sub.send_direct(
+                    control("subscribed", channels=sorted(sub.channels), cursor=head), head
+                )
+            reason = await pump.run()
+            if reason == "slow_consumer":
+                message = "this subscriber fell too far behind; reconnect with Last-Event-ID"
+                await self.send(
+                    control(
+                        "error", code="slow_consumer", cursor=pump.sent_cursor, message=message
+                    ),
+                    None,
+                )
+        except TimeoutError:
+            _log.info("subscription.sse_stalled", sub=sub.id, seconds=self._write_timeout)
+            sub.close_slow()
+            self.abort()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            streams.fanout.remove(sub)
+            sub.on_close = sub.on_wake = None
+            if self._abort is not None:
+                self._abort.cancel()
+                self._abort = None
+            if not self._done.done():
+                self._done.set_result(None)
+
+    def _dropped(self) -> None:
+        """The server drops it (slow, or its connection failed): gone within ``_DROP_ABORT_S``."""
+        if self._abort is None and not self._done.done():
+            self._abort = asyncio.get_running_loop().call_later(_DROP_ABORT_S, self.abort)
+
+    def abort(self) -> None:
+        """Abort the connection: a waiting write fails, the handler ends."""
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.abort()
+
+    async def going_away(self, within: float) -> None:
+        """Shutdown: stop the pump, let the handler end the response; abort after ``within``.
+
+        The pump stops after the write in progress and the handler returns,
+        so aiohttp ends the response after the last write, never during one.
+        """
+        sub = self.sub
+        if sub.closed is None:
+            sub.closed = "going_away"
+        sub.send_direct(b"")  # closed: wakes the pump to finish
+        await asyncio.wait([self._done], timeout=within)
+        if not self._done.done():
+            self.abort()
+
+
+def is_event_stream(conn: object) -> bool:
+    """Whether a live connection (``CONNECTIONS``) is an SSE stream (else a WebSocket's)."""
+    return isinstance(conn, _EventStream)
+
+
+async def end_event_stream(conn: object, within: float) -> None:
+    """Shutdown of one SSE stream (see :meth:`_EventStream.going_away`)."""
+    if isinstance(conn, _EventStream):
+        await conn.going_away(within)
 
 
 async def _sse_handshake(
     request: web.Request,
-) -> tuple[web.StreamResponse, Subscription, Streams, Cursor | None, str]:
+) -> tuple[_EventStream, Streams, Cursor | None, str]:
     """Authorise, count and start the event stream."""
     sub, streams = _new_subscription(request)
-    names = [c for c in request.query.get("channels", "").split(",") if c]
-    if not names:
-        raise BadRequestError("query parameter 'channels' is required (comma-separated)")
-    try:
-        channels = authorize_channels(sub.claims, names)
-    except ValueError as exc:
-        raise BadRequestError(str(exc)) from exc
+    channels = _query_channels(request, sub.claims)
     mode = request.query.get("mode", "eager")
     if mode not in ("eager", "lazy"):
         raise BadRequestError("query parameter 'mode' must be 'eager' or 'lazy'")
@@ -499,19 +623,19 @@ async def _sse_handshake(
             "X-Accel-Buffering": "no",
         }
     )
-    request.app[CONNECTIONS].add(resp)
+    heartbeat_s = request.app[SETTINGS].limits.stream_heartbeat
+    stream = _EventStream(resp, sub, request.transport, heartbeat_s)
+    request.app[CONNECTIONS].add(stream)
     try:
         await resp.prepare(request)
     except BaseException:
-        request.app[CONNECTIONS].discard(resp)
+        request.app[CONNECTIONS].discard(stream)
         raise
-    return resp, sub, streams, cursor, since
+    return stream, streams, cursor, since
 
 
-async def sync(request: web.Request) -> web.Response:
-    """``GET /v1/sync?channels=a,b&since=CURSOR&limit=N``: pull-based sync."""
-    claims = _claims(request)
-    claims.require("read")
+def _query_channels(request: web.Request, claims: Claims) -> tuple[str, ...]:
+    """The ``channels`` query parameter, authorised and capped (SSE and pull sync)."""
     names = [c for c in request.query.get("channels", "").split(",") if c]
     if not names:
         raise BadRequestError("query parameter 'channels' is required (comma-separated)")
@@ -519,6 +643,19 @@ async def sync(request: web.Request) -> web.Response:
         channels = authorize_channels(claims, names)
     except ValueError as exc:
         raise BadRequestError(str(exc)) from exc
+    if len(channels) > MAX_SUBSCRIPTION_CHANNELS:
+        raise BadRequestError(
+            f"query parameter 'channels' names {len(channels)} channels; at most "
+            f"{MAX_SUBSCRIPTION_CHANNELS} are allowed"
+        )
+    return channels
+
+
+async def sync(request: web.Request) -> web.Response:
+    """``GET /v1/sync?channels=a,b&since=CURSOR&limit=N``: pull-based sync."""
+    claims = _claims(request)
+    claims.require("read")
+    channels = _query_channels(request, claims)
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
@@ -538,41 +675,124 @@ async def sync(request: web.Request) -> web.Response:
         except ResyncRequiredError as exc:
             streams.fanout.stats.resyncs += 1
             return json_response({"error": {"code": exc.code, "message": exc.message}}, 410)
-        keys = list(dict.fromkeys(_key_of(e.body) for e in entries))
+        # Every event the answer's cursor covers was recorded here by now.
+        covered = streams.history.head.context
         token = streams.history.encode_cursor(after)
-        return await _changes(service, keys, token, more)
+        return json_response(await _changes(service, sub, entries, covered, token, more))
     return await _snapshot(request, sub, limit)
 
 
-_key_decoder = msgspec.json.Decoder(dict[str, Any])
+async def _changes(
+    service: MemoryService,
+    sub: Subscription,
+    entries: list[HistoryEntry],
+    covered: DotContext,
+    cursor: str,
+    more: bool,
+) -> dict[str, Any]:
+    """What changed: the current state of each memory the entries touched, if still visible.
+
+    States come from the cache, which the applier fills before the history
+    records an event; a key it lacks is read from the store once the store
+    holds everything ``covered`` names (bounded wait, else 503). Each
+    listed event is joined into its memory's state as well (applying an
+    event twice changes nothing), so no state is older than what it is
+    listed for. A memory is returned only if the subscriber may see its
+    *current* state on the channels asked for — the rule of live delivery
+    (:meth:`Subscription.allows_state`, routed as a state repair is) — and
+    a tombstone only to whoever was shown its delete. Any other memory the
+    subscriber was shown after the cursor has left its channels since: it
+    is listed in ``removed`` as ``{"id", "key"}``, without content.
+    """
+    events: dict[str, list[MemoryEvent]] = {}
+    for entry in entries:
+        event = decode_event(entry.body)
+        events.setdefault(event.key, []).append(event)
+    found = await _current_states(service, list(events), covered)
+    states: list[MemoryState] = []
+    removed: list[dict[str, str]] = []
+    for key, listed in events.items():
+        state = found.get(key)
+        for event in listed:
+            state = apply(state, event)
+        if state is None:  # no event listed: not reached
+            continue
+        if _visible(sub, state, shown_delete=any(e.event_type == "delete" for e in listed)):
+            states.append(state)
+        else:
+            removed.append({"id": state.id, "key": state.key})
+    return {
+        "changes": [service.view(s) for s in states],
+        "states": states,
+        "removed": removed,
+        "cursor": cursor,
+        "has_more": more,
+    }
 
 
-def _key_of(body: bytes) -> str:
-    memory = _key_decoder.decode(body)["memory"]
-    return f"{memory['tenant_id']}/{memory['id']}"
+def _visible(sub: Subscription, state: MemoryState, *, shown_delete: bool) -> bool:
+    """Whether ``sub`` may see ``state`` now (a tombstone: if it was shown the delete)."""
+    if state.deleted:
+        # A deleted state no longer says where the memory was; its delete
+        # event went there (it carries the deleted version's channels).
+        return shown_delete
+    channels, shared = repair_route(None, state)
+    return sub.allows_state(state, channels, shared)
 
 
-async def _changes(service: Any, keys: list[str], cursor: str, more: bool) -> web.Response:
-    found = await service.store.get_many(keys)
-    states = [found[k] for k in keys if k in found]
-    for state in states:
-        service.remember(state)
-    return json_response(
-        {
-            "changes": [service.view(s) for s in states],
-            "states": states,
-            "cursor": cursor,
-            "has_more": more,
-        }
-    )
+async def _current_states(
+    service: MemoryService, keys: list[str], covered: DotContext
+) -> dict[str, MemoryState]:
+    """The states of ``keys`` here, each at least as new as the events ``covered`` names."""
+    out: dict[str, MemoryState] = {}
+    missing: list[str] = []
+    for key in keys:
+        cached = service.cache.peek(key)
+        if cached is None:
+            missing.append(key)
+        else:
+            out[key] = cached
+    if missing:
+        await _store_covers(service, covered)
+        for key, state in (await service.store.get_many(missing)).items():
+            service.remember(state)
+            out[key] = service.cache.peek(key) or state  # joined with what came meanwhile
+    return out
+
+
+async def _store_covers(service: MemoryService, covered: DotContext) -> None:
+    """Wait (bounded, as read-your-writes does) until the store holds every event ``covered`` names.
+
+    The applier writes the store while the history records and fans out a
+    batch, so a store read can lag what the history (and so a cursor)
+    already covers. Raises :class:`UnavailableError` (503) past the bound.
+    """
+    if not await service.tracker.wait(covered, service.limits.ryw_wait_ms / 1000):
+        raise UnavailableError(
+            "this region's store has not yet applied the events this sync covers; retry",
+            retry_after=0.1,
+        )
+
+
+_SNAPSHOT_SCANS = 8  # store pages one snapshot request reads at most (filtered pages may be thin)
 
 
 async def _snapshot(request: web.Request, sub: Subscription, limit: int) -> web.Response:
-    """Every live memory of the channels, paged by ``page_token``; the cursor of its start."""
+    """Every live memory of the channels, paged by ``page_token``; the cursor of its start.
+
+    The store is read once it holds everything the start cursor covers (a
+    resume from it then misses nothing); each listed state is joined with
+    the cache's (never older than the store's) and listed only if the
+    subscriber may see it on the channel listed — on a topic channel also
+    other users' shared memories, as live delivery and replay show them.
+    Pages the filter thins out may come short of ``limit`` (at most
+    ``_SNAPSHOT_SCANS`` store pages are read per request); ``has_more`` and
+    ``page_token`` go on.
+    """
     streams = request.app[STREAMS]
     service = request.app[SERVICE]
     page = request.query.get("page_token")
-    start_cursor, index, offset = streams.head_token(), 0, None
+    start, start_cursor, index, offset = streams.history.head, "", 0, None
     if page:
         try:
             start_cursor, index, offset = _unseal_page(request, page)
@@ -580,29 +800,34 @@ async def _snapshot(request: web.Request, sub: Subscription, limit: int) -> web.
             raise BadRequestError(
                 "query parameter 'page_token' is not one this gateway issued"
             ) from exc
+        start = streams.history.decode_cursor(start_cursor)
+    else:
+        start_cursor = streams.head_token()
+    await _store_covers(service, start.context)
     channels = sorted(sub.channels)
-    states: list[Any] = []
-    while index < len(channels) and len(states) < limit:
-        kind, ident = channels[index].split(":")[:2]
+    states: list[MemoryState] = []
+    scans = 0
+    while index < len(channels) and len(states) < limit and scans < _SNAPSHOT_SCANS:
+        channel = channels[index]
+        kind, ident = parse_channel(channel)
         if kind == "system":
             index, offset = index + 1, None
             continue
-        users: tuple[str, ...] | None = None
-        if kind == "user":
-            users = (ident,)
-        elif kind == "topic" and not sub.claims.all_users:
-            users = sub.claims.users
         query = ListQuery(
             tenant_id=sub.claims.tenant,
-            user_ids=users,
+            user_ids=(ident,) if kind == "user" else None,
             topic=ident if kind == "topic" else None,
             limit=limit - len(states),
             offset=offset,
         )
         page_states, offset = await service.store.list_page(query)
-        if kind == "tenant":
-            page_states = [s for s in page_states if materialize(s).shared]
-        states.extend(page_states)
+        scans += 1
+        on_channel = Subscription(claims=sub.claims, channels=(channel,))
+        for stored in page_states:
+            cached = service.cache.peek(stored.key)
+            state = stored if cached is None else join(cached, stored)
+            if not state.deleted and _visible(on_channel, state, shown_delete=False):
+                states.append(state)
         if offset is None:
             index += 1
     more = index < len(channels)

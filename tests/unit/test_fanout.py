@@ -428,3 +428,27 @@ def test_a_channel_index_grows_and_shrinks_between_one_and_several_listeners() -
     fan.remove(a)
     fan.publish([_delivery(3)])
     assert (a.pending, b.pending, len(fan)) == (1, 2, 0)
+
+
+def test_control_replies_to_a_client_that_stops_reading_are_bounded() -> None:
+    """A client that keeps sending operations but reads nothing is dropped, not queued for."""
+    closed: list[str] = []
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, hard_limit=8,
+                       writer=_Socket(room=False), on_wake=lambda: None,
+                       on_close=lambda: closed.append("x"))  # fmt: skip
+    sub.pumping = True  # its pump waits on the full socket
+    for _ in range(1000):
+        sub.send_direct(b'{"op":"error","code":"bad_request"}')
+    assert sub.closed == "slow_consumer" and closed == ["x"]
+    assert sub.pending <= 9  # never past the hard limit (+ the one that tipped it)
+    assert sub.stats is None or sub.stats.closed == {"slow_consumer": 1}
+
+
+def test_a_closed_subscription_queues_nothing_more() -> None:
+    woken: list[str] = []
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"},
+                       on_wake=lambda: woken.append("pump"))  # fmt: skip
+    sub.closed = "going_away"
+    for _ in range(100):
+        sub.send_direct(b"")  # what shutdown and a closing connection send to wake the pump
+    assert sub.pending == 0 and woken  # woken to finish, nothing held
