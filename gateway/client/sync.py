@@ -101,7 +101,8 @@ async def _snapshot(
 async def warm_cache(
     pages: AsyncIterator[SyncPage], cache: LocalCache, seen: set[str] | None = None
 ) -> tuple[str, int]:
-    """Join every page's states into the cache; the last cursor and the states joined.
+    """Join every page's states into the cache, drop its ``removed``; the last cursor and
+    the states joined.
 
     ``seen``, when given, receives the key of every state pulled (what a
     snapshot listed, for :func:`gateway.client.reconcile.drop_missing`).
@@ -113,6 +114,8 @@ async def warm_cache(
             cache.join(state)
             if seen is not None:
                 seen.add(state.key)
+        for gone in page.removed:  # left these channels: the server sends nothing more of it
+            cache.discard(gone.key)
         joined += len(page.states)
         cursor = page.cursor
     _log.info("memsync_cache_warmed", states=joined, cursor=cursor)

@@ -20,6 +20,7 @@ __all__ = [
     "Change",
     "Frame",
     "ListPage",
+    "Removed",
     "SearchHit",
     "SyncPage",
     "WriteResult",
@@ -77,6 +78,13 @@ class _SearchAnswer(msgspec.Struct, frozen=True):
     results: tuple[SearchHit, ...] = ()
 
 
+class Removed(msgspec.Struct, frozen=True, kw_only=True):
+    """A memory a replay page says left the channels asked for (no content comes with it)."""
+
+    id: str
+    key: str
+
+
 class SyncPage(msgspec.Struct, frozen=True, kw_only=True):
     """One page of ``GET /v1/sync``: views, their full states, and where to resume.
 
@@ -88,10 +96,14 @@ class SyncPage(msgspec.Struct, frozen=True, kw_only=True):
     resumes once the whole snapshot is in), and with ``has_more`` the next
     page is asked with ``page_token`` — asking ``since=cursor`` instead would
     replay the changes after the start, not the rest of the snapshot.
+    ``removed`` (replay pages) names memories shown after ``since`` that the
+    token may no longer see on these channels (made private, moved off a
+    topic, deleted out of sight): drop them.
     """
 
     changes: tuple[MemoryView, ...] = ()
     states: tuple[MemoryState, ...] = ()
+    removed: tuple[Removed, ...] = ()
     cursor: str
     has_more: bool = False
     page_token: str | None = None

@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from gateway.client import Change, MemorySync, StreamOptions
 
-from .harness import Gateway, eventually
+from .harness import Gateway, eventually, token
 
 # A short history, so that a cursor from before a dozen writes needs a resync.
 GATEWAY_OPTIONS: dict[str, Any] = {"sticky_session": True, "limits": {"history_max_events": 5}}
@@ -156,3 +156,32 @@ async def test_a_cursor_the_gateway_cannot_decode_is_dropped_for_a_resync(gw: Ga
     async with MemorySync(_base(gw), gw.default_token) as tablet:  # warm's fallback alike
         assert await tablet.warm([ALICE], since=foreign) not in ("", foreign)
         assert sorted(v.id for v in tablet.cache.views()) == ["kept", "live"]
+
+
+async def test_warm_since_a_cursor_drops_what_left_the_channels(gw: Gateway) -> None:
+    """A replay page's ``removed``: a memory made private is dropped, with no content sent."""
+    bob = token(users=("bob",))
+    shared = "tenant:acme:shared"
+    async with (
+        MemorySync(_base(gw), gw.default_token, stream=FAST) as alice,
+        MemorySync(_base(gw), bob, stream=FAST) as reader,
+    ):
+        start = await reader.warm([shared])
+        await alice.create("alice", "fact", id="s", content="for everyone", shared=True)
+        await _listed(gw, "user_id=alice", 1)
+
+        async def cached() -> bool:
+            await reader.warm([shared], since=start)
+            return reader.cache.view("s") is not None
+
+        await eventually(cached, what="the shared memory in the reader's cache")
+        await alice.update("s", if_match="auto", content="alice only", shared=False)
+
+        async def removed() -> bool:
+            page = await reader.sync([shared], since=start)
+            assert all(v.content != "alice only" for v in page.changes)  # never the content
+            return [r.id for r in page.removed] == ["s"] and page.states == ()
+
+        await eventually(removed, what="the memory listed as removed")
+        await reader.warm([shared], since=start)
+        assert reader.cache.view("s") is None
