@@ -233,18 +233,24 @@ class MemorySync:
         503, which is retried).
         """
         params = {"wait_ms": str(wait_ms)} if wait_ms is not None else None
+        sent = self._sessions.sent()
         resp = await self._t.request(
             "GET",
             f"/v1/memories/{memory_id}",
             params=params,
-            headers=self._session_headers() if consistent else None,
+            headers=self._session_headers(sent) if consistent else None,
             retry="always",
         )
         view = decode_memory(resp.body)
         version = parse_etag(resp.headers.get("ETag")) or view.version
         if version != view.version:
             view = msgspec.structs.replace(view, version=version)
-        self._remember((view,))
+        if consistent and self._sessions.sent() == sent:
+            # It holds every write of this client (none answered meanwhile):
+            # it replaces the held version even at an equal or earlier time.
+            self._versions.wrote(view)
+        else:
+            self._remember((view,))
         return view
 
     async def _if_match(self, memory_id: str, if_match: str | None) -> str | None:

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import structlog
 
-__all__ = ["MAX_TOKENS", "SessionTokens"]
+__all__ = ["MAX_HEADER_CHARS", "MAX_TOKENS", "SessionTokens"]
 
 _log = structlog.get_logger(__name__)
 
 MAX_TOKENS = 32  # what one header may join (the gateway's MAX_SESSION_TOKENS)
+# What one header may hold: aiohttp refuses a header field past 8,190 bytes
+# before the gateway sees the request, and every later request would carry
+# the same tokens. Each token repeats the session's context, so size grows
+# with it, not only with the count.
+MAX_HEADER_CHARS = 6144
 
 
 class SessionTokens:
@@ -42,12 +47,17 @@ class SessionTokens:
         covered = set(sent)
         held = [t for t in self._held if t not in covered and t != token]
         held.append(token)
-        if len(held) > MAX_TOKENS:
+        dropped = 0
+        while len(held) > 1 and (
+            len(held) > MAX_TOKENS or sum(len(t) + 1 for t in held) - 1 > MAX_HEADER_CHARS
+        ):
             # More writes in flight at once than one header may name: the
             # oldest answers lose their read-your-writes guarantee (their
             # events are durable all the same).
-            _log.warning("memsync_session_tokens_dropped", dropped=len(held) - MAX_TOKENS)
-            held = held[-MAX_TOKENS:]
+            held.pop(0)
+            dropped += 1
+        if dropped:
+            _log.warning("memsync_session_tokens_dropped", dropped=dropped, held=len(held))
         self._held = held
 
     def __len__(self) -> int:

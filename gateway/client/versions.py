@@ -62,14 +62,24 @@ class VersionBook:
         return None if held is None else held[0]
 
     def remember(self, views: Iterable[MemoryView]) -> None:
-        """Record the versions of memories a read answered with (never older than held)."""
+        """Record the versions of memories a read answered with (never older than held).
+
+        An equal ``updated_at`` replaces: a merged state keeps the greatest
+        timestamp of its versions, so a state that joined a concurrent
+        version written earlier (by HLC) than the held one ties with it and
+        knows more. One that lacks the held write is strictly older.
+        """
         for view in views:
             held = self._versions.get(view.id)
-            if held is None or view.updated_at > held[1]:
+            if held is None or view.updated_at >= held[1]:
                 self._put(view)
 
     def wrote(self, view: MemoryView) -> None:
-        """Record the version a write of this client answered with (always kept)."""
+        """Record a version that holds every write of this client (always kept).
+
+        A write's answer, and a consistent read's (the gateway answered once
+        this client's writes were applied there).
+        """
         self._put(view)
 
     def _put(self, view: MemoryView) -> None:

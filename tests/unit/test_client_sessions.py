@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.client.sessions import MAX_TOKENS, SessionTokens
+from gateway.client.sessions import MAX_HEADER_CHARS, MAX_TOKENS, SessionTokens
 
 
 def test_one_write_at_a_time_keeps_only_the_latest_answer() -> None:
@@ -44,3 +44,15 @@ def test_more_writes_in_flight_than_a_header_names_keeps_the_newest() -> None:
         tokens.answered(sent, f"t{n}")
     assert len(tokens) == MAX_TOKENS
     assert tokens.header() == ",".join(f"t{n}" for n in range(5, MAX_TOKENS + 5))
+
+
+def test_the_header_stays_under_what_a_gateway_accepts_however_large_the_tokens() -> None:
+    tokens = SessionTokens()
+    sent = tokens.sent()
+    big = 500  # a session context with many loose dots makes each token long
+    for n in range(20):
+        tokens.answered(sent, f"{n:03d}" + "x" * big)
+    header = tokens.header()
+    assert header is not None and len(header) <= MAX_HEADER_CHARS
+    assert header.split(",")[-1].startswith("019")  # the newest kept
+    assert len(tokens) == (MAX_HEADER_CHARS + 1) // (big + 4)

@@ -27,13 +27,16 @@ def test_a_trailing_read_does_not_replace_the_clients_own_newer_write() -> None:
     assert book.get("a") == "v2"
 
 
-def test_a_later_read_replaces_and_an_equal_one_keeps_the_held_version() -> None:
+def test_a_later_or_equal_read_replaces_and_an_earlier_one_keeps_the_held_version() -> None:
     book = VersionBook(10)
     book.remember([_view("v1", 100)])
     book.remember([_view("v2", 200)])  # someone else's later write, read back
     assert book.get("a") == "v2"
-    book.remember([_view("v2-other", 200)])
+    book.remember([_view("v1-again", 100)])  # a store trailing that write
     assert book.get("a") == "v2"
+    # The same time and more: a concurrent version merged in, written earlier.
+    book.remember([_view("v2+sibling", 200)])
+    assert book.get("a") == "v2+sibling"
 
 
 def test_a_write_answer_always_replaces_the_held_version() -> None:
