@@ -240,6 +240,10 @@ class Subscription:
         """The client stopped reading (a send could not finish in time): drop it as slow."""
         self._close("slow_consumer")
 
+    def close_expired(self) -> None:
+        """Its token expired: a stream must not outlive the claims it was opened with (I7)."""
+        self._close("token_expired")
+
     def _close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason

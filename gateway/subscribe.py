@@ -348,6 +348,9 @@ class _Connection(_DirectFrames):
         """
         sub = self.sub
         self.streams.fanout.remove(sub)  # dropped now, whenever the socket goes
+        if sub.closed == "token_expired":
+            self.drop([_EXPIRED_ERROR], WSCloseCode.POLICY_VIOLATION, b"token expired")
+            return
         last = []
         if sub.closed == "slow_consumer":
             last.append(_slow_consumer_error(sub.sent_cursor))
@@ -384,7 +387,27 @@ class _Connection(_DirectFrames):
         self._transport = None
 
 
-_DROPPED = ("slow_consumer", "connection_lost")
+_DROPPED = ("slow_consumer", "connection_lost", "token_expired")
+_EXPIRY_CHECK_S = 5.0  # how late a stream may outlive its token
+_EXPIRED_ERROR = control(
+    "error",
+    code="unauthorized",
+    message="the token expired: subscribe again with a fresh one (memsync token)",
+)
+
+
+def close_expired(subscriptions: list[Subscription], now: float) -> int:
+    """Close every subscription whose token expired by ``now``; how many."""
+    closed = 0
+    for sub in subscriptions:
+        if sub.closed is None and sub.claims.exp <= now:
+            sub.close_expired()
+            closed += 1
+    if closed:
+        _log.info("subscription.tokens_expired", closed=closed)
+    return closed
+
+
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 _PING = _frame(0x89, b"")
 
@@ -406,11 +429,13 @@ async def liveness(app: web.Application) -> AsyncIterator[None]:
 
     async def sweep() -> None:
         while True:
-            await asyncio.sleep(every / 2)
+            await asyncio.sleep(min(every / 2, _EXPIRY_CHECK_S))
             now = _monotonic()
             for conn in list(live):
                 if isinstance(conn, _Connection):
                     conn.keepalive(now, every)
+            if STREAMS in app:
+                close_expired(app[STREAMS].fanout.subscriptions(), time.time())
 
     task = asyncio.create_task(sweep(), name="ws-liveness")
     try:
@@ -567,7 +592,14 @@ class _EventStream:
                 self._done.set_result(None)
 
     def _dropped(self) -> None:
-        """The server drops it (slow, or its connection failed): gone within ``_DROP_ABORT_S``."""
+        """The server drops it (slow, or its connection failed): gone within ``_DROP_ABORT_S``.
+
+        An expired token ends the stream at once instead (the pump is woken
+        and finishes, the handler ends the response); the client's reconnect
+        then gets 401 naming the expiry.
+        """
+        if self.sub.closed == "token_expired":
+            self.sub.send_direct(b"")  # closed: wakes the pump to finish
         if self._abort is None and not self._done.done():
             self._abort = asyncio.get_running_loop().call_later(_DROP_ABORT_S, self.abort)
 

@@ -825,3 +825,34 @@ async def test_shutdown_is_not_held_by_an_sse_client_that_stopped_reading(
     finally:
         await stopping
         sock.close()
+
+
+async def test_a_stream_ends_when_its_token_expires(gw: Gateway) -> None:
+    """Claims are checked at the handshake; a stream must not outlive them (I7)."""
+    assert gw.client is not None
+    short = token(ttl=2)
+    ws = await _ws(gw, short)
+    assert (await _subscribe(ws, channels=["user:alice:memories"], mode="eager"))["op"] == (
+        "subscribed"
+    )
+    sse = await gw.client.get(
+        "/v1/events?channels=user:alice:memories", headers={"Authorization": f"Bearer {short}"}
+    )
+    assert sse.status == 200
+    fanout = gw.runtime.streams.fanout
+    assert len(fanout) == 2
+    error: dict[str, Any] = {}
+    while error.get("op") != "error":
+        error = await _recv(ws, within=15)
+    assert error["code"] == "unauthorized" and "expired" in error["message"]
+    closing = await asyncio.wait_for(ws.receive(), 5)
+    assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED), closing
+    # 1008 (policy) when the client reads the close frame before the socket's
+    # end; aiohttp reports 1006 when the end came first.
+    assert closing.type != WSMsgType.CLOSE or closing.data == 1008, closing
+    await asyncio.wait_for(sse.content.read(), 15)  # the event stream ends too
+
+    async def none_left() -> bool:
+        return len(fanout) == 0
+
+    await eventually(none_left, what="both expired subscriptions to go")
