@@ -111,9 +111,7 @@ _CLOSE_TIMEOUT_S = 5.0
 
 
 async def _going_away(conn: Any) -> None:
+    """A WebSocket's connection: its close frame, bounded (SSE: ``subscribe.end_event_stream``)."""
     with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
         async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-            if isinstance(conn, web.StreamResponse):  # SSE
-                await conn.write_eof()
-            else:  # a WebSocket's connection
-                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")

@@ -332,28 +332,15 @@ class Journal:
 
         await self.flush_logged()
 
-        def prune() -> list[tuple[str, int]]:
-            db = self._conn
-            db.execute("BEGIN")
-            try:
-                # The rows keep the high-water mark and the last seq: keep them
-                # in the meta before the rows go.
-                hw, top = db.execute("SELECT MAX(hw), MAX(seq) FROM events").fetchone()
-                db.execute(_UPSERT_META, ("high_water", str(hw or 0), "seq", str(top or 0)))
-                rows = db.execute(
-                    "SELECT key, counter FROM events WHERE segment IS NOT NULL AND segment < ?",
-                    (segment,),
-                ).fetchall()
-                db.execute(
-                    "DELETE FROM events WHERE segment IS NOT NULL AND segment < ?", (segment,)
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        def prune(db: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows: list[tuple[str, int]] = db.execute(
+                "SELECT key, counter FROM events WHERE segment IS NOT NULL AND segment < ?",
+                (segment,),
+            ).fetchall()
+            db.execute("DELETE FROM events WHERE segment IS NOT NULL AND segment < ?", (segment,))
             return rows
 
-        pruned: list[tuple[str, int]] = await self._run(prune)
+        pruned = await self._run(self._deleting, prune)
         for key, counter in pruned:
             if self._live.get(key) == counter:
                 del self._live[key]
@@ -368,22 +355,30 @@ class Journal:
         as when rows are pruned, so no seq is issued twice.
         """
 
-        def drop() -> int:
-            db = self._conn
-            db.execute("BEGIN")
-            try:
-                hw, top = db.execute("SELECT MAX(hw), MAX(seq) FROM events").fetchone()
-                db.execute(_UPSERT_META, ("high_water", str(hw or 0), "seq", str(top or 0)))
-                gone = db.execute(
-                    "DELETE FROM events WHERE seq = ? AND segment IS NULL", (seq,)
-                ).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return int(gone)
+        def drop(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute("DELETE FROM events WHERE seq = ? AND segment IS NULL", (seq,)).rowcount
+            )
 
-        return bool(await self._run(drop))
+        return bool(await self._run(self._deleting, drop))
+
+    def _deleting(self, delete: Callable[[sqlite3.Connection], R]) -> R:
+        """Run ``delete`` (on the thread) in one transaction that keeps the meta's marks.
+
+        The rows hold the high-water mark and the last seq: they go into the
+        meta before any row goes, so no seq is issued twice after a restart.
+        """
+        db = self._conn
+        db.execute("BEGIN")
+        try:
+            hw, top = db.execute("SELECT MAX(hw), MAX(seq) FROM events").fetchone()
+            db.execute(_UPSERT_META, ("high_water", str(hw or 0), "seq", str(top or 0)))
+            result = delete(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
 
     async def counts(self) -> tuple[int, int]:
         """``(pending, logged)`` event counts."""

@@ -14,6 +14,7 @@ from gateway.errors import UnavailableError
 from gateway.history import CURSOR_MAX_LOOSE, History, ResyncRequiredError
 from replication import dvv
 from replication.dvv import Dot
+from tests.unit.sqlite_faults import fail_writes, heal
 
 KEY = b"k" * 32
 
@@ -164,20 +165,6 @@ async def test_a_replay_queued_behind_an_append_that_trims_past_its_cursor_must_
         await history.close()
 
 
-def _fail_writes(path: Path, table: str, when: str = "1") -> None:
-    """Make every insert into ``table`` (``when``) fail, from another connection."""
-    with sqlite3.connect(path) as db:
-        db.execute(
-            f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} WHEN {when} "
-            "BEGIN SELECT RAISE(ABORT, 'the disk is away'); END"
-        )
-
-
-def _heal(path: Path, table: str) -> None:
-    with sqlite3.connect(path) as db:
-        db.execute(f"DROP TRIGGER fail_{table}")
-
-
 async def test_a_failed_append_is_written_with_its_cursors_before_anything_is_read(
     tmp_path: Path,
 ) -> None:
@@ -188,13 +175,13 @@ async def test_a_failed_append_is_written_with_its_cursors_before_anything_is_re
         first = history.stamp(_entries([1]))
         await history.append(first)
         lost = history.stamp(_entries([2, 3]))  # delivered live, then the write fails
-        _fail_writes(path, "events")
+        fail_writes(path, "events")
         with pytest.raises(UnavailableError):
             await history.append(lost)
         with pytest.raises(UnavailableError):  # never a replay that passes them by
             await history.replay(first[0].cursor, _everything, 10)
         assert history.failed
-        _heal(path, "events")
+        heal(path, "events")
         replayed, _, _ = await history.replay(first[0].cursor, _everything, 10)
         assert [(e.idx, e.cursor) for e in replayed] == [(e.idx, e.cursor) for e in lost]
         await history.flush()

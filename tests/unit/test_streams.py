@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ from replication.merge import apply
 from replication.schema import MemoryEvent, encode
 from replication.state import MemoryState
 from replication.testing import Replica
+from tests.unit.sqlite_faults import fail_writes, heal
 
 KEY = b"k" * 32
 
@@ -61,20 +61,6 @@ async def _streams(path: Path) -> tuple[Streams, _Published]:
     return Streams(history, cast(Fanout, published)), published
 
 
-def _fail_writes(path: Path, table: str, when: str = "1") -> None:
-    """Make every insert into ``table`` (``when``) fail, from another connection."""
-    with sqlite3.connect(path) as db:
-        db.execute(
-            f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} WHEN {when} "
-            "BEGIN SELECT RAISE(ABORT, 'the disk is away'); END"
-        )
-
-
-def _heal(path: Path, table: str) -> None:
-    with sqlite3.connect(path) as db:
-        db.execute(f"DROP TRIGGER fail_{table}")
-
-
 async def test_a_batch_waiting_for_its_reservation_is_not_overtaken_by_a_later_stamp(
     tmp_path: Path,
 ) -> None:
@@ -114,10 +100,10 @@ async def test_a_batch_whose_history_write_failed_is_written_when_it_is_retried(
         await streams.on_batch(_batch(replica, 0, 1), EMPTY)
         before = history.decode_cursor(published.deliveries[-1].cursor)
         retried = _batch(replica, 1, 2)
-        _fail_writes(path, "events")
+        fail_writes(path, "events")
         with pytest.raises(UnavailableError):
             await streams.on_batch(retried, EMPTY)  # published, then the write failed
-        _heal(path, "events")
+        heal(path, "events")
         await streams.on_batch(retried, EMPTY)  # the applier retries the batch
         assert [d.dot for d in published.deliveries[1:]] == [_dot(e) for e, _, _ in retried]
     finally:
@@ -138,7 +124,7 @@ async def test_indexes_handed_out_are_never_reused_after_a_restart_when_writes_f
     path = tmp_path / "h.sqlite3"
     streams, published = await _streams(path)
     replica = Replica("r1")
-    _fail_writes(path, "meta", "NEW.name = 'head'")  # the last statement of every append
+    fail_writes(path, "meta", "NEW.name = 'head'")  # the last statement of every append
     try:
         for first in (0, 600):
             with pytest.raises(UnavailableError):
@@ -146,7 +132,7 @@ async def test_indexes_handed_out_are_never_reused_after_a_restart_when_writes_f
     finally:
         await streams.history.close()
     handed_out = max(streams.history.decode_cursor(d.cursor).idx for d in published.deliveries)
-    _heal(path, "meta")
+    heal(path, "meta")
     again = History(path, "h1", KEY, max_events=100_000)
     await again.open()
     try:
