@@ -104,6 +104,10 @@ def _write_op(summary: str, body: str | None, ok: str, params: list[Any]) -> dic
                 _VERSION_HEADERS,
             ),
             **_ERRORS,
+            "403": _error(
+                "The token's claims do not allow this. Creating or changing a system memory "
+                "(`system: true`, published to system:global) needs the admin scope."
+            ),
             "404": _error("No such memory."),
             "409": _error("Conflict (id exists or was deleted; too many siblings)."),
         },

@@ -29,6 +29,7 @@ from gateway.cache import StateCache
 from gateway.errors import (
     BadRequestError,
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     UnavailableError,
     ValidationError,
@@ -419,6 +420,7 @@ class MemoryService:
         if_match = _matched(version, key)
         if state.deleted:
             raise NotFoundError(f"memory {memory_id!r} was deleted")
+        _require_system_scope(claims, state, memory_id)
         view = materialize(state)
         fields = {
             name: getattr(req, name)
@@ -478,7 +480,7 @@ class MemoryService:
             req.source.agent_id,
             req.source.session_id,
             session,
-            False,
+            state.system,
         )
 
     async def delete(
@@ -492,6 +494,7 @@ class MemoryService:
         if_match = _matched(version, key)
         if state.deleted:
             raise NotFoundError(f"memory {memory_id!r} was already deleted")
+        _require_system_scope(claims, state, memory_id)
         view = materialize(state)
         body = MemoryBody(
             id=state.id,
@@ -515,7 +518,7 @@ class MemoryService:
             None,
             "",
             session,
-            False,
+            state.system,
         )
 
     async def _write(
@@ -728,3 +731,12 @@ def _matched(version: Version | None, key: str) -> DotContext | None:
             "If-Match holds the version of another memory; read this memory and send its ETag"
         )
     return version.context
+
+
+def _require_system_scope(claims: Claims, state: MemoryState, memory_id: str) -> None:
+    """403 unless an admin token writes a ``system:global`` memory (its events go there)."""
+    if state.system and "admin" not in claims.scope:
+        raise ForbiddenError(
+            f"memory {memory_id!r} is a system memory: changing it publishes to "
+            "system:global, which needs a token with the 'admin' scope"
+        )

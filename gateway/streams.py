@@ -173,12 +173,17 @@ def repair_route(before: MemoryState | None, after: MemoryState) -> tuple[tuple[
     A live memory goes where its current version says. A deletion goes
     where the memory was before (a delete event carries the deleted
     version's topics and sharing too): a deleted state has no version left
-    to say it, and no content to leak.
+    to say it, and no content to leak. A system memory also goes to
+    ``system:global``, as its every event does.
     """
     source = before if after.deleted and before is not None else after
     view = materialize(source)
     channels = channels_for(
-        tenant_id=after.tenant_id, user_id=after.user_id, topics=view.topics, shared=view.shared
+        tenant_id=after.tenant_id,
+        user_id=after.user_id,
+        topics=view.topics,
+        shared=view.shared,
+        system=after.system,
     )
     return channels, view.shared
 

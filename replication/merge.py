@@ -106,6 +106,7 @@ def delta(event: MemoryEvent) -> MemoryState:
         counts=counts,
         pending=pending,
         updated_at=event.timestamp,
+        system=event.system,
     )
 
 
@@ -201,6 +202,7 @@ def join(a: MemoryState, b: MemoryState) -> MemoryState:
         counts=counts,
         pending=pending,
         updated_at=max(a.updated_at, b.updated_at),
+        system=a.system or b.system,
     )
 
 

@@ -113,6 +113,9 @@ class MemoryState(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     counts: tuple[ReplicaCount, ...] = ()
     pending: tuple[PendingCount, ...] = ()
     updated_at: int = 0
+    # Created by an admin for ``system:global`` (its every later event goes
+    # there too). Always the last field: see encode_state.
+    system: bool = False
 
     @property
     def key(self) -> str:
@@ -226,9 +229,23 @@ _state_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _state_decoder = msgspec.msgpack.Decoder(MemoryState)
 
 
+# ``system`` came later than the other fields. A state without it encodes
+# exactly as before it existed (a map of 16 fields, not 17 ending in
+# ``"system": false``): equal states keep equal bytes, so digests agree
+# between regions on either side of an upgrade, and stored states stay as
+# they were. Both headers are map16 (a fixmap holds at most 15 entries).
+_FIELDS = len(MemoryState.__struct_fields__)
+_WITH_SYSTEM = b"\xde" + _FIELDS.to_bytes(2, "big")
+_WITHOUT_SYSTEM = b"\xde" + (_FIELDS - 1).to_bytes(2, "big")
+_NOT_SYSTEM = b"\xa6system\xc2"  # the last entry of a state with system=False
+
+
 def encode_state(state: MemoryState) -> bytes:
     """The canonical bytes of a state (deterministic: equal states, equal bytes)."""
-    return _state_encoder.encode(state)
+    data = _state_encoder.encode(state)
+    if state.system:
+        return data
+    return _WITHOUT_SYSTEM + data[len(_WITH_SYSTEM) : -len(_NOT_SYSTEM)]
 
 
 def decode_state(data: bytes) -> MemoryState:

@@ -856,3 +856,53 @@ async def test_a_stream_ends_when_its_token_expires(gw: Gateway) -> None:
         return len(fanout) == 0
 
     await eventually(none_left, what="both expired subscriptions to go")
+
+
+async def test_a_system_memorys_every_event_goes_to_system_global(gw: Gateway) -> None:
+    """Updates and deletes of a system memory reach ``system:global``, and need admin."""
+    admin = token(scope=("read", "write", "subscribe", "admin"))
+    ws = await _ws(gw)
+    reply = await _subscribe(ws, channels=["system:global"])
+    assert reply["op"] == "subscribed"
+    start = reply["cursor"]
+
+    async def write(method: str, path: str, tok: str, **body: Any) -> tuple[int, Any]:
+        resp, data = await gw.request(method, path, json=body or None, token_=tok)
+        return resp.status, data
+
+    status, data = await write("POST", "/v1/memories", gw.default_token, user_id="alice",
+                               id="s0", kind="fact", system=True)  # fmt: skip
+    assert status == 403, data  # publishing to system:global needs admin
+    status, data = await write("POST", "/v1/memories", admin, user_id="alice", id="s1",
+                               kind="fact", content="maintenance at noon", system=True)  # fmt: skip
+    assert status == 201, data
+    (created,) = await _events(ws, 1)
+    assert created["event"]["memory"]["id"] == "s1"
+    await _write(gw, "POST", "/v1/memories", user_id="alice", id="plain", kind="fact")
+
+    async def applied() -> bool:
+        r, _ = await gw.request("GET", "/v1/memories/s1")
+        return r.status == 200
+
+    await eventually(applied, what="the system memory to apply")
+    status, data = await write("PATCH", "/v1/memories/s1", gw.default_token, content="x")
+    assert status == 403, data
+    assert "system:global" in data["error"]["message"] and "admin" in data["error"]["message"]
+    status, data = await write("PATCH", "/v1/memories/s1", admin, content="maintenance at one")
+    assert status == 200, data
+    (updated,) = await _events(ws, 1)  # "plain" never comes: it is not a system memory
+    assert updated["event"]["memory"]["id"] == "s1"
+    assert updated["event"]["event_type"] == "update"
+    assert "system:global" in updated["event"]["channels"]
+    status, data = await write("DELETE", "/v1/memories/s1", gw.default_token)
+    assert status == 403, data
+    status, data = await write("DELETE", "/v1/memories/s1", admin)
+    assert status == 200, data
+    (deleted,) = await _events(ws, 1)
+    assert (deleted["event"]["memory"]["id"], deleted["event"]["event_type"]) == ("s1", "delete")
+    await ws.close()
+    # Pull sync of the channel sees the same: the tombstone, nothing "removed".
+    resp, page = await gw.request("GET", f"/v1/sync?channels=system:global&since={start}")
+    assert resp.status == 200, page
+    assert [(m["id"], m["deleted"]) for m in page["changes"]] == [("s1", True)]
+    assert page.get("removed", []) == []

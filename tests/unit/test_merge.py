@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from replication.digest import state_digest
 from replication.dvv import EMPTY
 from replication.merge import apply, apply_all, join
@@ -173,3 +175,47 @@ def test_concurrent_creates_agree_on_identity() -> None:
     b.write("x", "fact", "create", content="b", user="u2")
     _sync(a, b)
     assert _state(a, "x").user_id == _state(b, "x").user_id
+
+
+def _without_system(state: MemoryState) -> bytes:
+    """``state`` encoded by a struct that has every field but ``system`` (as before it)."""
+    fields = [
+        (f.name, f.type, f.default) if f.default is not msgspec.NODEFAULT else (f.name, f.type)
+        for f in msgspec.structs.fields(MemoryState)
+        if f.name != "system"
+    ]
+    legacy = msgspec.defstruct("LegacyState", fields, kw_only=True, frozen=True)
+    values = {f: getattr(state, f) for f in legacy.__struct_fields__}
+    return msgspec.msgpack.Encoder(order="deterministic").encode(legacy(**values))
+
+
+def test_a_state_that_is_not_a_system_memory_encodes_as_before_the_flag() -> None:
+    a, b = _pair()
+    e = a.write("l", "list", "create", items=["x", "y"])
+    b.write("c", "counter", "create", increment=3)
+    _sync(a, b)
+    assert e is not None
+    for state in (*a.states.values(), apply(None, e)):
+        assert not state.system
+        assert encode_state(state) == _without_system(state)  # same bytes, same digest
+        assert decode_state(_without_system(state)) == state
+    flagged = msgspec.structs.replace(_state(a, "l"), system=True)
+    assert decode_state(encode_state(flagged)) == flagged
+    assert state_digest(flagged) != state_digest(_state(a, "l"))
+
+
+def test_a_system_memory_stays_one_through_every_merge() -> None:
+    a, b = _pair()
+    made = a.write("s", "fact", "create", content="notice")
+    assert made is not None
+    made = msgspec.structs.replace(made, system=True)
+    created = apply(None, made)
+    assert created.system
+    # A later event that does not carry the flag (an older writer) keeps it,
+    # in either order, and a state joined with one that lacks it keeps it.
+    plain = b.write("s", "fact", "create", content="other")
+    assert plain is not None
+    assert apply(created, plain).system
+    assert apply(apply(None, plain), made).system
+    assert join(apply(None, plain), created).system
+    assert join(created, apply(None, plain)).system
