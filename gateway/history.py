@@ -25,10 +25,31 @@ The history is bounded (``max_events``, oldest trimmed first) and durable
 gateway restart. The union of trimmed events' dots is kept: a cursor that
 does not cover all of them may have missed one, and gets
 ``resync_required`` instead of silent loss.
+
+A seq whose event never reached any log (a write that failed after taking
+it, an outbox row the broker refused) is a gap that never fills: every
+later dot of its replica would stay loose in :attr:`History.recorded`
+forever (each stamp copying the cloud), every cursor would fall back to the
+vector below the gap, and once trimming passed it :attr:`History.trimmed`
+would hold loose dots no cursor covers — every resume by context answering
+``resync_required``. So :meth:`History.stamp` closes such gaps by the rule
+the applied context uses (:func:`replication.gaps.close_gaps`, one function:
+given the same dots both close the same gaps, never one the applier still
+waits for), once per batch as the applier does; the cursors after it hold
+the closed seqs in their vector, and trimming folds them into ``trimmed``
+once it reaches them. An event that arrives after its seq was closed (late
+past the bound, not lost) is, to :meth:`Streams.on_batch
+<gateway.streams.Streams.on_batch>`, one the history recorded already: the
+applier merges it into its memory's state (the merge, not a context,
+decides what is new there), so reads and syncs show it, but it gets no
+index, is not published and is never replayed — the closing was logged as
+an error for that reason. Only a subscriber that resynchronises, or gets a
+later event of that memory with its state, sees its effect.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,11 +57,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import structlog
 
 from gateway.errors import MemsyncError
 from gateway.sqlite_thread import SqliteThread
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
+from replication.gaps import MAX_LOOSE_SEQS, ClosedGap, close_gaps
 from replication.token import seal, unseal
 
 __all__ = [
@@ -54,6 +77,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+_log = structlog.get_logger(__name__)
 _Row = tuple[int, str, int, str, str, bytes, bytes]  # a row of the events table
 
 # Loose dots a cursor keeps (each ~20 bytes in the token); more and it keeps
@@ -117,10 +141,20 @@ _ctx_codec = msgspec.msgpack.Decoder(DotContext)
 class History:
     """Durable, bounded, applied-order event history of one gateway."""
 
-    def __init__(self, path: Path, history_id: str, key: bytes, *, max_events: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        history_id: str,
+        key: bytes,
+        *,
+        max_events: int,
+        max_loose: int = MAX_LOOSE_SEQS,
+    ) -> None:
         self.id = history_id
         self._key = key
         self._max = max_events
+        # The gap-closing bound: the applied context's (tests lower it).
+        self._max_loose = max_loose
         self._sql = SqliteThread(path, "event history", synchronous="NORMAL", schema=_SCHEMA)
         # Owned by the event loop (stamp): the next index to hand out, and the
         # reservation known to be committed *and* synced to disk — indexes
@@ -169,7 +203,15 @@ class History:
         retained = dvv.context_of(
             Dot(replica, seq) for replica, seq in db.execute("SELECT replica, seq FROM events")
         )
-        self.recorded = dvv.join(dvv.join(self.trimmed, retained), self.head.context)
+        # Gaps closed before the restart are in the head's vector. The rule
+        # again, for a history written before it was applied here (its
+        # trimmed context then folds in what it closes, as a trim would).
+        recorded, closed = close_gaps(
+            dvv.join(dvv.join(self.trimmed, retained), self.head.context), self._max_loose
+        )
+        _log_closed(closed)
+        self.recorded = recorded
+        self.trimmed = self._fold_closed(db, self.trimmed, recorded)
         return reserved
 
     def _reserve_sync(self, upto: int) -> int:
@@ -244,6 +286,16 @@ class History:
         Each event's cursor holds what the history recorded before the batch
         plus the batch's dots up to and including its own (bounded by
         :func:`cursor_context`).
+
+        Then permanent gaps are closed (:func:`~replication.gaps.close_gaps`)
+        once for the batch, as the applier closes them in its applied
+        context after each batch: the same dots, the same gaps (on the
+        normal path that is one length check). The batch's last cursor
+        holds the closed seqs, so the head, every later cursor and a
+        restart (which starts from the head) have them. An event of a
+        closed seq that arrives later is recorded already, to the caller
+        (see the module docstring); one in this very batch has filled its
+        gap before the rule looks.
         """
         ctx = self.recorded
         out = []
@@ -254,6 +306,13 @@ class History:
             cursor = Cursor(cursor_context(ctx), self.id, idx)
             out.append(HistoryEntry(idx, dot, tenant, channels, body, cursor))
         if out:
+            ctx, closed = close_gaps(ctx, self._max_loose)
+            if closed:
+                _log_closed(closed)
+                last = out[-1]
+                out[-1] = dataclasses.replace(
+                    last, cursor=Cursor(cursor_context(ctx), self.id, last.idx)
+                )
             self.recorded = ctx
             self.head = out[-1].cursor
         return out
@@ -342,6 +401,7 @@ class History:
                 ):
                     trimmed = dvv.add(trimmed, Dot(replica, seq))
                 db.execute("DELETE FROM events WHERE idx < ?", (cut,))
+                trimmed = self._fold_closed(db, trimmed, entries[-1].cursor.context)
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('trimmed', ?)",
                     (msgspec.msgpack.encode(trimmed),),
@@ -370,6 +430,50 @@ class History:
         if reserved:
             self._disk_reserved = reserved
         return reserved
+
+    def _fold_closed(
+        self, db: sqlite3.Connection, trimmed: DotContext, recorded: DotContext
+    ) -> DotContext:
+        """``trimmed`` with the closed gaps it has reached folded in (on the database thread).
+
+        A gap :meth:`stamp` closed holds no event, so no trim ever fills it:
+        every later trimmed dot of its replica would stay loose here, in the
+        meta row each trim rewrites. A gap of ``trimmed`` is such a one when
+        ``recorded``'s vector covers it (a context that holds every gap
+        closed before it: the head of the batch being written, or the
+        recorded context at load) and no retained event lies in it (else it
+        is an event not trimmed yet, applied out of order). Every cursor
+        handed out after the closing covers the folded seqs (its vector
+        does), so it resumes as before; one from before it that does not
+        gets ``resync_required`` once the trim has passed the gap, which it
+        would get for the trimmed seqs past the gap anyway unless it held
+        them all loose. Only past :data:`CURSOR_MAX_LOOSE` loose dots, so
+        the normal path pays one length check.
+        """
+        if len(trimmed.cloud) <= CURSOR_MAX_LOOSE:
+            return trimmed
+        kept: set[str] = set()  # replicas whose first gap is not a closed one
+        while True:
+            lowest: dict[str, int] = {}
+            for d in trimmed.cloud:  # sorted: a replica's first loose dot is its lowest
+                if d.replica not in kept:
+                    lowest.setdefault(d.replica, d.counter)
+            vv = dict(trimmed.vv)
+            for replica, low in lowest.items():
+                closed = recorded.vv.get(replica, 0) >= low - 1 and (
+                    db.execute(
+                        "SELECT 1 FROM events WHERE replica = ? AND seq > ? AND seq < ? LIMIT 1",
+                        (replica, vv.get(replica, 0), low),
+                    ).fetchone()
+                    is None
+                )
+                if closed:
+                    vv[replica] = low - 1
+                else:
+                    kept.add(replica)
+            if vv == trimmed.vv:
+                return trimmed
+            trimmed = dvv.join(DotContext(vv, ()), dvv.context_of(trimmed.cloud))
 
     # -- anti-entropy --------------------------------------------------------
 
@@ -496,6 +600,14 @@ class Missing(msgspec.Struct, frozen=True, gc=False):
     events: list[bytes]
     complete: bool  # every wanted event was still here (else some were trimmed)
     more: bool  # the limit cut the answer short
+
+
+def _log_closed(closed: tuple[ClosedGap, ...]) -> None:
+    """Log gaps the history closed: an error, as the applier logs its own (``seq_gap_closed``)."""
+    for gap in closed:
+        _log.error(
+            "history.seq_gap_closed", replica=gap.replica, upto=gap.upto, waiting=gap.waiting
+        )
 
 
 def meta_int(meta: dict[str, bytes], name: str, default: int) -> int:

@@ -40,7 +40,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.requests import CreateRequest, PatchRequest, SearchRequest
 from gateway.settings import Limits
 from gateway.store import ListQuery, MemoryStore, SearchQuery
-from replication import dvv
+from replication import dvv, gaps
 from replication.clock import HybridClock
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.errors import MemsyncError, PreconditionFailedError
@@ -85,7 +85,7 @@ class WriteResult:
     event: MemoryEvent
 
 
-MAX_LOOSE_SEQS = 10_000
+MAX_LOOSE_SEQS = gaps.MAX_LOOSE_SEQS  # the bound of the rule the history shares
 
 
 def heal_gaps(ctx: DotContext, limit: int = MAX_LOOSE_SEQS) -> DotContext:
@@ -94,20 +94,14 @@ def heal_gaps(ctx: DotContext, limit: int = MAX_LOOSE_SEQS) -> DotContext:
     Seqs arrive out of order across partitions only briefly; a gap that keeps
     ``limit`` later seqs waiting belongs to an event that never reached any
     log (its write failed after its seq was taken), so it is closed — logged
-    as an error, since it should not happen.
+    as an error, since it should not happen. The rule is
+    :func:`replication.gaps.close_gaps`, which the event history applies to
+    its own contexts too: both close the same gaps given the same dots.
     """
-    if len(ctx.cloud) <= limit:
-        return ctx
-    by_replica: dict[str, list[int]] = {}
-    for d in ctx.cloud:
-        by_replica.setdefault(d.replica, []).append(d.counter)
-    vv = dict(ctx.vv)
-    for replica, counters in by_replica.items():
-        if len(counters) > limit // 2:
-            healed = min(counters) - 1
-            _log.error("seq_gap_closed", replica=replica, upto=healed, waiting=len(counters))
-            vv[replica] = max(vv.get(replica, 0), healed)
-    return dvv.join(DotContext(vv, ()), dvv.context_of(ctx.cloud))
+    healed, closed = gaps.close_gaps(ctx, limit)
+    for gap in closed:
+        _log.error("seq_gap_closed", replica=gap.replica, upto=gap.upto, waiting=gap.waiting)
+    return healed
 
 
 class SeqTracker:
