@@ -1,22 +1,18 @@
-"""A permanent seq gap: one rule closes it in the applied context and in the history alike."""
+"""A permanent seq gap: one rule closes it in the applied context and in the history alike.
+
+What the streams do with an event of a closed gap is in ``test_streams.py``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import cast
 
-from gateway.fanout import Delivery, Fanout
 from gateway.history import History
 from gateway.service import SeqTracker
-from gateway.streams import Streams
 from replication import dvv
-from replication.dvv import EMPTY, Dot, DotContext
+from replication.dvv import Dot, DotContext
 from replication.gaps import MAX_LOOSE_SEQS, ClosedGap, close_gaps
-from replication.merge import apply
-from replication.schema import MemoryEvent, encode
-from replication.state import MemoryState
-from replication.testing import Replica
 
 KEY = b"k" * 32
 
@@ -75,42 +71,5 @@ async def test_the_history_and_the_applied_context_close_the_same_gaps(tmp_path:
         assert Dot("r1", 7) not in stamped
         assert history.recorded == dvv.from_vector({"r1": MAX_LOOSE_SEQS + 699, "r2": 2000})
         assert history.head.context == history.recorded  # exact again, not the vector below
-    finally:
-        await history.close()
-
-
-class _Published:
-    """The fan-out's twin: what was published, in order."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
-
-    def publish(self, deliveries: Iterable[Delivery]) -> None:
-        self.deliveries.extend(deliveries)
-
-
-async def test_an_event_that_arrives_after_its_gap_was_closed_is_not_published_again(
-    tmp_path: Path,
-) -> None:
-    """Late past the bound: the history counts it recorded (the applier's merge applies it)."""
-    history = History(tmp_path / "h.sqlite3", "h1", KEY, max_events=100_000, max_loose=200)
-    await history.open()
-    published = _Published()
-    streams = Streams(history, cast(Fanout, published))
-    try:
-        writer = Replica("r1")
-        events: list[tuple[MemoryEvent, bytes, MemoryState]] = []
-        for i in range(400):
-            event = writer.write(f"m{i}", "fact", "create", content=f"note {i}")
-            assert event is not None
-            events.append((event, encode(event), apply(None, event)))
-        late = events.pop(4)  # seq 5: its event reached no log in time
-        for i in range(0, len(events), 50):
-            await streams.on_batch(events[i : i + 50], EMPTY)
-        assert [d.dot.counter for d in published.deliveries] == [e.seq for e, _, _ in events]
-        assert history.recorded == dvv.from_vector({"r1": 400})  # closed by the rule
-        head = history.head
-        await streams.on_batch([late], EMPTY)
-        assert len(published.deliveries) == len(events) and history.head is head
     finally:
         await history.close()

@@ -14,7 +14,9 @@ from gateway.errors import UnavailableError
 from gateway.fanout import Delivery, Fanout
 from gateway.history import History
 from gateway.streams import Streams
+from replication import dvv
 from replication.dvv import EMPTY, Dot
+from replication.gaps import MAX_LOOSE_SEQS
 from replication.merge import apply
 from replication.schema import MemoryEvent, encode
 from replication.state import MemoryState
@@ -54,8 +56,8 @@ def _everything(_tenant: str, _channels: tuple[str, ...]) -> bool:
     return True
 
 
-async def _streams(path: Path) -> tuple[Streams, _Published]:
-    history = History(path, "h1", KEY, max_events=100_000)
+async def _streams(path: Path, *, max_loose: int = MAX_LOOSE_SEQS) -> tuple[Streams, _Published]:
+    history = History(path, "h1", KEY, max_events=100_000, max_loose=max_loose)
     await history.open()
     published = _Published()
     return Streams(history, cast(Fanout, published)), published
@@ -142,3 +144,23 @@ async def test_indexes_handed_out_are_never_reused_after_a_restart_when_writes_f
         assert entry.idx > handed_out
     finally:
         await again.close()
+
+
+async def test_an_event_that_arrives_after_its_gap_was_closed_is_not_published_again(
+    tmp_path: Path,
+) -> None:
+    """Late past the bound: the history counts it recorded (the applier's merge applies it)."""
+    streams, published = await _streams(tmp_path / "h.sqlite3", max_loose=200)
+    history = streams.history
+    try:
+        events = _batch(Replica("r1"), 0, 400)
+        late = events.pop(4)  # seq 5: its event reached no log in time
+        for i in range(0, len(events), 50):
+            await streams.on_batch(events[i : i + 50], EMPTY)
+        assert [d.dot.counter for d in published.deliveries] == [e.seq for e, _, _ in events]
+        assert history.recorded == dvv.from_vector({"r1": 400})  # closed by the rule
+        head = history.head
+        await streams.on_batch([late], EMPTY)
+        assert len(published.deliveries) == len(events) and history.head is head
+    finally:
+        await history.close()
