@@ -80,8 +80,10 @@ class DeadLetterSink(Protocol):
         """Keep the record and why it was rejected."""
 
 
+# Each event with its memory's state right after it and right before it.
 BatchListener = Callable[
-    [list[tuple[MemoryEvent, bytes, MemoryState]], DotContext], Awaitable[None]
+    [list[tuple[MemoryEvent, bytes, MemoryState, MemoryState | None]], DotContext],
+    Awaitable[None],
 ]
 HeartbeatListener = Callable[[str, bytes, tuple[tuple[str, bytes], ...]], None]
 StateListener = Callable[[list[tuple[MemoryState | None, MemoryState]]], None]
@@ -443,11 +445,11 @@ class Applier:
         # or moved it to other channels, and the state goes to subscribers of
         # this event's channels (coalesced and lazy batches, I7). A reference
         # to the immutable state, no copy.
-        batch: list[tuple[MemoryEvent, bytes, MemoryState]] = []
+        batch: list[tuple[MemoryEvent, bytes, MemoryState, MemoryState | None]] = []
         for event, raw in events:
             before = states.get(event.key)
             after = apply(before, event)
-            batch.append((event, raw, after))
+            batch.append((event, raw, after, before))
             if after is before:
                 if delivered:
                     self._metrics.duplicates.inc()

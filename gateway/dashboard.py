@@ -59,12 +59,14 @@ class DashboardFeed:
         self.conflicts = 0  # of them, those that left concurrent versions
 
     async def on_batch(
-        self, batch: Sequence[tuple[MemoryEvent, bytes, MemoryState]], _frontier: DotContext
+        self,
+        batch: Sequence[tuple[MemoryEvent, bytes, MemoryState, MemoryState | None]],
+        _frontier: DotContext,
     ) -> None:
         """Note a batch's events (duplicates skipped); never fails the batch."""
         now = int(time.time() * 1000)
         seen, order = self._seen, self._seen_order
-        for event, _raw, state in batch:
+        for event, _raw, state, _before in batch:
             dot = (event.dot.replica, event.seq)  # seq: per replica (a dot's counter is per memory)
             if dot in seen:
                 continue

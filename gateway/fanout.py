@@ -41,9 +41,10 @@ import msgspec
 
 from gateway.auth import Claims
 from gateway.errors import ForbiddenError
+from gateway.leaving import Leaving, left_message
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
-from replication.routing import parse_channel
+from replication.routing import parse_channel, tenant_channel
 from replication.state import MemoryState
 
 __all__ = [
@@ -119,8 +120,28 @@ class Delivery:
     # a token costs a MAC and an encoding, so it is done only for events
     # some subscriber receives, once.
     cursor_token: str | Callable[[], str]
+    # Set on an announcement that the memory left ``channels`` (its routing
+    # before the event; ``left.now`` is after it): sent as a content-free
+    # ``left`` message to whoever could see it there and cannot now.
+    left: Leaving | None = None
     _message: bytes | None = None
     _state_json: bytes | None = None
+
+    @classmethod
+    def leaving(cls, event: Delivery, left: Leaving) -> Delivery:
+        """The ``left`` announcement that goes with ``event`` (same position, no content)."""
+        return cls(
+            key=event.key,
+            tenant=event.tenant,
+            user=event.user,
+            shared=tenant_channel(event.tenant) in left.prior,
+            channels=left.prior,
+            dot=event.dot,
+            raw=b"",
+            state=event.state,
+            cursor_token=event.cursor_token,
+            left=left,
+        )
 
     @property
     def cursor(self) -> str:
@@ -132,8 +153,10 @@ class Delivery:
 
     @property
     def message(self) -> bytes:
-        """``{"op": "event", "event": ..., "cursor": ...}``, encoded once."""
-        if self._message is None:
+        """``{"op": "event", "event": ..., "cursor": ...}`` (or ``left``), encoded once."""
+        if self._message is None and self.left is not None:
+            self._message = left_message(self.state.id, self.key, self.cursor)
+        elif self._message is None:
             self._message = b"".join(
                 (
                     b'{"op":"event","event":',
@@ -253,14 +276,26 @@ class Subscription:
                 self.on_close()
 
     def allows(self, d: Delivery) -> bool:
-        """Whether this subscriber may see a delivery on one of its channels."""
+        """Whether this subscriber may see a delivery on one of its channels.
+
+        A ``left`` announcement: whether it could see the memory where it
+        was (``d.channels``) and cannot where it is now (``d.left.now``).
+        """
         if d.tenant != self.claims.tenant:
             return False
-        for ch in d.channels:
+        if d.left is not None:
+            now = d.left.now
+            return self._sees(d.channels, d.user, d.shared) and not self._sees(
+                now, d.user, tenant_channel(d.tenant) in now
+            )
+        return self._sees(d.channels, d.user, d.shared)
+
+    def _sees(self, channels: tuple[str, ...], user: str, shared: bool) -> bool:
+        for ch in channels:
             if ch in self.channels:
                 if not ch.startswith("topic:"):
                     return True
-                if d.shared or self.claims.may_act_for(d.user):
+                if shared or self.claims.may_act_for(user):
                     return True
         return False
 
@@ -303,7 +338,9 @@ class Subscription:
             if len(self._coalesced) > self.hard_limit:
                 self._close("slow_consumer")
         else:
-            if self._enqueue((d.message, d.cursor, d.raw)) > self.soft_limit:
+            if self._enqueue((d.message, d.cursor, d.raw if d.left is None else None)) > (
+                self.soft_limit
+            ):
                 self._coalescing = True
                 if self.stats is not None:
                     self.stats.coalescing += 1
@@ -473,12 +510,14 @@ class Subscription:
         batch = list((self._coalesced or {}).values())
         self._coalesced = None
         self._coalescing = False
-        events = b",".join(d.raw for d in batch)
-        states = b",".join(d.state_json for d in batch)
+        events = b",".join(d.raw for d in batch if d.left is None)
+        states = b",".join(d.state_json for d in batch if d.left is None)
+        left = [{"id": d.state.id, "key": d.key} for d in batch if d.left is not None]
         cursor = batch[-1].cursor
         message = (
-            b'{"op":"batch","events":[' + events + b'],"states":[' + states
-            + b'],"cursor":' + _encoder.encode(cursor) + b"}"
+            b'{"op":"batch","events":[' + events + b'],"states":[' + states + b"]"
+            + (b',"left":' + _encoder.encode(left) if left else b"")
+            + b',"cursor":' + _encoder.encode(cursor) + b"}"
         )  # fmt: skip
         return message, cursor
 
@@ -559,9 +598,12 @@ class Fanout:
         stats = self.stats
         stats.batches += 1
         stats.events += len(batch)
-        groups: dict[tuple[str, tuple[str, ...], str, bool], list[Delivery]] = {}
+        groups: dict[
+            tuple[str, tuple[str, ...], str, bool, tuple[str, ...] | None], list[Delivery]
+        ] = {}
         for d in batch:
-            groups.setdefault((d.tenant, d.channels, d.user, d.shared), []).append(d)
+            now = None if d.left is None else d.left.now
+            groups.setdefault((d.tenant, d.channels, d.user, d.shared, now), []).append(d)
         audiences: list[tuple[list[Delivery], list[Subscription]]] = []
         seen: set[int] = set()
         several: dict[int, Subscription] = {}  # subscriptions in more than one audience
@@ -670,6 +712,8 @@ def _run_message(run: list[tuple[bytes, str | None, bytes]]) -> tuple[bytes, str
 
 def _messages(group: list[Delivery]) -> list[bytes]:
     """The messages :meth:`Subscription.take` would make of these deliveries, queued."""
+    if group[0].left is not None:  # an audience's group is all events or all announcements
+        return [d.message for d in group]
     runs = (group[i : i + _RUN_MAX] for i in range(0, len(group), _RUN_MAX))
     return [
         run[0].message if len(run) == 1 else _batch((d.raw for d in run), run[-1].cursor)

@@ -50,6 +50,7 @@ later event of that memory with its state, sees its effect.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ import msgspec
 import structlog
 
 from gateway.errors import MemsyncError
+from gateway.leaving import Leaving
 from gateway.sqlite_thread import SqliteThread
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
@@ -78,7 +80,7 @@ __all__ = [
 
 R = TypeVar("R")
 _log = structlog.get_logger(__name__)
-_Row = tuple[int, str, int, str, str, bytes, bytes]  # a row of the events table
+_Row = tuple[int, str, int, str, str, bytes, bytes, bytes | None]  # a row of the events table
 
 # Loose dots a cursor keeps (each ~20 bytes in the token); more and it keeps
 # only the version vector, a subset of what it has seen (module docstring).
@@ -93,7 +95,8 @@ CREATE TABLE IF NOT EXISTS events (
     tenant TEXT NOT NULL,
     channels TEXT NOT NULL,
     body BLOB NOT NULL,
-    cursor BLOB NOT NULL
+    cursor BLOB NOT NULL,
+    leaving BLOB
 );
 CREATE INDEX IF NOT EXISTS events_by_dot ON events (replica, seq);
 """
@@ -131,11 +134,15 @@ class HistoryEntry:
     channels: tuple[str, ...]
     body: bytes
     cursor: Cursor
+    # Where the memory was routed before this event and after it, when the
+    # event took it off a channel or audience (:mod:`gateway.leaving`).
+    leaving: Leaving | None = None
 
 
 _RESERVE = 1_000  # indexes reserved ahead on disk (twice the default apply batch)
 _cursor_codec = msgspec.msgpack.Decoder(Cursor)
 _ctx_codec = msgspec.msgpack.Decoder(DotContext)
+_leaving_codec = msgspec.msgpack.Decoder(Leaving)
 
 
 class History:
@@ -186,6 +193,9 @@ class History:
 
     def _load(self) -> int:
         db = self._conn
+        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        if "leaving" not in columns:  # a history written before events carried it
+            db.execute("ALTER TABLE events ADD COLUMN leaving BLOB")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "trimmed" in meta:
             self.trimmed = _ctx_codec.decode(meta["trimmed"])
@@ -280,8 +290,15 @@ class History:
 
     # -- appending -----------------------------------------------------------
 
-    def stamp(self, batch: Sequence[tuple[Dot, str, tuple[str, ...], bytes]]) -> list[HistoryEntry]:
+    def stamp(
+        self,
+        batch: Sequence[tuple[Dot, str, tuple[str, ...], bytes]],
+        leaving: Sequence[Leaving | None] = (),
+    ) -> list[HistoryEntry]:
         """Give a batch of applied events their indexes and cursors (in memory).
+
+        ``leaving``, when given, holds each event's :class:`Leaving` (or
+        ``None``), in batch order; it is kept with the event and replayed.
 
         Each event's cursor holds what the history recorded before the batch
         plus the batch's dots up to and including its own (bounded by
@@ -299,12 +316,13 @@ class History:
         """
         ctx = self.recorded
         out = []
-        for dot, tenant, channels, body in batch:
+        for i, (dot, tenant, channels, body) in enumerate(batch):
             ctx = dvv.add(ctx, dot)
             idx = self._next_idx
             self._next_idx += 1
             cursor = Cursor(cursor_context(ctx), self.id, idx)
-            out.append(HistoryEntry(idx, dot, tenant, channels, body, cursor))
+            left = leaving[i] if leaving else None
+            out.append(HistoryEntry(idx, dot, tenant, channels, body, cursor, left))
         if out:
             ctx, closed = close_gaps(ctx, self._max_loose)
             if closed:
@@ -379,7 +397,9 @@ class History:
         try:
             db.execute("BEGIN")
             db.executemany(
-                "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO events "
+                "(idx, replica, seq, tenant, channels, body, cursor, leaving) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         e.idx,
@@ -389,6 +409,7 @@ class History:
                         " ".join(e.channels),
                         e.body,
                         msgspec.msgpack.encode(e.cursor),
+                        None if e.leaving is None else msgspec.msgpack.encode(e.leaving),
                     )
                     for e in entries
                 ],
@@ -554,7 +575,7 @@ class History:
     def _replay_sync(self, cursor: Cursor, page: int) -> list[_Row]:
         self._heal()  # a failed append's rows first: replay must not pass them by
         return self._conn.execute(
-            "SELECT idx, replica, seq, tenant, channels, body, cursor FROM events "
+            "SELECT idx, replica, seq, tenant, channels, body, cursor, leaving FROM events "
             "WHERE idx >= ? ORDER BY idx LIMIT ?",
             (self._start_idx(cursor), page),
         ).fetchall()
@@ -567,6 +588,11 @@ class History:
     ) -> tuple[list[HistoryEntry], Cursor, bool]:
         """Retained events after ``cursor`` that ``wants(tenant, channels)``.
 
+        An event that took its memory off channels (:class:`Leaving`) is also
+        returned when ``leaving.reaches`` says a reader of ``wants`` must be
+        told it left, though it may not see the event: the caller sends the
+        event only where ``wants`` its channels.
+
         Returns the entries (at most ``limit``), the cursor after the last
         event scanned, and whether more may follow.
         :class:`ResyncRequiredError` when events after the cursor were
@@ -578,16 +604,19 @@ class History:
         out: list[HistoryEntry] = []
         last = cursor
         more = False
-        for idx, replica, seq, tenant, channels, body, raw_cursor in rows:
+        for idx, replica, seq, tenant, channels, body, raw_cursor, raw_leaving in rows:
             dot = Dot(replica, seq)
             after = _cursor_codec.decode(raw_cursor)
             if not dvv.contains(cursor.context, dot):
                 chans = tuple(channels.split())
-                if wants(tenant, chans):
+                left = None if raw_leaving is None else _leaving_codec.decode(raw_leaving)
+                if wants(tenant, chans) or (
+                    left is not None and left.reaches(functools.partial(wants, tenant))
+                ):
                     if len(out) >= limit:
                         more = True
                         break
-                    out.append(HistoryEntry(idx, dot, tenant, chans, bytes(body), after))
+                    out.append(HistoryEntry(idx, dot, tenant, chans, bytes(body), after, left))
             last = Cursor(cursor_context(dvv.join(cursor.context, after.context)), self.id, idx)
         else:
             more = len(rows) == page

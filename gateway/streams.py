@@ -25,6 +25,7 @@ import structlog
 from gateway.errors import BadRequestError
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History, HistoryEntry, ResyncRequiredError
+from gateway.leaving import leaving, left_message
 from replication import dvv
 from replication.dvv import Dot, DotContext
 from replication.routing import channels_for, parse_channel
@@ -38,6 +39,8 @@ _MAX_REPLAYS = 16
 _encoder = msgspec.json.Encoder()
 
 Send = Callable[[bytes, str | None], Awaitable[None]]
+# An applied event: itself, its bytes, its memory's state right after it and before it.
+Applied = tuple[MemoryEvent, bytes, MemoryState, MemoryState | None]
 
 
 def channel_allows(
@@ -73,16 +76,16 @@ class Streams:
         self.fanout = fanout
         self._head: tuple[Cursor | None, str] = (None, "")
 
-    async def on_batch(
-        self, batch: Sequence[tuple[MemoryEvent, bytes, MemoryState]], frontier: DotContext
-    ) -> None:
+    async def on_batch(self, batch: Sequence[Applied], frontier: DotContext) -> None:
         """Record and publish the events of a batch the history does not hold yet.
 
         Cursors are positions in this history: their context is everything it
         recorded before, plus the batch up to the event (``frontier`` is not
         needed for that, and the history stays consistent with itself). Each
         event's ``state`` is the memory's state right after that event (never
-        a later one: it goes to subscribers of the event's channels).
+        a later one: it goes to subscribers of the event's channels), and
+        with the state before it says which channels the memory left
+        (:mod:`gateway.leaving`), recorded and announced with the event.
         """
         history = self.history
         if history.failed:
@@ -92,10 +95,10 @@ class Streams:
         while True:
             seen = history.recorded  # retained and trimmed events alike
             fresh = []
-            for e, raw, state in batch:
+            for e, raw, state, before in batch:
                 dot = Dot(e.dot.replica, e.seq)
                 if not dvv.contains(seen, dot):
-                    fresh.append((e, raw, state))
+                    fresh.append((e, raw, state, before))
                     seen = dvv.add(seen, dot)
             if not fresh:
                 return
@@ -110,8 +113,9 @@ class Streams:
         entries = history.stamp(
             [
                 (Dot(e.dot.replica, e.seq), e.memory.tenant_id, e.channels, raw)
-                for e, raw, _ in fresh
-            ]
+                for e, raw, _, _ in fresh
+            ],
+            [leaving(before, state) for _, _, state, before in fresh],
         )
         # Queued before the fan-out (a resume replays after it), awaited after:
         # live subscribers need not wait for the history's thread. Stamp,
@@ -123,13 +127,10 @@ class Streams:
         finally:
             await persisted
 
-    def _publish(
-        self,
-        fresh: Sequence[tuple[MemoryEvent, bytes, MemoryState]],
-        entries: Sequence[HistoryEntry],
-    ) -> None:
-        self.fanout.publish(
-            Delivery(
+    def _publish(self, fresh: Sequence[Applied], entries: Sequence[HistoryEntry]) -> None:
+        deliveries: list[Delivery] = []
+        for (e, raw, state, _), entry in zip(fresh, entries, strict=True):
+            delivery = Delivery(
                 key=e.key,
                 tenant=e.memory.tenant_id,
                 user=e.memory.user_id,
@@ -140,8 +141,10 @@ class Streams:
                 state=state,
                 cursor_token=functools.partial(self.history.encode_cursor, entry.cursor),
             )
-            for (e, raw, state), entry in zip(fresh, entries, strict=True)
-        )
+            deliveries.append(delivery)
+            if entry.leaving is not None:  # after the event: whoever got both drops it
+                deliveries.append(Delivery.leaving(delivery, entry.leaving))
+        self.fanout.publish(deliveries)
 
     def on_states(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
         """Tell live subscribers of memories a repair changed (no event, no cursor move).
@@ -186,6 +189,29 @@ def repair_route(before: MemoryState | None, after: MemoryState) -> tuple[tuple[
         system=after.system,
     )
     return channels, view.shared
+
+
+def _replayed_messages(
+    sub: Subscription, entry: HistoryEntry, channels: set[str], token: str
+) -> list[bytes]:
+    """What a replay sends ``sub`` of one entry: its event, a ``left``, or both — as live."""
+    out: list[bytes] = []
+    if channel_allows(sub, entry.tenant, entry.channels, channels):
+        out.append(_event_message(entry.body, token))
+    if entry.leaving is not None and entry.leaving.reaches(
+        lambda chans: channel_allows(sub, entry.tenant, chans, channels)
+    ):
+        memory = msgspec.json.decode(entry.body, type=_MemoryRef).memory
+        out.append(left_message(memory.id, f"{entry.tenant}/{memory.id}", token))
+    return out
+
+
+class _Id(msgspec.Struct):
+    id: str
+
+
+class _MemoryRef(msgspec.Struct):
+    memory: _Id
 
 
 def _event_message(raw: bytes, cursor: str) -> bytes:
@@ -317,7 +343,8 @@ class Pump:
                 )
                 for entry in entries:
                     token = history.encode_cursor(entry.cursor)
-                    await self.send(_event_message(entry.body, token), token)
+                    for message in _replayed_messages(sub, entry, channels, token):
+                        await self.send(message, token)
                     replayed = dvv.add(replayed, entry.dot)
                 if not more:
                     break

@@ -87,8 +87,8 @@ def _applier(
     store, service, tracker = _Store(), _Service(), SeqTracker()
     seen: list[list[MemoryEvent]] = []
 
-    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState]], _: Any) -> None:
-        seen.append([e for e, _, _ in batch])
+    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState, Any]], _: Any) -> None:
+        seen.append([e for e, _, _, _ in batch])
 
     applier = Applier(
         name="local", reader=cast(Any, None), store=store,
@@ -143,8 +143,8 @@ async def test_listeners_get_each_event_with_the_state_right_after_it() -> None:
     applier, _, _, _, _ = _applier()
     got: list[list[MemoryState]] = []
 
-    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState]], _: Any) -> None:
-        got.append([state for _, _, state in batch])
+    async def listener(batch: list[tuple[MemoryEvent, bytes, MemoryState, Any]], _: Any) -> None:
+        got.append([state for _, _, state, _ in batch])
 
     applier.batch_listeners.append(listener)
     shared, private = _shared_then_private()
@@ -160,7 +160,8 @@ async def test_listeners_get_each_event_with_the_state_right_after_it() -> None:
 async def test_a_lazy_tenant_subscriber_never_gets_a_state_made_private_later_in_the_batch(
     tmp_path: Path,
 ) -> None:
-    """I7: the coalesced state with the shared event is the state after it, not the batch's."""
+    """I7: the coalesced state with the shared event is the state after it, not the batch's;
+    and the private update that follows replaces it with a content-free ``left``."""
     applier, _, _, _, _ = _applier()
     history = History(tmp_path / "h.sqlite3", "h1", b"k" * 32, max_events=1000)
     await history.open()
@@ -172,8 +173,8 @@ async def test_a_lazy_tenant_subscriber_never_gets_a_state_made_private_later_in
     try:
         await applier.apply_batch([_Record(encode(e)) for e in _shared_then_private()])
         ((message, _),) = bob.take(flush_lazy=True)
-        assert b"team lunch friday" in message
         assert b"SECRET" not in message
+        assert b'"events":[],"states":[],"left":[{"id":"m1","key":"t1/m1"}]' in message
     finally:
         await history.close()
 

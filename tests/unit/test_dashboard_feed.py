@@ -13,7 +13,7 @@ async def test_the_feed_keeps_each_event_once_and_stays_bounded() -> None:
     for n in range(40):
         event = r.write(f"m{n}", "fact", "create", user="u", content=f"c{n}")
         assert event is not None
-        batch.append((event, b"", r.states[event.key]))
+        batch.append((event, b"", r.states[event.key], None))
     await feed.on_batch(batch, None)  # type: ignore[arg-type]
     await feed.on_batch(batch[-2:], None)  # type: ignore[arg-type]  # the log's delivery again
     assert feed.events == 40

@@ -25,7 +25,7 @@ from tests.unit.sqlite_faults import fail_writes, heal
 
 KEY = b"k" * 32
 
-Batch = list[tuple[MemoryEvent, bytes, MemoryState]]
+Batch = list[tuple[MemoryEvent, bytes, MemoryState, MemoryState | None]]
 
 
 class _Published:
@@ -43,7 +43,7 @@ def _batch(replica: Replica, first: int, n: int) -> Batch:
     for i in range(first, first + n):
         event = replica.write(f"m{i}", "fact", "create", content=f"note {i}")
         assert event is not None
-        out.append((event, encode(event), apply(None, event)))
+        out.append((event, encode(event), apply(None, event), None))
     return out
 
 
@@ -107,14 +107,14 @@ async def test_a_batch_whose_history_write_failed_is_written_when_it_is_retried(
             await streams.on_batch(retried, EMPTY)  # published, then the write failed
         heal(path, "events")
         await streams.on_batch(retried, EMPTY)  # the applier retries the batch
-        assert [d.dot for d in published.deliveries[1:]] == [_dot(e) for e, _, _ in retried]
+        assert [d.dot for d in published.deliveries[1:]] == [_dot(e) for e, _, _, _ in retried]
     finally:
         await history.close()
     again = History(path, "h1", KEY, max_events=100_000)
     await again.open()
     try:
         replayed, _, _ = await again.replay(before, _everything, 10)
-        assert [e.dot for e in replayed] == [_dot(e) for e, _, _ in retried]
+        assert [e.dot for e in replayed] == [_dot(e) for e, _, _, _ in retried]
     finally:
         await again.close()
 
@@ -139,7 +139,7 @@ async def test_indexes_handed_out_are_never_reused_after_a_restart_when_writes_f
     await again.open()
     try:
         (entry,) = again.stamp(
-            [(_dot(e), "t1", e.channels, raw) for e, raw, _ in _batch(replica, 2000, 1)]
+            [(_dot(e), "t1", e.channels, raw) for e, raw, _, _ in _batch(replica, 2000, 1)]
         )
         assert entry.idx > handed_out
     finally:
@@ -157,7 +157,7 @@ async def test_an_event_that_arrives_after_its_gap_was_closed_is_not_published_a
         late = events.pop(4)  # seq 5: its event reached no log in time
         for i in range(0, len(events), 50):
             await streams.on_batch(events[i : i + 50], EMPTY)
-        assert [d.dot.counter for d in published.deliveries] == [e.seq for e, _, _ in events]
+        assert [d.dot.counter for d in published.deliveries] == [e.seq for e, _, _, _ in events]
         assert history.recorded == dvv.from_vector({"r1": 400})  # closed by the rule
         head = history.head
         await streams.on_batch([late], EMPTY)
