@@ -906,3 +906,81 @@ async def test_a_system_memorys_every_event_goes_to_system_global(gw: Gateway) -
     assert resp.status == 200, page
     assert [(m["id"], m["deleted"]) for m in page["changes"]] == [("s1", True)]
     assert page.get("removed", []) == []
+
+
+async def _until(ws: ClientWebSocketResponse, op: str) -> tuple[dict[str, Any], list[str]]:
+    """The next message ``op`` and the raw text of every message before it."""
+    before: list[str] = []
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 10.0)
+        assert msg.type == WSMsgType.TEXT, msg
+        data: dict[str, Any] = json.loads(msg.data)
+        if data["op"] == op:
+            return data, before
+        before.append(msg.data)
+
+
+async def test_a_memory_that_leaves_a_channel_is_announced_there_without_its_content(
+    gw: Gateway,
+) -> None:
+    """Moved off a topic, then made private: each old channel's subscribers that may no
+    longer see it get a content-free ``left`` — live, coalesced, in a replay — and the
+    channels it is still on get the events."""
+    alice = await _ws(gw, token(users=("alice",)))
+    bob = await _ws(gw, token(users=("bob",)))  # the tenant's shared memories
+    carol = await _ws(gw, token(users=("carol",)))  # the tea topic, not the owner
+    dave = await _ws(gw, token(users=("dave",)))  # the tenant's, lazy
+    await _subscribe(alice, channels=["user:alice:memories"])
+    await _subscribe(bob, channels=["tenant:acme:shared"])
+    await _subscribe(carol, channels=["topic:tea:updates"])
+    await _subscribe(dave, channels=["tenant:acme:shared"], mode="lazy", interval_ms=50)
+    await _write(gw, "POST", "/v1/memories", user_id="alice", id="m1", kind="fact",
+                 content="team lunch", topics=["tea"], shared=True)  # fmt: skip
+    for ws in (alice, bob, carol):
+        (got,) = await _events(ws, 1)
+        assert got["event"]["memory"]["id"] == "m1"
+    (created,) = await _events(dave, 1)
+    await _write(gw, "PATCH", "/v1/memories/m1", content="lunch at noon")  # stays put
+    (same,) = await _events(bob, 1)
+    assert same["event"]["memory"]["content"] == "lunch at noon"
+    bob_cursor = same["cursor"]
+
+    await _write(gw, "PATCH", "/v1/memories/m1", topics=["coffee"])  # off the tea topic
+    left, _ = await _until(carol, "left")
+    assert left == {"op": "left", "id": "m1", "key": "acme/m1", "cursor": left["cursor"]}
+    assert left["cursor"]
+    (moved,) = await _events(bob, 1)  # still shared: bob gets the event itself
+    assert moved["event"]["memory"]["topics"] == ["coffee"]
+
+    await _write(gw, "PATCH", "/v1/memories/m1", content="SECRET plan", shared=False)
+    *_, own = await _events(alice, 3)
+    assert own["event"]["memory"]["content"] == "SECRET plan"  # the owner still sees it
+    left, before = await _until(bob, "left")
+    assert (left["id"], left["key"]) == ("m1", "acme/m1")
+    assert not any("SECRET" in text for text in before)
+    batch, before = await _until(dave, "batch")
+    while "left" not in batch:  # the lazy subscriber's earlier updates come first
+        before.append(json.dumps(batch))
+        batch, more = await _until(dave, "batch")
+        before += more
+    assert batch["left"] == [{"id": "m1", "key": "acme/m1"}]
+    assert "SECRET" not in json.dumps(batch) and not any("SECRET" in t for t in before)
+    assert created["event"]["memory"]["id"] == "m1"
+
+    # A replay from before the change says the same; so does a pull sync.
+    again = await _ws(gw, token(users=("bob",)))
+    await again.send_json({"op": "subscribe", "channels": ["tenant:acme:shared"],
+                           "since": bob_cursor})  # fmt: skip
+    replayed, before = await _until(again, "left")
+    assert (replayed["id"], replayed["cursor"]) == ("m1", left["cursor"])
+    assert not any("SECRET" in text for text in before)
+    done, after = await _until(again, "subscribed")
+    assert done["replayed"] is True and not any("SECRET" in text for text in after)
+    resp, page = await gw.request(
+        "GET", f"/v1/sync?channels=tenant:acme:shared&since={bob_cursor}",
+        token_=token(users=("bob",)),
+    )  # fmt: skip
+    assert resp.status == 200, page
+    assert page["removed"] == [{"id": "m1", "key": "acme/m1"}] and page["changes"] == []
+    for ws in (alice, bob, carol, dave, again):
+        await ws.close()
