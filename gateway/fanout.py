@@ -26,6 +26,12 @@ so order is kept. Idle subscriptions' heartbeats come from one sweep
 Authorisation (I7) is checked at subscribe time per channel and again per
 event: the index is keyed by ``(tenant, channel)``, and a topic channel
 delivers only memories of users the token may act for, or shared ones.
+
+**Leaving.** An event that takes its memory off channels is followed by a
+``left`` delivery (:meth:`Delivery.leaving`, :mod:`gateway.leaving`) routed
+to where the memory was: it reaches each subscription that could see it
+there and cannot where it is now, as a content-free ``left`` message (a
+coalesced entry: in the batch's ``left`` list).
 """
 
 from __future__ import annotations

@@ -42,15 +42,25 @@ class Leaving(msgspec.Struct, frozen=True, gc=False, array_like=True):
         return allows(self.prior) and not allows(self.now)
 
 
+def _placement(state: MemoryState) -> tuple[tuple[str, ...], bool, bool]:
+    """What routes a live state: its winning version's topics and sharing (as
+    ``materialize`` picks the winner), and the system flag."""
+    versions = state.versions
+    if not versions:
+        return (), False, state.system
+    top = versions[0] if len(versions) == 1 else max(versions, key=lambda v: v.rank)
+    return top.topics, top.shared, state.system
+
+
 def routed(state: MemoryState) -> tuple[str, ...]:
-    """The channels a live state's events go to: its winning version's (as ``materialize``)."""
-    top = max(state.versions, key=lambda v: v.rank) if state.versions else None
+    """The channels a live state's events go to: its winning version's."""
+    topics, shared, system = _placement(state)
     return channels_for(
         tenant_id=state.tenant_id,
         user_id=state.user_id,
-        topics=top.topics if top else (),
-        shared=top.shared if top else False,
-        system=state.system,
+        topics=topics,
+        shared=shared,
+        system=system,
     )
 
 
@@ -63,6 +73,8 @@ def leaving(before: MemoryState | None, after: MemoryState) -> Leaving | None:
     delete, or an event after a delete.
     """
     if before is None or before.deleted or after.deleted or before is after:
+        return None
+    if _placement(before) == _placement(after):  # the common case: nothing moved
         return None
     prior = routed(before)
     now = routed(after)

@@ -4,7 +4,9 @@ WebSocket protocol (API.md): client → ``{"op": "subscribe", "channels",
 "mode": "eager"|"lazy", "interval_ms"?, "since"?}`` / ``{"op":
 "unsubscribe", "channels"}``; server → ``subscribed``, ``event``,
 ``batch`` (lazy, or a slow eager subscriber coalesced: latest event and
-full state per memory), ``heartbeat``, ``error`` (codes ``bad_request``,
+full state per memory, and in ``left`` the memories that left), ``left``
+(``id``, ``key``, ``cursor``: the memory moved off the subscribed channels or
+was made private, see :mod:`gateway.leaving`), ``heartbeat``, ``error`` (codes ``bad_request``,
 ``forbidden``, ``resync_required``, ``slow_consumer`` with its resume
 cursor). Compression is off (permessage-deflate costs ~110 KiB per
 connection); frames are bounded by ``max_msg_size``; a subscription listens
@@ -14,8 +16,9 @@ SSE streams are bounded like WebSockets: every write has a deadline, and a
 dropped subscriber's connection is aborted after a grace period.
 
 Pull sync returns a memory only if the reader may see its current state on
-the channels asked for; one it was shown after the cursor and may no longer
-see is listed in ``removed`` (id and key, no content).
+the channels asked for; one it was shown after the cursor, or that left
+these channels after it, and that it may no longer see is listed in
+``removed`` (id and key, no content).
 """
 
 from __future__ import annotations
@@ -732,9 +735,11 @@ async def _changes(
     listed for. A memory is returned only if the subscriber may see its
     *current* state on the channels asked for — the rule of live delivery
     (:meth:`Subscription.allows_state`, routed as a state repair is) — and
-    a tombstone only to whoever was shown its delete. Any other memory the
-    subscriber was shown after the cursor has left its channels since: it
-    is listed in ``removed`` as ``{"id", "key"}``, without content.
+    a tombstone only to whoever was shown its delete. Any other memory
+    listed — shown after the cursor, or taken off these channels after it
+    (the replay lists such an event for those it must tell,
+    :mod:`gateway.leaving`) — has left them since: it is listed in
+    ``removed`` as ``{"id", "key"}``, without content.
     """
     events: dict[str, list[MemoryEvent]] = {}
     for entry in entries:
