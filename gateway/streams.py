@@ -28,6 +28,7 @@ from gateway.history import Cursor, History, HistoryEntry, ResyncRequiredError
 from gateway.leaving import leaving, left_message
 from replication import dvv
 from replication.dvv import Dot, DotContext
+from replication.merge import apply
 from replication.routing import channels_for, parse_channel
 from replication.schema import MemoryEvent
 from replication.state import MemoryState, materialize
@@ -98,6 +99,13 @@ class Streams:
             for e, raw, state, before in batch:
                 dot = Dot(e.dot.replica, e.seq)
                 if not dvv.contains(seen, dot):
+                    if state is before:
+                        # Applied before, yet not recorded here (history rows
+                        # a crash lost): the state found is a later one, which
+                        # may have left this event's channels. The event alone
+                        # is what its channels may see.
+                        # (Nor does it say what the memory left.)
+                        state, before = apply(None, e), None
                     fresh.append((e, raw, state, before))
                     seen = dvv.add(seen, dot)
             if not fresh:

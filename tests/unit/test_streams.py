@@ -164,3 +164,24 @@ async def test_an_event_that_arrives_after_its_gap_was_closed_is_not_published_a
         assert len(published.deliveries) == len(events) and history.head is head
     finally:
         await history.close()
+
+
+async def test_an_event_applied_before_but_not_recorded_goes_out_with_its_own_state(
+    tmp_path: Path,
+) -> None:
+    """A duplicate to the applier that the history lacks (rows a crash lost) carries the
+    state it found, a later one: only what the event itself says is published (I7)."""
+    streams, published = await _streams(tmp_path / "h.sqlite3")
+    try:
+        replica = Replica("r1")
+        create = replica.write("m1", "fact", "create", content="team lunch")
+        assert create is not None
+        update = replica.write("m1", "fact", "update", content="SECRET")
+        assert update is not None
+        later = replica.states[create.key]  # after the update
+        await streams.on_batch([(create, encode(create), later, later)], EMPTY)
+        (delivery,) = published.deliveries
+        assert delivery.state == apply(None, create)
+        assert b"SECRET" not in delivery.state_json and delivery.left is None
+    finally:
+        await streams.history.close()
