@@ -649,24 +649,37 @@ class Fanout:
             sub.flush()
 
     def publish_states(
-        self, items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]]
+        self,
+        items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]],
+        left: Iterable[tuple[MemoryState, Leaving]] = (),
     ) -> None:
         """Send ``(state, channels, shared, state JSON)`` to every subscription that may see it.
 
         For memories changed without an event (anti-entropy's state repair):
         each subscription gets one batch of the states it may see, in order
-        with its other messages, bounded like them, moving no cursor.
+        with its other messages, bounded like them, moving no cursor. A
+        repair that took a memory off channels (``left``: its state and
+        :class:`Leaving`) lists it in the batch's ``left`` for whoever could
+        see it there and cannot now, without its state.
         """
-        found: dict[int, tuple[Subscription, list[bytes]]] = {}
+        found: dict[int, tuple[Subscription, list[bytes], list[dict[str, str]]]] = {}
         for state, channels, shared, state_json in items:
             probe = _probe(state, channels, shared)
             for sub in self._targets(state.tenant_id, channels):
                 if sub.closed is None and sub.allows(probe):
-                    found.setdefault(sub.id, (sub, []))[1].append(state_json)
-        for sub, states in found.values():
+                    found.setdefault(sub.id, (sub, [], []))[1].append(state_json)
+        for state, leaving in left:
+            probe = _probe(state, leaving.prior, tenant_channel(state.tenant_id) in leaving.prior)
+            probe.left = leaving
+            for sub in self._targets(state.tenant_id, leaving.prior):
+                if sub.closed is None and sub.allows(probe):
+                    ref = {"id": state.id, "key": state.key}
+                    found.setdefault(sub.id, (sub, [], []))[2].append(ref)
+        for sub, states, refs in found.values():
             sub.send_repair(
-                b'{"op":"batch","events":[],"states":[' + b",".join(states)
-                + b'],"cursor":null}'
+                b'{"op":"batch","events":[],"states":[' + b",".join(states) + b"]"
+                + (b',"left":' + _encoder.encode(refs) if refs else b"")
+                + b',"cursor":null}'
             )  # fmt: skip
 
     def heartbeat(self, message: bytes, every: float) -> int:

@@ -159,11 +159,17 @@ class Streams:
 
         Each subscription that may see some of them gets one ``{"op":
         "batch", "events": [], "states": [...], "cursor": null}``: clients
-        join the states, as with a coalesced batch, and keep their cursor.
+        join the states, as with a coalesced batch, and keep their cursor. A
+        repair that took a memory off channels is listed in ``left`` for
+        whoever could see it there and cannot now (:mod:`gateway.leaving`).
         """
+        moved = ((after, leaving(before, after)) for before, after in changes)
         self.fanout.publish_states(
-            (after, *repair_route(before, after), _encoder.encode(after))
-            for before, after in changes
+            [
+                (after, *repair_route(before, after), _encoder.encode(after))
+                for before, after in changes
+            ],
+            [(after, left) for after, left in moved if left is not None],
         )
 
     def head_token(self) -> str:

@@ -217,3 +217,23 @@ async def test_a_history_written_before_events_carried_leaving_opens(tmp_path: P
         assert replayed[0].leaving == entries[0].leaving is not None
     finally:
         await history.close()
+
+
+def test_a_repair_that_took_a_memory_off_a_channel_lists_it_in_left() -> None:
+    """A state repair moves no cursor: ``left`` rides in its batch, without the state."""
+    created = _created()
+    private = apply(created, _event(2, before=created, shared=False, content="SECRET"))
+    owner = _sub(("alice",), "user:alice:memories")
+    tenant = _sub(("bob",), SHARED)
+    fan = Fanout(10)
+    for sub in (owner, tenant):
+        fan.add(sub)
+    Streams(None, fan).on_states([(created, private)])  # type: ignore[arg-type]
+    ((told, cursor),) = tenant.take(flush_lazy=True)
+    assert cursor is None and b"SECRET" not in told
+    assert json.loads(told) == {
+        "op": "batch", "events": [], "states": [],
+        "left": [{"id": "m1", "key": "t1/m1"}], "cursor": None,
+    }  # fmt: skip
+    ((shown, _),) = owner.take(flush_lazy=True)
+    assert b"SECRET" in shown and b'"left"' not in shown
