@@ -340,6 +340,9 @@ class Subscription:
         if self.mode == "lazy" or self._coalescing:
             if self._coalesced is None:
                 self._coalesced = {}
+            # Moved to the end: the batch's last entry is the latest offered,
+            # and its cursor the stream's position after the batch.
+            self._coalesced.pop(d.key, None)
             self._coalesced[d.key] = d
             if len(self._coalesced) > self.hard_limit:
                 self._close("slow_consumer")

@@ -452,3 +452,12 @@ def test_a_closed_subscription_queues_nothing_more() -> None:
     for _ in range(100):
         sub.send_direct(b"")  # what shutdown and a closing connection send to wake the pump
     assert sub.pending == 0 and woken  # woken to finish, nothing held
+
+
+def test_a_coalesced_batch_ends_at_the_latest_delivery_it_carries() -> None:
+    """A, B, then A again: the batch's cursor is A's latest, not B's (older)."""
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy")
+    for n, key in ((1, "a"), (2, "b"), (3, "a")):
+        sub.offer(_delivery(n, key=key))
+    ((message, cursor),) = sub.take(flush_lazy=True)
+    assert cursor == "c3" and json.loads(message)["cursor"] == "c3"
