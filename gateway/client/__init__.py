@@ -7,9 +7,11 @@
 - :class:`Subscription` — one self-healing WebSocket subscription (resume by
   cursor with backoff across short-lived sessions; a full, reconciled resync
   when the cursor's history is gone or the gateway cannot decode it, memories
-  gone meanwhile reported with ``Change.gone``);
+  gone meanwhile reported with ``Change.gone``, as are those the server says
+  left its channels);
 - :class:`LocalCache` — a bounded replica of memory states, merged with the
-  gateways' own ``replication.merge`` functions;
+  gateways' own ``replication.merge`` functions, that records which
+  subscriptions hold each memory;
 - the errors of :mod:`gateway.client.errors`.
 """
 

@@ -9,6 +9,16 @@ state whatever order events arrive in, and duplicates change nothing; its
 :meth:`LocalCache.digest` is then equal to the server-side set digest of the
 same memories.
 
+**Holders.** Every subscription of a :class:`~gateway.client.MemorySync`
+shares one cache, so a memory may be there for several of them. The cache
+records, per memory, its *holders*: a holder is the frozenset of the channels
+of the subscription (or :meth:`MemorySync.warm` call) whose events or states
+put it there — a warm and a subscription of the same channels are one holder.
+When the server says a memory left a subscription's channels (a ``left``
+message, a sync page's ``removed``), :meth:`LocalCache.release` withdraws that
+holder only; the memory is dropped once no holder is left, so another
+subscription that may still see it keeps it.
+
 Pure: no I/O, no clock, no asyncio — the subscription loop moves bytes and
 calls this.
 """
@@ -23,9 +33,12 @@ from replication.digest import SetDigest, combine, state_digest
 from replication.schema import MemoryEvent
 from replication.state import MemoryState, MemoryView, materialize
 
-__all__ = ["DEFAULT_MAX_ENTRIES", "LocalCache"]
+__all__ = ["DEFAULT_MAX_ENTRIES", "Holder", "LocalCache"]
 
 DEFAULT_MAX_ENTRIES = 10_000
+
+Holder = frozenset[str]
+"""Who put a memory in the cache: the channels of a subscription or of a warm."""
 
 
 class LocalCache:
@@ -44,6 +57,18 @@ class LocalCache:
     fetched by other means). Entries that began with a full state or with the
     memory's create event are complete.
 
+    **Holders** (see the module docstring). :meth:`apply` and :meth:`join`
+    given a ``holder`` record it for the memory, whether or not the state
+    changed (a duplicate is held too); without one (``None``, e.g. a direct
+    use of the cache) nothing is recorded. :meth:`release` withdraws one
+    holder and drops the memory when none is left — also when none was ever
+    recorded. Holders are forgotten with their entry, on eviction or
+    :meth:`discard` (which drops the memory whatever its holders, as a
+    resync's reconciliation does: :func:`gateway.client.reconcile.drop_missing`);
+    a memory that comes back starts with the holder that brought it. A
+    holder stays recorded after its subscription is closed: what it put in
+    the cache stays until every holder is released, as last seen.
+
     Memories are addressed either by key (``tenant/id``) or by bare id (ids
     never contain ``/``); a bare id that several tenants share in this cache
     is ambiguous and raises :class:`KeyError`.
@@ -56,30 +81,41 @@ class LocalCache:
         self._states: OrderedDict[str, MemoryState] = OrderedDict()
         self._partial: set[str] = set()
         self._by_id: dict[str, set[str]] = {}
+        self._holders: dict[str, set[Holder]] = {}
         self._evictions = 0
 
     # -- folding --------------------------------------------------------------
 
-    def apply(self, event: MemoryEvent) -> bool:
-        """Merge one event; True when the cached state changed (False: a duplicate)."""
+    def apply(self, event: MemoryEvent, holder: Holder | None = None) -> bool:
+        """Merge one event; True when the cached state changed (False: a duplicate).
+
+        ``holder``: who applied it, recorded for the memory (class docstring).
+        """
         key = event.key
         have = self._states.get(key)
         new = merge.apply(have, event)
         if have is None and event.event_type != "create":
             self._partial.add(key)
-        return self._put(key, have, new)
+        return self._put(key, have, new, holder)
 
-    def join(self, state: MemoryState) -> bool:
-        """Join a full replicated state (from the server); True when the cache changed."""
+    def join(self, state: MemoryState, holder: Holder | None = None) -> bool:
+        """Join a full replicated state (from the server); True when the cache changed.
+
+        ``holder``: who joined it, recorded for the memory (class docstring).
+        """
         key = state.key
         have = self._states.get(key)
         new = state if have is None else merge.join(have, state)
         self._partial.discard(key)
-        return self._put(key, have, new)
+        return self._put(key, have, new, holder)
 
-    def _put(self, key: str, have: MemoryState | None, new: MemoryState) -> bool:
+    def _put(
+        self, key: str, have: MemoryState | None, new: MemoryState, holder: Holder | None
+    ) -> bool:
         self._states[key] = new
         self._states.move_to_end(key)
+        if holder is not None:
+            self._holders.setdefault(key, set()).add(holder)
         if have is None:
             self._by_id.setdefault(new.id, set()).add(key)
             self._evict()
@@ -93,6 +129,7 @@ class LocalCache:
 
     def _forget(self, key: str, state: MemoryState) -> None:
         self._partial.discard(key)
+        self._holders.pop(key, None)
         keys = self._by_id.get(state.id)
         if keys is not None:
             keys.discard(key)
@@ -113,6 +150,25 @@ class LocalCache:
         if state is not None:
             self._forget(key, state)
         return state
+
+    def release(self, id_or_key: str, holder: Holder) -> MemoryState | None:
+        """Withdraw one holder of a memory; drop it when no holder is left.
+
+        For what the server says left ``holder``'s channels (a ``left``
+        message, a sync page's ``removed``). Returns the state dropped;
+        ``None`` when the memory is kept (another holder remains) or was not
+        held. A memory with no holder recorded (put there without one) is
+        dropped.
+        """
+        key = self._key(id_or_key)
+        if key is None or key not in self._states:
+            return None
+        held = self._holders.get(key)
+        if held:
+            held.discard(holder)
+            if held:
+                return None
+        return self.discard(key)
 
     # -- reading --------------------------------------------------------------
 
@@ -154,6 +210,13 @@ class LocalCache:
         """Every held state, least recently touched first (recency unchanged)."""
         return list(self._states.values())
 
+    def holders(self, id_or_key: str) -> frozenset[Holder]:
+        """Who holds a memory: empty when none was recorded or it is not held (recency kept)."""
+        key = self._key(id_or_key)
+        if key is None:
+            return frozenset()
+        return frozenset(self._holders.get(key, ()))
+
     def is_complete(self, id_or_key: str) -> bool:
         """Whether the entry holds the memory's whole history (see the class docstring)."""
         key = self._key(id_or_key)
@@ -186,6 +249,7 @@ class LocalCache:
         self._states.clear()
         self._partial.clear()
         self._by_id.clear()
+        self._holders.clear()
 
     def __len__(self) -> int:
         return len(self._states)

@@ -407,7 +407,10 @@ class MemorySync:
         """Pull ``/v1/sync`` pages into :attr:`cache`; the cursor to subscribe from.
 
         A later :meth:`subscribe` to the same channels starts from that cursor,
-        so nothing between the snapshot and the subscription is missed. With
+        so nothing between the snapshot and the subscription is missed; the
+        two are one holder of what they put in the cache (see
+        :class:`LocalCache`): a memory a replay page lists as ``removed`` is
+        dropped unless a subscription or warm of other channels holds it. With
         ``since`` only the changes after it are pulled; when the gateway can
         no longer serve it (``resync_required``) or cannot decode it
         (``bad_token``), a full snapshot instead, after which every cached
@@ -417,14 +420,19 @@ class MemorySync:
         back when subscribing from the returned cursor).
         """
         chans = tuple(dict.fromkeys(channels))
+        holder = frozenset(chans)
         try:
-            cursor, _ = await warm_cache(pull(self._t, chans, since, limit), self.cache)
+            cursor, _ = await warm_cache(
+                pull(self._t, chans, since, limit), self.cache, holder=holder
+            )
         except (ResyncRequiredError, BadRequestError) as exc:
             if since is None or not _needs_snapshot(exc):
                 raise
             _log.warning("memsync_warm_resync", channels=",".join(chans), cause=exc.code)
             seen: set[str] = set()
-            cursor, _ = await warm_cache(pull(self._t, chans, None, limit), self.cache, seen)
+            cursor, _ = await warm_cache(
+                pull(self._t, chans, None, limit), self.cache, seen, holder
+            )
             gone = drop_missing(self.cache, chans, seen)
             _log.info("memsync_warm_reconciled", listed=len(seen), gone=len(gone))
         self._cursors[frozenset(chans)] = cursor
@@ -443,7 +451,12 @@ class MemorySync:
 
         Every event or batch is merged into :attr:`cache` first, then
         ``callback`` (plain or async) gets a :class:`Change` per memory whose
-        state changed. It resumes from ``since``, else from the cursor of a
+        state changed. When the server says a memory left these channels
+        (made private, moved off a topic; no content is sent), it is dropped
+        from :attr:`cache` and reported with ``Change.gone`` — unless a
+        subscription or :meth:`warm` of other channels of this client still
+        holds it (see :class:`LocalCache`): then it is kept and nothing is
+        reported. It resumes from ``since``, else from the cursor of a
         previous :meth:`warm` of the same channels, else from now. Await
         ``sub.connected.wait()`` to know it is live; ``sub.close()`` stops it
         (closing the client closes it too).

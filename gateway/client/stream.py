@@ -18,20 +18,32 @@ A :class:`Subscription` owns one socket at a time and one background task:
    (``replication.merge.apply``), every ``batch`` joins its states
    (``replication.merge.join``) and applies its events; then the callback gets
    one :class:`Change` per memory whose cached state changed (duplicates are
-   not reported) and the cursor advances;
-3. **resume** — when the socket drops, goes idle past ``idle_timeout`` or the
+   not reported) and the cursor advances. The subscription's channels are the
+   *holder* of what it puts in the cache (shared by every subscription of a
+   :class:`MemorySync`, see :mod:`gateway.client.cache`);
+3. **left** — a ``left`` message (or a ``batch``'s ``left`` list) says a
+   memory left the subscription's channels (made private, moved off a topic),
+   without its content: the cursor advances (a ``left`` carries one, like an
+   event), the subscription releases its hold on the memory, and when no
+   other holder has it the memory is dropped from the cache and the callback
+   gets one :class:`Change` with ``gone=True``, ``event=None`` and ``origin``
+   ``event`` (or ``batch``) carrying the last state held. A memory another
+   holder (a subscription or warm of other channels) has is kept, and
+   nothing is reported;
+4. **resume** — when the socket drops, goes idle past ``idle_timeout`` or the
    server says ``slow_consumer`` (with a cursor, which is adopted; a failed
    attempt, so it backs off), the subscription reconnects from its cursor:
    nothing is missed, nothing is applied twice (the cache dedups by dot
    anyway);
-4. **resync** — on ``resync_required`` (the cursor's history is gone), and on
+5. **resync** — on ``resync_required`` (the cursor's history is gone), and on
    ``bad_token`` for the cursor it sent (the gateway cannot decode it, e.g.
    one from a deployment with another secret: the cursor is dropped, with a
    warning naming the cause), it pulls a full ``/v1/sync`` snapshot of its
    channels into the cache (every page, by ``page_token``), reporting changed
    memories with ``origin="resync"``. The snapshot lists live memories only,
    so every cached, live memory on these channels that it did not list was
-   deleted or moved away meanwhile: it is dropped from the cache and
+   deleted or moved away meanwhile: it is dropped from the cache, whatever
+   other subscriptions hold it (a later change brings it back to them), and
    reported once with ``gone=True`` (:mod:`gateway.client.reconcile`). Then
    it subscribes with the snapshot's start cursor; a memory created during
    the snapshot may so be reported gone and then come back by the replay.
@@ -68,11 +80,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from gateway.client.cache import LocalCache
+from gateway.client.cache import Holder, LocalCache
 from gateway.client.errors import MemsyncClientError, SubscriptionError, TransportError
 from gateway.client.reconcile import drop_missing
 from gateway.client.transport import Transport
-from gateway.client.wire import Change, Frame, SyncPage, decode_frame
+from gateway.client.wire import Change, Frame, Removed, SyncPage, decode_frame
 from replication.errors import MemsyncError
 from replication.schema import MemoryEvent, decode_event
 from replication.state import MemoryState, materialize
@@ -142,7 +154,9 @@ class Subscription:
 
     Create it with :meth:`MemorySync.subscribe`. ``cursor`` is the position of
     the last message processed; ``connected`` is set while a socket is
-    subscribed; ``reconnects`` counts sockets replaced after the first.
+    subscribed; ``reconnects`` counts sockets replaced after the first;
+    ``holder`` (its channels, as a frozenset) is whom the cache records as
+    holding what it applied.
     """
 
     def __init__(
@@ -163,6 +177,7 @@ class Subscription:
         if mode not in ("eager", "lazy"):
             raise ValueError(f"mode must be 'eager' or 'lazy' (got {mode!r})")
         self.channels: tuple[str, ...] = tuple(dict.fromkeys(channels))
+        self.holder: Holder = frozenset(self.channels)
         self.mode: Mode = mode
         self.interval_ms = interval_ms
         self.connected = asyncio.Event()
@@ -384,7 +399,9 @@ class Subscription:
         if frame.op == "event":
             await self._on_events([frame.event], (), frame.cursor, "event")
         elif frame.op == "batch":
-            await self._on_events(frame.events, frame.states, frame.cursor, "batch")
+            await self._on_events(frame.events, frame.states, frame.cursor, "batch", frame.left)
+        elif frame.op == "left":
+            await self._on_left(frame)
         elif frame.op == "subscribed":
             # Adopt the server's cursor only for a fresh ("from now") subscribe:
             # when resuming, backlog events may still follow and carry their own.
@@ -444,6 +461,7 @@ class Subscription:
         states: Sequence[MemoryState],
         cursor: str | None,
         origin: Literal["event", "batch"],
+        left: Sequence[Removed] = (),
     ) -> None:
         try:
             events = [decode_event(bytes(raw)) for raw in raw_events]
@@ -452,24 +470,45 @@ class Subscription:
             self._log.error("memsync_subscription_bad_event", error=str(exc))
             self._needs_resync = True
             raise _Reconnect("undecodable event") from exc
+        holder = self.holder
         changed: dict[str, MemoryEvent | None] = {}
         for state in states:
-            if self._cache.join(state):
+            if self._cache.join(state, holder):
                 changed.setdefault(state.key, None)
         latest: dict[str, MemoryEvent] = {}
         for event in events:
-            if self._cache.apply(event):
+            if self._cache.apply(event, holder):
                 changed.setdefault(event.key, None)
             have = latest.get(event.key)
             if have is None or event.timestamp >= have.timestamp:
                 latest[event.key] = event
+        # After the events: a memory both changed and left in one batch is dropped.
+        dropped = [s for s in (self._cache.release(r.key, holder) for r in left) if s is not None]
         if cursor is not None:
             self._cursor = cursor
         for key in changed:
             await self._emit(key, latest.get(key), origin)
+        for state in dropped:
+            await self._gone(state, origin)
+
+    async def _on_left(self, frame: Frame) -> None:
+        """A memory left this subscription's channels (module docstring, 3)."""
+        if frame.cursor is not None:
+            self._cursor = frame.cursor
+        key = frame.key or frame.id
+        if not key:
+            self._log.warning("memsync_subscription_left_without_key", cursor=frame.cursor)
+            return
+        try:
+            state = self._cache.release(key, self.holder)
+        except KeyError:  # a bare id several tenants share here: the key is needed
+            self._log.warning("memsync_subscription_left_ambiguous", id=key)
+            return
+        if state is not None:
+            await self._gone(state, "event")
 
     async def _resync(self) -> None:
-        """A full snapshot into the cache; drop what it no longer lists (module docstring, 4)."""
+        """A full snapshot into the cache; drop what it no longer lists (module docstring, 5)."""
         self._log.warning("memsync_subscription_resync", stale_cursor=self._cursor)
         cursor: str | None = None
         changed: list[str] = []
@@ -477,7 +516,7 @@ class Subscription:
         async for page in self._pull(self.channels, None):
             for state in page.states:
                 seen.add(state.key)
-                if self._cache.join(state):
+                if self._cache.join(state, self.holder):
                     changed.append(state.key)
             cursor = page.cursor
         gone = drop_missing(self._cache, self.channels, seen)
@@ -493,17 +532,20 @@ class Subscription:
         for key in dict.fromkeys(changed):
             await self._emit(key, None, "resync")
         for state in gone:
-            await self._deliver(
-                Change(
-                    key=state.key,
-                    view=materialize(state),
-                    state=state,
-                    event=None,
-                    origin="resync",
-                    cursor=self._cursor,
-                    gone=True,
-                )
-            )
+            await self._gone(state, "resync")
+
+    async def _gone(self, state: MemoryState, origin: Literal["event", "batch", "resync"]) -> None:
+        """Report a memory dropped from the cache, with the last state held."""
+        change = Change(
+            key=state.key,
+            view=materialize(state),
+            state=state,
+            event=None,
+            origin=origin,
+            cursor=self._cursor,
+            gone=True,
+        )
+        await self._deliver(change)
 
     async def _emit(
         self, key: str, event: MemoryEvent | None, origin: Literal["event", "batch", "resync"]

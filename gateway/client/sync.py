@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 import msgspec
 import structlog
 
-from gateway.client.cache import LocalCache
+from gateway.client.cache import Holder, LocalCache
 from gateway.client.errors import MemsyncClientError
 from gateway.client.transport import Transport
 from gateway.client.wire import SyncPage, decode_sync
@@ -99,23 +99,33 @@ async def _snapshot(
 
 
 async def warm_cache(
-    pages: AsyncIterator[SyncPage], cache: LocalCache, seen: set[str] | None = None
+    pages: AsyncIterator[SyncPage],
+    cache: LocalCache,
+    seen: set[str] | None = None,
+    holder: Holder | None = None,
 ) -> tuple[str, int]:
     """Join every page's states into the cache, drop its ``removed``; the last cursor and
     the states joined.
 
     ``seen``, when given, receives the key of every state pulled (what a
     snapshot listed, for :func:`gateway.client.reconcile.drop_missing`).
+    ``holder``, when given (the pulled channels, as a frozenset), is recorded
+    as holding every state joined, and a ``removed`` memory only releases it
+    (:meth:`LocalCache.release`: dropped when no other holder has it);
+    without one, states are joined untracked and ``removed`` ones dropped.
     """
     cursor = ""
     joined = 0
     async for page in pages:
         for state in page.states:
-            cache.join(state)
+            cache.join(state, holder)
             if seen is not None:
                 seen.add(state.key)
         for gone in page.removed:  # left these channels: the server sends nothing more of it
-            cache.discard(gone.key)
+            if holder is None:
+                cache.discard(gone.key)
+            else:
+                cache.release(gone.key, holder)
         joined += len(page.states)
         cursor = page.cursor
     _log.info("memsync_cache_warmed", states=joined, cursor=cursor)

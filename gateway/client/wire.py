@@ -79,7 +79,7 @@ class _SearchAnswer(msgspec.Struct, frozen=True):
 
 
 class Removed(msgspec.Struct, frozen=True, kw_only=True):
-    """A memory a replay page says left the channels asked for (no content comes with it)."""
+    """A memory a replay page or a stream batch says left the channels asked for (no content)."""
 
     id: str
     key: str
@@ -114,12 +114,18 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
 
     ``event`` / ``events`` stay raw so each is decoded and validated by
     :func:`replication.schema.decode_event`, the gateways' own decoder.
+    ``id`` and ``key`` name the memory of a ``left`` message (it left the
+    subscription's channels; no content comes with it); a ``batch`` lists
+    such memories in ``left``.
     """
 
     op: str
     event: msgspec.Raw = msgspec.Raw()
     events: tuple[msgspec.Raw, ...] = ()
     states: tuple[MemoryState, ...] = ()
+    left: tuple[Removed, ...] = ()
+    id: str = ""
+    key: str = ""
     channels: tuple[str, ...] = ()
     cursor: str | None = None
     code: str = ""
@@ -137,14 +143,24 @@ class Change:
     for it, or a resync snapshot). ``origin`` says which: ``event``,
     ``batch`` or ``resync``. ``cursor`` is where the stream stood after it.
 
-    ``gone`` (only with ``origin="resync"``): after a resync's full snapshot,
-    this memory was held live in the cache, its cached state put it on one of
-    the subscription's channels, and the snapshot (which lists live memories
-    only) did not contain it — it was deleted, or moved off these channels,
-    while the history was gone. It has been dropped from the cache; ``view``
-    and ``state`` are the last ones held. Reported once. A memory created
-    after the snapshot started may be reported gone and then arrive again
-    through the replay from the snapshot's cursor.
+    ``gone``: the memory has been dropped from the cache; ``view`` and
+    ``state`` are the last ones held, ``event`` is ``None``. Reported once,
+    for one of two reasons:
+
+    - ``origin="event"`` (a ``left`` message) or ``"batch"`` (a batch's
+      ``left``): the server said the memory left the subscription's channels
+      (made private, moved off a topic) and no other holder of the cache
+      still has it (see :class:`~gateway.client.cache.LocalCache`; while
+      another subscription of the client may still see it, it is kept and
+      nothing is reported). No content of the change that took it away is
+      sent;
+    - ``origin="resync"``: after a resync's full snapshot, this memory was
+      held live in the cache, its cached state put it on one of the
+      subscription's channels, and the snapshot (which lists live memories
+      only) did not contain it — it was deleted, or moved off these
+      channels, while the history was gone. A memory created after the
+      snapshot started may be reported gone and then arrive again through
+      the replay from the snapshot's cursor.
     """
 
     key: str

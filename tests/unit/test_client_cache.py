@@ -213,3 +213,81 @@ def test_a_bare_id_shared_by_two_tenants_is_ambiguous() -> None:
 def test_max_entries_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         LocalCache(max_entries=0)
+
+
+# -- holders: who put a memory in the cache -------------------------------------------
+
+MINE = frozenset({"user:u1:memories"})
+SHARED = frozenset({"tenant:t1:shared"})
+
+
+def _created(r: Replica, memory_id: str) -> MemoryEvent:
+    e = r.write(memory_id, "fact", "create", content=memory_id)
+    assert e is not None
+    return e
+
+
+def test_a_memory_released_by_one_of_two_holders_is_kept() -> None:
+    r = Replica("r1")
+    cache = LocalCache()
+    e = _created(r, "m")
+    assert cache.apply(e, MINE) is True
+    assert cache.apply(e, SHARED) is False  # a duplicate, held all the same
+    assert cache.holders("m") == {MINE, SHARED}
+    assert cache.release("t1/m", SHARED) is None
+    assert "m" in cache
+    assert cache.holders("t1/m") == {MINE}
+
+
+def test_a_memory_released_by_every_holder_is_discarded() -> None:
+    r = Replica("r1")
+    cache = LocalCache()
+    e = _created(r, "m")
+    cache.apply(e, MINE)
+    cache.join(r.states["t1/m"], SHARED)
+    assert cache.release("t1/m", MINE) is None
+    dropped = cache.release("t1/m", SHARED)
+    assert dropped == r.states["t1/m"]
+    assert "m" not in cache and cache.view("m") is None
+    assert cache.holders("t1/m") == frozenset()
+    assert cache.release("t1/m", SHARED) is None  # not held: nothing to drop
+
+
+def test_releasing_a_holder_that_never_held_it_keeps_the_others() -> None:
+    r = Replica("r1")
+    cache = LocalCache()
+    cache.apply(_created(r, "m"), MINE)
+    assert cache.release("t1/m", SHARED) is None
+    assert cache.holders("m") == {MINE}
+
+
+def test_eviction_and_discard_forget_the_holders() -> None:
+    r = Replica("r1")
+    cache = LocalCache(max_entries=1)
+    first = _created(r, "m")
+    cache.apply(first, MINE)
+    cache.apply(_created(r, "x"), MINE)  # evicts "m"
+    assert cache.holders("t1/m") == frozenset()
+    later = r.write("m", "fact", "update", content="again")
+    assert later is not None
+    cache.apply(later, SHARED)  # "m" comes back with the holder that brought it
+    assert cache.holders("m") == {SHARED}
+    assert cache.release("t1/m", SHARED) is not None  # MINE was forgotten with the entry
+    cache.join(r.states["t1/m"], MINE)
+    assert cache.discard("m") is not None
+    cache.join(r.states["t1/m"])
+    assert cache.holders("m") == frozenset()
+    cache.clear()
+    assert cache.holders("m") == frozenset()
+
+
+def test_apply_and_join_without_a_holder_track_nothing_and_a_release_drops() -> None:
+    r = Replica("r1")
+    cache = LocalCache()
+    e = _created(r, "m")
+    assert cache.apply(e) is True
+    assert cache.join(r.states["t1/m"]) is False
+    assert cache.holders("m") == frozenset()
+    assert cache.view("m") is not None
+    assert cache.release("t1/m", MINE) == r.states["t1/m"]
+    assert "m" not in cache

@@ -23,7 +23,8 @@ from gateway.client import (
 from replication import merge
 from replication.dvv import EMPTY, Dot
 from replication.events import make_event
-from replication.schema import MemoryBody, Source
+from replication.schema import MemoryBody, Source, encode
+from replication.testing import Replica
 
 CHANNEL = "user:alice:memories"
 OnSubscribe = Callable[[web.WebSocketResponse, dict[str, Any], int], Awaitable[None]]
@@ -223,3 +224,127 @@ async def test_a_snapshot_with_more_pages_but_no_page_token_is_a_clear_error(
         with pytest.raises(MemsyncClientError, match="no page_token") as info:
             await ms.warm([CHANNEL])
     assert info.value.code == "protocol"
+
+
+# -- left: a memory that left the subscription's channels -------------------------------
+
+SHARED = "tenant:t:shared"
+
+
+def _writes() -> tuple[Replica, list[bytes]]:
+    """Memories m and n of alice created, and n updated: each event's JSON."""
+    r = Replica("r1")
+    events = [
+        r.write("m", "fact", "create", tenant="t", user="alice", content="m"),
+        r.write("n", "fact", "create", tenant="t", user="alice", content="n"),
+        r.write("n", "fact", "update", content="n2", tenant="t"),
+    ]
+    return r, [encode(e) for e in events if e is not None]
+
+
+def _frame(ws: web.WebSocketResponse, **fields: Any) -> Awaitable[None]:
+    return ws.send_bytes(encode(fields))
+
+
+def _event(ws: web.WebSocketResponse, raw: bytes, cursor: str) -> Awaitable[None]:
+    return ws.send_str(f'{{"op":"event","event":{raw.decode()},"cursor":"{cursor}"}}')
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    """Wait up to 5 s for ``check()`` (the subscription's task runs meanwhile)."""
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_left_drops_the_memory_reports_it_gone_and_adopts_the_cursor(
+    started: Callable[[_Gateway], Awaitable[_Gateway]],
+) -> None:
+    _, (m, _, _) = _writes()
+
+    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
+        await _subscribed(ws)
+        await _event(ws, m, "E1")
+        await _frame(ws, op="left", id="m", key="t/m", cursor="L1")
+        await _hold(ws)
+
+    gateway = await started(_Gateway(script))
+    changes: list[Change] = []
+    async with MemorySync(gateway.url, "tok") as ms:
+        sub = ms.subscribe([CHANNEL], changes.append)
+        await _until(lambda: any(c.gone for c in changes), "the memory reported gone")
+        assert sub.cursor == "L1"
+        assert "t/m" not in ms.cache
+    created, gone = changes
+    assert (created.key, created.origin, created.gone) == ("t/m", "event", False)
+    assert (gone.key, gone.origin, gone.event, gone.cursor) == ("t/m", "event", None, "L1")
+    assert gone.view.content == "m" and gone.state == created.state  # the last one held
+
+
+async def test_a_batch_left_drops_the_memory_and_reports_it_gone(
+    started: Callable[[_Gateway], Awaitable[_Gateway]],
+) -> None:
+    r, (m, n, n2) = _writes()
+
+    async def script(ws: web.WebSocketResponse, op: dict[str, Any], k: int) -> None:
+        await _subscribed(ws)
+        await _event(ws, m, "E1")
+        await _event(ws, n, "E2")
+        batch = {
+            "op": "batch",
+            "events": [msgspec.Raw(n2)],
+            "states": [r.states["t/n"]],
+            "left": [{"id": "m", "key": "t/m"}],
+            "cursor": "B3",
+        }
+        await _frame(ws, **batch)
+        await _hold(ws)
+
+    gateway = await started(_Gateway(script))
+    changes: list[Change] = []
+    async with MemorySync(gateway.url, "tok") as ms:
+        sub = ms.subscribe([CHANNEL], changes.append)
+        await _until(lambda: any(c.gone for c in changes), "the memory reported gone")
+        assert sub.cursor == "B3"
+        assert "t/m" not in ms.cache
+        assert [v.content for v in ms.cache.views()] == ["n2"]
+    batch = [(c.key, c.gone, c.cursor) for c in changes if c.origin == "batch"]
+    assert batch == [("t/n", False, "B3"), ("t/m", True, "B3")]
+    (gone,) = (c for c in changes if c.gone)
+    assert gone.event is None and gone.view.content == "m"
+
+
+async def test_a_left_keeps_a_memory_another_subscription_holds(
+    started: Callable[[_Gateway], Awaitable[_Gateway]],
+) -> None:
+    _, (m, _, _) = _writes()
+    mine_left = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
+        await _subscribed(ws)
+        await _event(ws, m, f"{op['channels'][0]}-E1")
+        if op["channels"] == [SHARED]:
+            await _frame(ws, op="left", id="m", key="t/m", cursor="shared-L2")
+        else:
+            await mine_left.wait()
+            await _frame(ws, op="left", id="m", key="t/m", cursor="mine-L2")
+        await _hold(ws)
+
+    gateway = await started(_Gateway(script))
+    mine: list[Change] = []
+    shared: list[Change] = []
+    async with MemorySync(gateway.url, "tok") as ms:
+        own = ms.subscribe([CHANNEL], mine.append)
+        await _until(lambda: len(mine) == 1, "the memory through the user channel")
+        sub = ms.subscribe([SHARED], shared.append)
+        await _until(lambda: sub.cursor == "shared-L2", "the left through the tenant channel")
+        assert ms.cache.view("t/m") is not None  # still held through the user channel
+        assert ms.cache.holders("t/m") == {frozenset({CHANNEL})}
+        assert shared == [] and not any(c.gone for c in mine)  # a duplicate, then kept
+        mine_left.set()
+        await _until(lambda: any(c.gone for c in mine), "the memory gone for the last holder")
+        assert own.cursor == "mine-L2"
+        assert "t/m" not in ms.cache
+    assert shared == []
