@@ -63,9 +63,9 @@ class LocalCache:
     use of the cache) nothing is recorded. :meth:`release` withdraws one
     holder and drops the memory when none is left — also when none was ever
     recorded. Holders are forgotten with their entry, on eviction or
-    :meth:`discard` (which drops the memory whatever its holders, as a
-    resync's reconciliation does: :func:`gateway.client.reconcile.drop_missing`);
-    a memory that comes back starts with the holder that brought it. A
+    :meth:`discard` (which drops the memory whatever its holders; a
+    resync's reconciliation, :func:`gateway.client.reconcile.drop_missing`,
+    releases instead); a memory that comes back starts with the holder that brought it. A
     holder stays recorded after its subscription is closed: what it put in
     the cache stays until every holder is released, as last seen.
 

@@ -15,15 +15,16 @@ came from this token's answers, so it may see it too.
 
 The snapshot is not atomic: a memory created after its start may be missing
 from it yet already cached (by another subscription sharing the cache). It is
-dropped too, and comes back with the replay from the snapshot's start cursor,
-which a subscription resumes from. Pure: no I/O.
+released too (dropped unless that subscription holds it), and comes back with
+the replay from the snapshot's start cursor, which a subscription resumes
+from. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from gateway.client.cache import LocalCache
+from gateway.client.cache import Holder, LocalCache
 from replication.routing import channels_for
 from replication.state import MemoryState, materialize
 
@@ -40,17 +41,23 @@ def on_channels(state: MemoryState, channels: Collection[str]) -> bool:
 
 
 def drop_missing(
-    cache: LocalCache, channels: Iterable[str], seen: Collection[str]
+    cache: LocalCache, channels: Iterable[str], seen: Collection[str], holder: Holder | None = None
 ) -> list[MemoryState]:
     """Drop what a complete snapshot of ``channels`` did not list; the states dropped.
 
     ``seen``: the keys (``tenant/id``) of every state of every page of the
     snapshot. Tombstones and memories on none of ``channels`` are kept.
+    With ``holder`` (the snapshot's subscription or warm), a missing memory
+    is only released by it, and dropped when no other holder has it (one
+    that does, e.g. a live subscription of its user's channel, still sees
+    it: were it gone there too, that subscription would have been told).
     """
     wanted = frozenset(channels)
-    gone = [
+    missing = [
         s for s in cache.states() if s.key not in seen and not s.deleted and on_channels(s, wanted)
     ]
-    for state in gone:
-        cache.discard(state.key)
-    return gone
+    if holder is None:
+        for state in missing:
+            cache.discard(state.key)
+        return missing
+    return [s for s in missing if cache.release(s.key, holder) is not None]

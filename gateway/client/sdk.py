@@ -433,7 +433,7 @@ class MemorySync:
             cursor, _ = await warm_cache(
                 pull(self._t, chans, None, limit), self.cache, seen, holder
             )
-            gone = drop_missing(self.cache, chans, seen)
+            gone = drop_missing(self.cache, chans, seen, holder)
             _log.info("memsync_warm_reconciled", listed=len(seen), gone=len(gone))
         self._cursors[frozenset(chans)] = cursor
         return cursor

@@ -42,8 +42,9 @@ A :class:`Subscription` owns one socket at a time and one background task:
    channels into the cache (every page, by ``page_token``), reporting changed
    memories with ``origin="resync"``. The snapshot lists live memories only,
    so every cached, live memory on these channels that it did not list was
-   deleted or moved away meanwhile: it is dropped from the cache, whatever
-   other subscriptions hold it (a later change brings it back to them), and
+   deleted or moved away meanwhile: the subscription releases its hold on
+   it, and when no other holder has it (a live subscription still seeing it
+   would have been told otherwise) it is dropped from the cache and
    reported once with ``gone=True`` (:mod:`gateway.client.reconcile`). Then
    it subscribes with the snapshot's start cursor; a memory created during
    the snapshot may so be reported gone and then come back by the replay.
@@ -519,7 +520,7 @@ class Subscription:
                 if self._cache.join(state, self.holder):
                     changed.append(state.key)
             cursor = page.cursor
-        gone = drop_missing(self._cache, self.channels, seen)
+        gone = drop_missing(self._cache, self.channels, seen, self.holder)
         self._cursor = cursor
         self._needs_resync = False
         self._log.info(

@@ -99,3 +99,16 @@ def test_discard_forgets_one_memory_without_counting_an_eviction() -> None:
     assert cache.discard("t/m") is None
     assert "m" not in cache and cache.evictions == 0
     assert list(cache.keys()) == ["t/n"]
+
+
+def test_with_a_holder_a_missing_memory_another_holder_has_is_kept() -> None:
+    """A resync of one subscription releases; the user channel's live subscription keeps it."""
+    mine, theirs = frozenset({"tenant:t:shared"}), frozenset({ALICE})
+    held, alone = _state("held", shared=True), _state("alone", shared=True)
+    cache = LocalCache()
+    cache.join(held, mine)
+    cache.join(held, theirs)
+    cache.join(alone, mine)
+    dropped = drop_missing(cache, ["tenant:t:shared"], set(), mine)
+    assert dropped == [alone] and "t/alone" not in cache
+    assert cache.state("t/held") == held and cache.holders("t/held") == {theirs}
