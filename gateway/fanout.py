@@ -145,7 +145,7 @@ class Delivery:
             dot=event.dot,
             raw=b"",
             state=event.state,
-            cursor_token=event.cursor_token,
+            cursor_token=lambda: event.cursor,  # sealed once, for both
             left=left,
         )
 

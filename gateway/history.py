@@ -316,12 +316,12 @@ class History:
         """
         ctx = self.recorded
         out = []
-        for i, (dot, tenant, channels, body) in enumerate(batch):
+        lefts = leaving or [None] * len(batch)
+        for (dot, tenant, channels, body), left in zip(batch, lefts, strict=True):
             ctx = dvv.add(ctx, dot)
             idx = self._next_idx
             self._next_idx += 1
             cursor = Cursor(cursor_context(ctx), self.id, idx)
-            left = leaving[i] if leaving else None
             out.append(HistoryEntry(idx, dot, tenant, channels, body, cursor, left))
         if out:
             ctx, closed = close_gaps(ctx, self._max_loose)

@@ -101,10 +101,12 @@ class Streams:
                 if not dvv.contains(seen, dot):
                     if state is before:
                         # Applied before, yet not recorded here (history rows
-                        # a crash lost): the state found is a later one, which
-                        # may have left this event's channels. The event alone
-                        # is what its channels may see.
-                        # (Nor does it say what the memory left.)
+                        # a crash lost; an event a state repair merged, or a
+                        # newer state covered, before the log delivered it):
+                        # the state found is a later one, which may have left
+                        # this event's channels. The state of the event alone
+                        # is what its channels may see (a part of the whole:
+                        # joining it is safe), and it says nothing left.
                         state, before = apply(None, e), None
                     fresh.append((e, raw, state, before))
                     seen = dvv.add(seen, dot)
@@ -207,17 +209,28 @@ def repair_route(before: MemoryState | None, after: MemoryState) -> tuple[tuple[
 
 def _replayed_messages(
     sub: Subscription, entry: HistoryEntry, channels: set[str], token: str
-) -> list[bytes]:
-    """What a replay sends ``sub`` of one entry: its event, a ``left``, or both — as live."""
+) -> tuple[list[bytes], bool]:
+    """What a replay of ``channels`` sends ``sub`` of one entry, and whether the event is in it.
+
+    Its event, a ``left``, or both — as live. A resume may replay only some
+    of a connection's channels: the memory was seen on the replayed ones,
+    but whether it can be seen *now* is asked of all of them (live, it
+    would not have been told it left while another of its channels shows
+    it).
+    """
     out: list[bytes] = []
-    if channel_allows(sub, entry.tenant, entry.channels, channels):
+    shown = channel_allows(sub, entry.tenant, entry.channels, channels)
+    if shown:
         out.append(_event_message(entry.body, token))
-    if entry.leaving is not None and entry.leaving.reaches(
-        lambda chans: channel_allows(sub, entry.tenant, chans, channels)
+    left = entry.leaving
+    if (
+        left is not None
+        and channel_allows(sub, entry.tenant, left.prior, channels)
+        and not channel_allows(sub, entry.tenant, left.now, channels | set(sub.channels))
     ):
         memory = msgspec.json.decode(entry.body, type=_MemoryRef).memory
         out.append(left_message(memory.id, f"{entry.tenant}/{memory.id}", token))
-    return out
+    return out, shown
 
 
 class _Id(msgspec.Struct):
@@ -357,9 +370,11 @@ class Pump:
                 )
                 for entry in entries:
                     token = history.encode_cursor(entry.cursor)
-                    for message in _replayed_messages(sub, entry, channels, token):
+                    messages, shown = _replayed_messages(sub, entry, channels, token)
+                    for message in messages:
                         await self.send(message, token)
-                    replayed = dvv.add(replayed, entry.dot)
+                    if shown:  # a live delivery of an event only announced here still goes
+                        replayed = dvv.add(replayed, entry.dot)
                 if not more:
                     break
         except ResyncRequiredError as exc:

@@ -984,3 +984,26 @@ async def test_a_memory_that_leaves_a_channel_is_announced_there_without_its_con
     assert page["removed"] == [{"id": "m1", "key": "acme/m1"}] and page["changes"] == []
     for ws in (alice, bob, carol, dave, again):
         await ws.close()
+
+
+async def test_a_resume_of_one_channel_says_nothing_left_that_another_still_shows(
+    gw: Gateway,
+) -> None:
+    """Live on the tenant channel, then resuming a topic from before the memory moved off
+    it: the connection still sees the memory on the tenant channel, so no ``left``."""
+    ws = await _ws(gw, token(users=("bob",)))
+    first = await _subscribe(ws, channels=["tenant:acme:shared"])
+    await _write(gw, "POST", "/v1/memories", user_id="alice", id="m1", kind="fact",
+                 content="team lunch", topics=["tea"], shared=True)  # fmt: skip
+    (created,) = await _events(ws, 1)
+    await _write(gw, "PATCH", "/v1/memories/m1", topics=["coffee"])  # still shared
+    (moved,) = await _events(ws, 1)
+    assert moved["event"]["memory"]["topics"] == ["coffee"]
+    await ws.send_json({"op": "subscribe", "channels": ["topic:tea:updates"],
+                        "since": first["cursor"]})  # fmt: skip
+    done, before = await _until(ws, "subscribed")
+    assert done["replayed"] is True
+    ops = [json.loads(text)["op"] for text in before]
+    assert "left" not in ops, before
+    assert created["event"]["memory"]["id"] == "m1"
+    await ws.close()
