@@ -95,9 +95,12 @@ CREATE TABLE IF NOT EXISTS events (
     tenant TEXT NOT NULL,
     channels TEXT NOT NULL,
     body BLOB NOT NULL,
-    cursor BLOB NOT NULL,
-    leaving BLOB
+    cursor BLOB NOT NULL
 );
+-- An event's Leaving, for the few that took a memory off channels. Its own
+-- table, not a column: a gateway from before it reads and writes ``events``
+-- unchanged (a rollback keeps working, and ignores what was left).
+CREATE TABLE IF NOT EXISTS leaving (idx INTEGER PRIMARY KEY, value BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_dot ON events (replica, seq);
 """
 
@@ -193,9 +196,6 @@ class History:
 
     def _load(self) -> int:
         db = self._conn
-        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
-        if "leaving" not in columns:  # a history written before events carried it
-            db.execute("ALTER TABLE events ADD COLUMN leaving BLOB")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "trimmed" in meta:
             self.trimmed = _ctx_codec.decode(meta["trimmed"])
@@ -398,8 +398,8 @@ class History:
             db.execute("BEGIN")
             db.executemany(
                 "INSERT OR REPLACE INTO events "
-                "(idx, replica, seq, tenant, channels, body, cursor, leaving) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "(idx, replica, seq, tenant, channels, body, cursor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         e.idx,
@@ -409,11 +409,13 @@ class History:
                         " ".join(e.channels),
                         e.body,
                         msgspec.msgpack.encode(e.cursor),
-                        None if e.leaving is None else msgspec.msgpack.encode(e.leaving),
                     )
                     for e in entries
                 ],
             )
+            moved = [(e.idx, msgspec.msgpack.encode(e.leaving)) for e in entries if e.leaving]
+            if moved:
+                db.executemany("INSERT OR REPLACE INTO leaving VALUES (?, ?)", moved)
             cut = next_idx - self._max
             trimmed = self.trimmed
             if cut > self._oldest:
@@ -422,6 +424,7 @@ class History:
                 ):
                     trimmed = dvv.add(trimmed, Dot(replica, seq))
                 db.execute("DELETE FROM events WHERE idx < ?", (cut,))
+                db.execute("DELETE FROM leaving WHERE idx < ?", (cut,))
                 trimmed = self._fold_closed(db, trimmed, entries[-1].cursor.context)
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('trimmed', ?)",
@@ -575,7 +578,8 @@ class History:
     def _replay_sync(self, cursor: Cursor, page: int) -> list[_Row]:
         self._heal()  # a failed append's rows first: replay must not pass them by
         return self._conn.execute(
-            "SELECT idx, replica, seq, tenant, channels, body, cursor, leaving FROM events "
+            "SELECT idx, replica, seq, tenant, channels, body, cursor, value "
+            "FROM events LEFT JOIN leaving USING (idx) "
             "WHERE idx >= ? ORDER BY idx LIMIT ?",
             (self._start_idx(cursor), page),
         ).fetchall()

@@ -195,7 +195,9 @@ async def test_the_history_keeps_what_an_event_left_and_replays_it(tmp_path: Pat
         await again.close()
 
 
-async def test_a_history_written_before_events_carried_leaving_opens(tmp_path: Path) -> None:
+async def test_a_history_from_before_leaving_opens_and_one_after_takes_old_writes(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
         db.executescript(
@@ -217,6 +219,12 @@ async def test_a_history_written_before_events_carried_leaving_opens(tmp_path: P
         assert replayed[0].leaving == entries[0].leaving is not None
     finally:
         await history.close()
+    # A gateway from before (a rollback) still writes its rows as it did: seven values.
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (99, "r1", 3, "t1", "user:alice:memories", b"{}", b""),
+        )
 
 
 def test_a_repair_that_took_a_memory_off_a_channel_lists_it_in_left() -> None:
@@ -237,3 +245,22 @@ def test_a_repair_that_took_a_memory_off_a_channel_lists_it_in_left() -> None:
     }  # fmt: skip
     ((shown, _),) = owner.take(flush_lazy=True)
     assert b"SECRET" in shown and b'"left"' not in shown
+
+
+async def test_what_was_left_is_trimmed_with_its_event(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    history = History(path, "h1", KEY, max_events=3)
+    await history.open()
+    try:
+        created = _created()
+        update = _event(2, before=created, shared=False)
+        left = leaving(created, apply(created, update))
+        for n in range(1, 11):
+            entries = history.stamp([(Dot("r1", n), "t1", update.channels, encode(update))], [left])
+            await history.append(entries)
+    finally:
+        await history.close()
+    with sqlite3.connect(path) as db:
+        kept = [i for (i,) in db.execute("SELECT idx FROM events ORDER BY idx")]
+        left_rows = [i for (i,) in db.execute("SELECT idx FROM leaving ORDER BY idx")]
+    assert len(kept) == 3 and left_rows == kept
