@@ -65,9 +65,10 @@ class LocalCache:
     recorded. Holders are forgotten with their entry, on eviction or
     :meth:`discard` (which drops the memory whatever its holders; a
     resync's reconciliation, :func:`gateway.client.reconcile.drop_missing`,
-    releases instead); a memory that comes back starts with the holder that brought it. A
-    holder stays recorded after its subscription is closed: what it put in
-    the cache stays until every holder is released, as last seen.
+    releases instead); a memory that comes back starts with the holder that
+    brought it. When a subscription ends and no other open one has its
+    channels, :meth:`forget_holder` withdraws it everywhere (what it put in
+    the cache stays, as last seen, until a release drops it).
 
     Memories are addressed either by key (``tenant/id``) or by bare id (ids
     never contain ``/``); a bare id that several tenants share in this cache
@@ -150,6 +151,15 @@ class LocalCache:
         if state is not None:
             self._forget(key, state)
         return state
+
+    def forget_holder(self, holder: Holder) -> None:
+        """Withdraw ``holder`` from every memory, dropping none (its subscription ended).
+
+        What only it held stays cached, as last seen, with no holder: the
+        next :meth:`release` of it by anyone drops it.
+        """
+        for held in self._holders.values():
+            held.discard(holder)
 
     def release(self, id_or_key: str, holder: Holder) -> MemoryState | None:
         """Withdraw one holder of a memory; drop it when no holder is left.

@@ -472,11 +472,19 @@ class MemorySync:
             interval_ms=interval_ms,
             since=since if since is not None else self._cursors.get(frozenset(chans)),
             options=self._stream,
+            on_end=self._ended,
         )
         self._subscriptions = {s for s in self._subscriptions if not s.closed}
         self._subscriptions.add(sub)
         sub.start()
         return sub
+
+    def _ended(self, sub: Subscription) -> None:
+        """A subscription ended: its channels hold nothing more, unless another open one's do."""
+        if not any(
+            s is not sub and s.holder == sub.holder and not s.closed for s in self._subscriptions
+        ):
+            self.cache.forget_holder(sub.holder)
 
 
 def _needs_snapshot(exc: MemsyncClientError) -> bool:

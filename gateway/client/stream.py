@@ -172,6 +172,7 @@ class Subscription:
         interval_ms: int | None = None,
         since: str | None = None,
         options: StreamOptions | None = None,
+        on_end: Callable[[Subscription], None] | None = None,
     ) -> None:
         if not channels:
             raise ValueError("subscribe to at least one channel")
@@ -179,6 +180,7 @@ class Subscription:
             raise ValueError(f"mode must be 'eager' or 'lazy' (got {mode!r})")
         self.channels: tuple[str, ...] = tuple(dict.fromkeys(channels))
         self.holder: Holder = frozenset(self.channels)
+        self._on_end = on_end  # told once the subscription has ended, for good
         self.mode: Mode = mode
         self.interval_ms = interval_ms
         self.connected = asyncio.Event()
@@ -257,6 +259,8 @@ class Subscription:
             self._fail(SubscriptionError(message, code="failed"), exc)
         finally:
             self.connected.clear()
+            if self._on_end is not None:
+                self._on_end(self)
 
     def _fail(self, error: SubscriptionError, cause: BaseException | None) -> None:
         if cause is not None:

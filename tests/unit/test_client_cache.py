@@ -291,3 +291,19 @@ def test_apply_and_join_without_a_holder_track_nothing_and_a_release_drops() -> 
     assert cache.view("m") is not None
     assert cache.release("t1/m", MINE) == r.states["t1/m"]
     assert "m" not in cache
+
+
+def test_a_forgotten_holder_keeps_the_memory_until_someone_releases_it() -> None:
+    """A subscription ended: what only it held stays, and the next release drops it."""
+    r = Replica("r1")
+    cache = LocalCache()
+    only, both = _created(r, "only"), _created(r, "both")
+    cache.apply(only, MINE)
+    cache.apply(both, MINE)
+    cache.apply(both, SHARED)
+    cache.forget_holder(MINE)
+    assert "only" in cache and cache.holders("only") == frozenset()
+    assert cache.holders("both") == {SHARED}
+    assert cache.release("t1/only", SHARED) is not None  # no holder left: dropped
+    assert cache.release("t1/both", SHARED) is not None
+    assert len(cache) == 0

@@ -348,3 +348,34 @@ async def test_a_left_keeps_a_memory_another_subscription_holds(
         assert own.cursor == "mine-L2"
         assert "t/m" not in ms.cache
     assert shared == []
+
+
+async def test_a_closed_subscription_holds_nothing_more(
+    started: Callable[[_Gateway], Awaitable[_Gateway]],
+) -> None:
+    """Closed, its hold is withdrawn: the other subscription's ``left`` then drops the memory."""
+    _, (m, _, _) = _writes()
+    closed = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
+        await _subscribed(ws)
+        await _event(ws, m, f"{op['channels'][0]}-E1")
+        if op["channels"] == [SHARED]:
+            await closed.wait()
+            await _frame(ws, op="left", id="m", key="t/m", cursor="shared-L2")
+        await _hold(ws)
+
+    gateway = await started(_Gateway(script))
+    shared: list[Change] = []
+    async with MemorySync(gateway.url, "tok") as ms:
+        own = ms.subscribe([CHANNEL], lambda c: None)
+        sub = ms.subscribe([SHARED], shared.append)
+        await _until(
+            lambda: ms.cache.holders("t/m") == {frozenset({CHANNEL}), frozenset({SHARED})},
+            "both subscriptions holding the memory",
+        )
+        await own.close()
+        assert ms.cache.holders("t/m") == {frozenset({SHARED})}
+        closed.set()
+        await _until(lambda: any(c.gone for c in shared), "the memory gone for the last holder")
+        assert sub.cursor == "shared-L2" and "t/m" not in ms.cache
