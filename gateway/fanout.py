@@ -8,9 +8,11 @@ Each :class:`Subscription` has a bounded outbound buffer. **Eager** ones
 queue each message; past ``soft_limit`` queued messages they start
 coalescing like **lazy** ones — one entry per memory, the latest event plus
 the memory's full replicated state, so nothing causally earlier is lost (the
-client joins the state). Past ``hard_limit`` coalesced memories the
-subscription is closed with its resume cursor (``slow_consumer``): a slow
-client never grows gateway memory without bound. Control replies and state
+client joins the state; a reader who may not act for the memory's owner
+gets it without the owner's private versions, :mod:`gateway.visibility`).
+Past ``hard_limit`` coalesced memories the subscription is closed with its
+resume cursor (``slow_consumer``): a slow client never grows gateway memory
+without bound. Control replies and state
 repairs queued for a client that does not read count against the same
 ``hard_limit``.
 
@@ -48,6 +50,7 @@ import msgspec
 from gateway.auth import Claims
 from gateway.errors import ForbiddenError
 from gateway.leaving import Leaving, left_message
+from gateway.visibility import for_others, hides_something
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.routing import parse_channel, tenant_channel
@@ -132,6 +135,7 @@ class Delivery:
     left: Leaving | None = None
     _message: bytes | None = None
     _state_json: bytes | None = None
+    _others_json: bytes | None = None
 
     @classmethod
     def leaving(cls, event: Delivery, left: Leaving) -> Delivery:
@@ -180,6 +184,16 @@ class Delivery:
         if self._state_json is None:
             self._state_json = _encoder.encode(self.state)
         return self._state_json
+
+    def state_json_for(self, sub: Subscription) -> bytes:
+        """The state as ``sub`` may see it: whole for its owner, else without
+        the versions the owner kept private (:mod:`gateway.visibility`), each
+        encoded once."""
+        if sub.claims.may_act_for(self.user):
+            return self.state_json
+        if self._others_json is None:
+            self._others_json = _others_json(self.state, self.state_json)
+        return self._others_json
 
 
 def authorize_channels(claims: Claims, channels: Iterable[str]) -> tuple[str, ...]:
@@ -520,7 +534,7 @@ class Subscription:
         self._coalesced = None
         self._coalescing = False
         events = b",".join(d.raw for d in batch if d.left is None)
-        states = b",".join(d.state_json for d in batch if d.left is None)
+        states = b",".join(d.state_json_for(self) for d in batch if d.left is None)
         left = [{"id": d.state.id, "key": d.key} for d in batch if d.left is not None]
         cursor = batch[-1].cursor
         message = (
@@ -663,14 +677,21 @@ class Fanout:
         with its other messages, bounded like them, moving no cursor. A
         repair that took a memory off channels (``left``: its state and
         :class:`Leaving`) lists it in the batch's ``left`` for whoever could
-        see it there and cannot now, without its state.
+        see it there and cannot now, without its state. Whoever may not act
+        for a memory's owner gets its state without the owner's private
+        versions (:mod:`gateway.visibility`).
         """
         found: dict[int, tuple[Subscription, list[bytes], list[dict[str, str]]]] = {}
         for state, channels, shared, state_json in items:
             probe = _probe(state, channels, shared)
+            others: bytes | None = None
             for sub in self._targets(state.tenant_id, channels):
                 if sub.closed is None and sub.allows(probe):
-                    found.setdefault(sub.id, (sub, [], []))[1].append(state_json)
+                    shown = state_json
+                    if not sub.claims.may_act_for(state.user_id):
+                        others = others or _others_json(state, state_json)
+                        shown = others
+                    found.setdefault(sub.id, (sub, [], []))[1].append(shown)
         for state, leaving in left:
             probe = _probe(state, leaving.prior, tenant_channel(state.tenant_id) in leaving.prior)
             probe.left = leaving
@@ -741,6 +762,11 @@ def _messages(group: list[Delivery]) -> list[bytes]:
         run[0].message if len(run) == 1 else _batch((d.raw for d in run), run[-1].cursor)
         for run in runs
     ]
+
+
+def _others_json(state: MemoryState, whole: bytes) -> bytes:
+    """``state``'s JSON as readers other than its owner may see it (``whole`` if the same)."""
+    return _encoder.encode(for_others(state)) if hides_something(state) else whole
 
 
 def _probe(state: MemoryState, channels: tuple[str, ...], shared: bool) -> Delivery:

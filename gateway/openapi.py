@@ -222,7 +222,8 @@ def spec() -> dict[str, Any]:
                 "Upgrade to WebSocket. Client: {op: subscribe, channels, mode: eager|lazy, "
                 "interval_ms?, since?: cursor} / {op: unsubscribe, channels}. Server: "
                 "{op: subscribed, channels, cursor}, {op: event, event, cursor}, {op: batch, "
-                "events, states, left?, cursor} (lazy, or a slow subscriber coalesced), "
+                "events, states, left?, cursor} (lazy, or a slow subscriber coalesced; "
+                "another user's memory comes without its owner's private versions), "
                 "{op: left, id, key, cursor} (the memory moved off these channels or was made "
                 "private: drop it; no content comes with it), {op: heartbeat}, "
                 "{op: error, code: bad_request|forbidden|resync_required|slow_consumer, message, "
@@ -273,7 +274,10 @@ def spec() -> dict[str, Any]:
                         "properties": {
                             "changes": {"type": "array", "items": memory_ref},
                             "states": {"type": "array", "items": {"type": "object"},
-                                       "description": "Each change's full replicated state."},
+                                       "description": (
+                                           "Each change's full replicated state; for a "
+                                           "memory of a user the token may not act for, "
+                                           "without the versions its owner kept private.")},
                             "removed": {
                                 "type": "array",
                                 "description": "With `since` only.",

@@ -49,6 +49,7 @@ from gateway.keys import CONNECTIONS, SERVICE, SETTINGS, STREAMS
 from gateway.service import MemoryService
 from gateway.store import ListQuery
 from gateway.streams import Pump, Streams, channel_allows, control, repair_route
+from gateway.visibility import as_seen_by
 from replication.dvv import DotContext
 from replication.errors import InvalidTokenError
 from replication.merge import apply, join
@@ -739,7 +740,9 @@ async def _changes(
     listed — shown after the cursor, or taken off these channels after it
     (the replay lists such an event for those it must tell,
     :mod:`gateway.leaving`) — has left them since: it is listed in
-    ``removed`` as ``{"id", "key"}``, without content.
+    ``removed`` as ``{"id", "key"}``, without content. A memory of a user
+    the token may not act for is listed without its owner's private
+    versions (:mod:`gateway.visibility`).
     """
     events: dict[str, list[MemoryEvent]] = {}
     for entry in entries:
@@ -755,7 +758,7 @@ async def _changes(
         if state is None:  # no event listed: not reached
             continue
         if _visible(sub, state, shown_delete=any(e.event_type == "delete" for e in listed)):
-            states.append(state)
+            states.append(as_seen_by(sub.claims, state))
         else:
             removed.append({"id": state.id, "key": state.key})
     return {
@@ -821,7 +824,8 @@ async def _snapshot(request: web.Request, sub: Subscription, limit: int) -> web.
     resume from it then misses nothing); each listed state is joined with
     the cache's (never older than the store's) and listed only if the
     subscriber may see it on the channel listed — on a topic channel also
-    other users' shared memories, as live delivery and replay show them.
+    other users' shared memories, as live delivery and replay show them
+    (without their owners' private versions, :mod:`gateway.visibility`).
     Pages the filter thins out may come short of ``limit`` (at most
     ``_SNAPSHOT_SCANS`` store pages are read per request); ``has_more`` and
     ``page_token`` go on.
@@ -864,7 +868,7 @@ async def _snapshot(request: web.Request, sub: Subscription, limit: int) -> web.
             cached = service.cache.peek(stored.key)
             state = stored if cached is None else join(cached, stored)
             if not state.deleted and _visible(on_channel, state, shown_delete=False):
-                states.append(state)
+                states.append(as_seen_by(sub.claims, state))
         if offset is None:
             index += 1
     more = index < len(channels)

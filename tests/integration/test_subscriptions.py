@@ -1007,3 +1007,53 @@ async def test_a_resume_of_one_channel_says_nothing_left_that_another_still_show
     assert "left" not in ops, before
     assert created["event"]["memory"]["id"] == "m1"
     await ws.close()
+
+
+async def test_others_never_see_a_version_its_owner_wrote_private(gw: Gateway) -> None:
+    """A private edit concurrent with a shared one that wins stays in the memory's state
+    (the conflict log); readers other than the owner get that state without it — in a
+    coalesced batch and in a pull sync — and the owner still gets all of it."""
+    bob_token = token(users=("bob",))
+    bob = await _ws(gw, bob_token)
+    await _subscribe(bob, channels=["tenant:acme:shared"], mode="lazy", interval_ms=50)
+    _, start = await gw.request("GET", "/v1/sync?channels=tenant:acme:shared", token_=bob_token)
+    create = {"user_id": "alice", "id": "plan", "kind": "fact", "content": "v0", "shared": True}
+    resp, made = await gw.request("POST", "/v1/memories", json=create)
+    assert resp.status == 201, made
+    session = {"X-Memsync-Session": resp.headers["X-Memsync-Session"]}
+    resp, base = await gw.request("GET", "/v1/memories/plan", headers=session)
+    assert resp.status == 200, base
+    sessions = []
+    for body in ({"content": "SECRET draft", "shared": False},
+                 {"content": "team lunch", "shared": True}):  # fmt: skip
+        resp, data = await gw.request("PATCH", "/v1/memories/plan", json=body,
+                                      headers={"If-Match": base["version"]})  # fmt: skip
+        assert resp.status == 200, data
+        sessions.append(resp.headers["X-Memsync-Session"])
+    resp, own = await gw.request("GET", "/v1/memories/plan",
+                                 headers={"X-Memsync-Session": ",".join(sessions)})  # fmt: skip
+    assert (own["content"], [c["content"] for c in own["conflicts"]]) == (
+        "team lunch", ["SECRET draft"])  # fmt: skip
+
+    seen: list[str] = []
+    while True:  # bob's batches until one holds the winning version
+        batch, before = await _until(bob, "batch")
+        seen += [*before, json.dumps(batch)]
+        states = [msgspec.json.decode(json.dumps(s), type=MemoryState) for s in batch["states"]]
+        if any(v.content == "team lunch" for s in states for v in s.versions):
+            break
+    assert not any("SECRET" in text for text in seen)
+
+    resp, page = await gw.request(
+        "GET", f"/v1/sync?channels=tenant:acme:shared&since={start['cursor']}", token_=bob_token
+    )
+    assert resp.status == 200, page
+    (change,) = page["changes"]
+    assert (change["content"], change["conflicts"]) == ("team lunch", [])
+    assert "SECRET" not in json.dumps(page)
+    _, snap = await gw.request("GET", "/v1/sync?channels=tenant:acme:shared", token_=bob_token)
+    assert [m["content"] for m in snap["changes"]] == ["team lunch"]
+    assert "SECRET" not in json.dumps(snap)
+    _, mine = await gw.request("GET", "/v1/sync?channels=user:alice:memories")
+    assert [c["content"] for m in mine["changes"] for c in m["conflicts"]] == ["SECRET draft"]
+    await bob.close()

@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import cast
 
+import msgspec
+
 from gateway.auth import Claims
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor
@@ -13,6 +15,8 @@ from gateway.streams import Pump, Streams
 from replication.dvv import EMPTY as dvv_empty_context
 from replication.dvv import Dot
 from replication.dvv import add as dvv_add
+from replication.merge import apply
+from replication.state import MemoryState, materialize
 from replication.testing import Replica
 
 
@@ -461,3 +465,61 @@ def test_a_coalesced_batch_ends_at_the_latest_delivery_it_carries() -> None:
         sub.offer(_delivery(n, key=key))
     ((message, cursor),) = sub.take(flush_lazy=True)
     assert cursor == "c3" and json.loads(message)["cursor"] == "c3"
+
+
+def _with_a_private_rival() -> tuple[Delivery, MemoryState]:
+    """u1's fact, shared "public" winning over a concurrent private "SECRET"."""
+    r = Replica("r1")
+    made = r.write("m", "fact", "create", user="u1", content="v0")
+    assert made is not None
+    base = r.states[made.key].clock
+    secret = r.write("m", "fact", "update", user="u1", context=base, content="SECRET")
+    r.wall_ms += 5
+    public = r.write("m", "fact", "update", user="u1", context=base, content="public")
+    assert secret is not None and public is not None
+    shared = lambda e: msgspec.structs.replace(  # noqa: E731
+        e, memory=msgspec.structs.replace(e.memory, shared=True))  # fmt: skip
+    state = apply(apply(apply(None, shared(made)), secret), shared(public))
+    assert materialize(state).content == "public" and len(state.versions) == 2
+    delivery = Delivery(
+        key=made.key, tenant="t1", user="u1", shared=True,
+        channels=("user:u1:memories", "tenant:t1:shared"), dot=Dot("r1", 3),
+        raw=b'{"n":3}', state=state, cursor_token="c3",
+    )  # fmt: skip
+    return delivery, state
+
+
+def test_others_get_a_coalesced_state_without_the_owners_private_versions() -> None:
+    owner = Subscription(claims=_claims(users=("u1",)), channels={"user:u1:memories"},
+                         mode="lazy")  # fmt: skip
+    other = Subscription(claims=_claims(users=("u2",)), channels={"tenant:t1:shared"},
+                         mode="lazy")  # fmt: skip
+    fan = Fanout(10)
+    for sub in (owner, other):
+        fan.add(sub)
+    delivery, state = _with_a_private_rival()
+    fan.publish([delivery])
+    ((mine, _),) = owner.take(flush_lazy=True)
+    ((theirs, _),) = other.take(flush_lazy=True)
+    assert b"SECRET" in mine and b"SECRET" not in theirs
+    (shown,) = json.loads(theirs)["states"]
+    view = materialize(msgspec.json.decode(json.dumps(shown), type=MemoryState))
+    assert (view.content, view.conflicts) == ("public", ())
+    (whole,) = json.loads(mine)["states"]
+    assert msgspec.json.decode(json.dumps(whole), type=MemoryState) == state
+
+
+def test_others_get_a_repaired_state_without_the_owners_private_versions() -> None:
+    owner = Subscription(claims=_claims(users=("u1",)), channels={"user:u1:memories"})
+    other = Subscription(claims=_claims(users=("u2",)), channels={"tenant:t1:shared"})
+    fan = Fanout(10)
+    for sub in (owner, other):
+        fan.add(sub)
+    _, state = _with_a_private_rival()
+    whole = msgspec.json.encode(state)
+    fan.publish_states([(state, ("user:u1:memories", "tenant:t1:shared"), True, whole)])
+    ((mine, _),) = owner.take(flush_lazy=True)
+    ((theirs, _),) = other.take(flush_lazy=True)
+    assert json.loads(mine)["states"] == [json.loads(whole)]
+    (shown,) = json.loads(theirs)["states"]
+    assert [v[2] for v in shown["versions"]] == ["public"]  # FieldVersion: array-like
