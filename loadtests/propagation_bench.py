@@ -55,6 +55,10 @@ saturated client would make latencies pessimistic.
 
 ``--quick`` (< 90 s): 50/200 subscribers, 1,000 idle, shorter phases. The
 default takes a few minutes. Progress on stderr; tables + JSON on stdout.
+Each latency row also names the gateway's CPU (% of one core), the
+subscriber processes' and ``machine_pct``: how busy the whole machine was
+(% of all cores, ``/proc/stat``) — near 100 the phase was bound by the
+machine that every process shares, not by the gateway alone.
 """
 
 from __future__ import annotations
@@ -930,6 +934,7 @@ async def measure_propagation(
     expected = acks.ok * (subs - closed_before)
     _got, drain = await _wait_deliveries(pool, tag, expected, plan.drain_quiet, plan.drain_max)
     usage = cpu.pct()
+    machine = cpu.machine_pct()
     stages = _stages(before, await scrape(writer.http, region.url))
     rep = await pool.report(tag)
     log(
@@ -974,6 +979,7 @@ async def measure_propagation(
             "meets": meets,
             "gw_cpu_pct": usage["gateway"],
             "client_cpu_pct": "/".join(f"{c:g}" for c in rep.client_cpu_pct),
+            "machine_pct": machine,
         }
     )
     meta[f"{key}{subs}_subscribers_{rate:g}_per_s"] = {
@@ -1071,6 +1077,7 @@ async def measure_fanout(
         await _wait_deliveries(pool, tag, (k + 1) * subs, 2.0, 5.0)
         await asyncio.sleep(0.05)
     usage = cpu.pct()
+    machine = cpu.machine_pct()
     rep = await pool.report(tag)
     by_event: dict[int, list[float]] = {}
     for seq, ms in rep.raw:
@@ -1097,6 +1104,7 @@ async def measure_fanout(
             else (_meets(s["p99"], TARGET_FANOUT_P99_MS) if rep.received == expected else "NO"),
             "gw_cpu_pct": usage["gateway"],
             "client_cpu_pct": "/".join(f"{c:g}" for c in rep.client_cpu_pct),
+            "machine_pct": machine,
         }
     )
     rows.append(
@@ -1411,10 +1419,12 @@ async def measure_gateway(
     log(f"(b) no subscribers: {n} writes at {plan.rate:.0f}/s open loop (reference)")
     acks = Latencies()
     took = await open_loop(plan.rate, n, lambda i: writer.write("b0", i), acks.record, workers=256)
+    row = acks.row(f"b write ack (POST) {_at(plan.rate)}, 0 subs", took, plan.rate)
+    usage = cpu.pct()
     rows.append(
-        {**acks.row(f"b write ack (POST) {_at(plan.rate)}, 0 subs", took, plan.rate), "subs": 0}
+        {**row, "subs": 0, "gw_cpu_pct": usage["gateway"], "machine_pct": cpu.machine_pct()}
     )
-    meta["b_0_subscribers_cpu_pct"] = cpu.pct()
+    meta["b_0_subscribers_cpu_pct"] = usage
 
     log(f"(b) one subscriber on {CHANNEL}: single writes at {plan.single_rate:g}/s")
     async with SubscriberPool(region, token, 1, procs=1) as pool:
@@ -1467,6 +1477,7 @@ def emit_tables(
         "meets",
         "gw_cpu_pct",
         "client_cpu_pct",
+        "machine_pct",
     ]
     emit("propagation_bench", rows, columns, meta)
     if idle is None:

@@ -136,13 +136,40 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def machine_ticks() -> tuple[int, int]:
+    """``(busy, total)`` clock ticks of every core since boot (``/proc/stat``; zeros off Linux).
+
+    Busy is everything but idle and I/O wait: the share of the machine no
+    process could have had.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    total = sum(fields)
+    return total - fields[3] - fields[4], total
+
+
 class CpuMeter:
-    """CPU use (% of one core) of a few processes over a window."""
+    """CPU use (% of one core) of a few processes over a window, and of the whole machine."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
         self.t0 = time.monotonic()
         self.c0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        self.m0 = machine_ticks()
+
+    def machine_pct(self) -> float:
+        """How busy the whole machine was since construction (% of all its cores).
+
+        Near 100 the phase was bound by the machine, not by one process: on
+        a shared 2-core machine the broker, the store process, the load
+        generator and the subscribers' processes all compete with the gateway.
+        """
+        busy, total = machine_ticks()
+        elapsed = total - self.m0[1]
+        return round(100 * (busy - self.m0[0]) / elapsed, 1) if elapsed > 0 else 0.0
 
     def pct(self) -> dict[str, float]:
         """Per process, since construction."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from loadtests.report import CpuMeter, command_line, cpu_seconds, descendants
+from loadtests.report import CpuMeter, command_line, cpu_seconds, descendants, machine_ticks
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -37,7 +38,17 @@ def test_a_busy_grandchild_is_found_and_its_cpu_counted() -> None:
         pct = meter.pct()
         assert pct["grandchild"] > 20  # it spins on a core
         assert pct["gone"] == 0.0
+        # ... and that core is part of the machine's busy share (of all cores)
+        assert 100 / (os.cpu_count() or 1) * 0.2 < meter.machine_pct() <= 100
     finally:
         parent.wait(10)
     assert cpu_seconds(grandchild) == 0.0  # gone: nothing to read
     assert command_line(grandchild) == ""
+
+
+def test_the_machines_busy_ticks_only_grow() -> None:
+    busy, total = machine_ticks()
+    assert 0 < busy <= total
+    sum(i * i for i in range(200_000))
+    busy2, total2 = machine_ticks()
+    assert busy2 >= busy and total2 >= total
