@@ -39,6 +39,7 @@ coalesced entry: in the batch's ``left`` list).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +54,7 @@ from gateway.leaving import Leaving, left_message
 from gateway.visibility import for_others, hides_something
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
+from replication.merge import join
 from replication.routing import parse_channel, tenant_channel
 from replication.state import MemoryState
 
@@ -133,6 +135,12 @@ class Delivery:
     # before the event; ``left.now`` is after it): sent as a content-free
     # ``left`` message to whoever could see it there and cannot now.
     left: Leaving | None = None
+    # ``state`` is made of this event alone, and the event is not a create:
+    # the memory was not known here before it (an update that came before
+    # its create, a duplicate the history lacked). Such a state is a part of
+    # the whole: a coalesced batch joins it into what the subscriber's entry
+    # held, and sends none on its own, so a client never takes it for whole.
+    partial: bool = False
     _message: bytes | None = None
     _state_json: bytes | None = None
     _others_json: bytes | None = None
@@ -356,7 +364,9 @@ class Subscription:
                 self._coalesced = {}
             # Moved to the end: the batch's last entry is the latest offered,
             # and its cursor the stream's position after the batch.
-            self._coalesced.pop(d.key, None)
+            old = self._coalesced.pop(d.key, None)
+            if d.partial and old is not None and old.left is None:
+                d = _joined(old, d)
             self._coalesced[d.key] = d
             if len(self._coalesced) > self.hard_limit:
                 self._close("slow_consumer")
@@ -534,7 +544,9 @@ class Subscription:
         self._coalesced = None
         self._coalescing = False
         events = b",".join(d.raw for d in batch if d.left is None)
-        states = b",".join(d.state_json_for(self) for d in batch if d.left is None)
+        states = b",".join(
+            d.state_json_for(self) for d in batch if d.left is None and not d.partial
+        )
         left = [{"id": d.state.id, "key": d.key} for d in batch if d.left is not None]
         cursor = batch[-1].cursor
         message = (
@@ -762,6 +774,16 @@ def _messages(group: list[Delivery]) -> list[bytes]:
         run[0].message if len(run) == 1 else _batch((d.raw for d in run), run[-1].cursor)
         for run in runs
     ]
+
+
+def _joined(old: Delivery, new: Delivery) -> Delivery:
+    """``new`` coalesced onto ``old`` (same memory, same subscriber): ``new``'s
+    event with both states joined, whole if ``old``'s was. For one subscriber
+    only: the shared delivery is not changed."""
+    return dataclasses.replace(
+        new, state=join(old.state, new.state), partial=old.partial, _state_json=None,
+        _others_json=None,
+    )  # fmt: skip
 
 
 def _others_json(state: MemoryState, whole: bytes) -> bytes:

@@ -139,7 +139,7 @@ class Streams:
 
     def _publish(self, fresh: Sequence[Applied], entries: Sequence[HistoryEntry]) -> None:
         deliveries: list[Delivery] = []
-        for (e, raw, state, _), entry in zip(fresh, entries, strict=True):
+        for (e, raw, state, before), entry in zip(fresh, entries, strict=True):
             delivery = Delivery(
                 key=e.key,
                 tenant=e.memory.tenant_id,
@@ -150,6 +150,7 @@ class Streams:
                 raw=raw,
                 state=state,
                 cursor_token=functools.partial(self.history.encode_cursor, entry.cursor),
+                partial=before is None and e.event_type != "create",
             )
             deliveries.append(delivery)
             if entry.leaving is not None:  # after the event: whoever got both drops it

@@ -523,3 +523,35 @@ def test_others_get_a_repaired_state_without_the_owners_private_versions() -> No
     assert json.loads(mine)["states"] == [json.loads(whole)]
     (shown,) = json.loads(theirs)["states"]
     assert [v[2] for v in shown["versions"]] == ["public"]  # FieldVersion: array-like
+
+
+def test_a_partial_state_is_joined_into_the_coalesced_entry_or_not_sent_alone() -> None:
+    """An event whose state is its own alone (no create before it here) never
+    reaches a batch's ``states`` as if it were the memory's whole state."""
+    r = Replica("r1")
+    made = r.write("m", "list", "create", items=["a"])
+    added = r.write("m", "list", "add", items=["b"])
+    assert made is not None and added is not None
+    whole = r.states[made.key]
+
+    def delivery(n: int, state: MemoryState, partial: bool) -> Delivery:
+        return Delivery(
+            key=made.key, tenant="t1", user="u1", shared=False, channels=("user:u1:memories",),
+            dot=Dot("r1", n), raw=b'{"n":%d}' % n, state=state, cursor_token=f"c{n}",
+            partial=partial,
+        )  # fmt: skip
+
+    lone = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy")
+    lone.offer(delivery(2, apply(None, added), partial=True))
+    ((message, _),) = lone.take(flush_lazy=True)
+    assert json.loads(message)["events"] == [{"n": 2}] and json.loads(message)["states"] == []
+
+    joined = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy")
+    first = delivery(1, apply(None, made), partial=False)
+    joined.offer(first)
+    joined.offer(delivery(2, apply(None, added), partial=True))
+    ((message, cursor),) = joined.take(flush_lazy=True)
+    (state,) = json.loads(message)["states"]
+    assert msgspec.json.decode(json.dumps(state), type=MemoryState) == whole
+    assert (json.loads(message)["events"], cursor) == ([{"n": 2}], "c2")
+    assert first.state == apply(None, made)  # the shared delivery is left as it was

@@ -183,5 +183,10 @@ async def test_an_event_applied_before_but_not_recorded_goes_out_with_its_own_st
         (delivery,) = published.deliveries
         assert delivery.state == apply(None, create)
         assert b"SECRET" not in delivery.state_json and delivery.left is None
+        assert not delivery.partial  # a create's own state is its whole state
+        # The update lacked too: its own state is a part, and said to be one.
+        await streams.on_batch([(update, encode(update), later, later)], EMPTY)
+        assert published.deliveries[-1].partial
+        assert published.deliveries[-1].state == apply(None, update)
     finally:
         await streams.history.close()
