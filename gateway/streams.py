@@ -96,9 +96,21 @@ class Streams:
         while True:
             seen = history.recorded  # retained and trimmed events alike
             fresh = []
+            late: list[tuple[MemoryState | None, MemoryState]] = []
             for e, raw, state, before in batch:
                 dot = Dot(e.dot.replica, e.seq)
-                if not dvv.contains(seen, dot):
+                if dvv.contains(seen, dot):
+                    if state is not before:
+                        # Recorded, yet its merge changed the memory here: an
+                        # event late past a gap the history closed (or one a
+                        # crash left in the history but not in the store). It
+                        # has no position to take; live subscribers get the
+                        # state it made, as a repair's (cursor kept). Never a
+                        # ``left``: the pair may be a stale read's (a batch
+                        # that raced the one that recorded the event), and
+                        # joining a state of real events is always safe.
+                        late.append((before, state))
+                else:
                     if state is before:
                         # Applied before, yet not recorded here (history rows
                         # a crash lost; an event a state repair merged, or a
@@ -111,6 +123,7 @@ class Streams:
                     fresh.append((e, raw, state, before))
                     seen = dvv.add(seen, dot)
             if not fresh:
+                self._late(late)
                 return
             if history.fits(len(fresh)):
                 break
@@ -134,6 +147,7 @@ class Streams:
         persisted = history.append(entries)
         try:
             self._publish(fresh, entries)
+            self._late(late)
         finally:
             await persisted
 
@@ -156,6 +170,16 @@ class Streams:
             if entry.leaving is not None:  # after the event: whoever got both drops it
                 deliveries.append(Delivery.leaving(delivery, entry.leaving))
         self.fanout.publish(deliveries)
+
+    def _late(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
+        """Live subscribers get what recorded events changed anyway, as repaired states."""
+        if changes:
+            self.fanout.publish_states(
+                [
+                    (after, *repair_route(before, after), _encoder.encode(after))
+                    for before, after in changes
+                ]
+            )
 
     def on_states(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
         """Tell live subscribers of memories a repair changed (no event, no cursor move).

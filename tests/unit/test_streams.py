@@ -33,9 +33,16 @@ class _Published:
 
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
+        self.states: list[MemoryState] = []
 
     def publish(self, deliveries: Iterable[Delivery]) -> None:
         self.deliveries.extend(deliveries)
+
+    def publish_states(
+        self, items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]], left: object = ()
+    ) -> None:
+        assert not left
+        self.states.extend(state for state, _, _, _ in items)
 
 
 def _batch(replica: Replica, first: int, n: int) -> Batch:
@@ -146,10 +153,11 @@ async def test_indexes_handed_out_are_never_reused_after_a_restart_when_writes_f
         await again.close()
 
 
-async def test_an_event_that_arrives_after_its_gap_was_closed_is_not_published_again(
+async def test_an_event_that_arrives_after_its_gap_was_closed_reaches_live_subscribers_as_state(
     tmp_path: Path,
 ) -> None:
-    """Late past the bound: the history counts it recorded (the applier's merge applies it)."""
+    """Late past the bound: the history counts it recorded (the applier's merge applies it);
+    it takes no position, and live subscribers get the state it made, as a repair's."""
     streams, published = await _streams(tmp_path / "h.sqlite3", max_loose=200)
     history = streams.history
     try:
@@ -162,6 +170,9 @@ async def test_an_event_that_arrives_after_its_gap_was_closed_is_not_published_a
         head = history.head
         await streams.on_batch([late], EMPTY)
         assert len(published.deliveries) == len(events) and history.head is head
+        assert published.states == [late[2]]
+        await streams.on_batch([(late[0], late[1], late[2], late[2])], EMPTY)  # a duplicate
+        assert published.states == [late[2]]  # changed nothing: nothing to tell
     finally:
         await history.close()
 
