@@ -361,6 +361,12 @@ class MemoryService:
             self._on_existence_check(may_exist)
             if may_exist:
                 state = await self.current(key)
+        if state is None and req.id is not None and self.journal.last_counter(key):
+            # A create of this id is in flight here (journalled or appending,
+            # not applied yet): a second one would merge into the same memory,
+            # two owners' versions in one state (the lower origin's user owning
+            # both). No await from here to the counter's claim in ``_write``.
+            raise ConflictError(f"memory {memory_id!r} already exists: update it with PATCH")
         if state is not None:
             if state.tenant_id == claims.tenant and state.deleted:
                 raise ConflictError(f"memory {memory_id!r} was deleted; ids are never reused")

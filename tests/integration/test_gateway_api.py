@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,30 @@ async def test_poisoned_record_goes_to_the_dead_letter_topic_and_the_applier_car
         await consumer.stop()
     assert any("invalid event" in r for r in reasons)
     assert any("undecodable" in r for r in reasons)
+
+
+async def test_concurrent_creates_of_one_id_by_two_users_admit_one(gw: Gateway) -> None:
+    """Ids are the tenant's: while one user's create of an id is in flight, another's
+    is refused (409), so two owners' writes never merge into one memory whose reads
+    would show one user the other's private content."""
+    alice, bob = token(users=("alice",)), token(users=("bob",))
+    for round_ in range(5):
+        memory_id = f"notes-{round_}"
+        answers = await asyncio.gather(
+            gw.request("POST", "/v1/memories", token_=alice, json={
+                "id": memory_id, "user_id": "alice", "kind": "fact", "content": "alice secret"}),
+            gw.request("POST", "/v1/memories", token_=bob, json={
+                "id": memory_id, "user_id": "bob", "kind": "fact", "content": "bob's"}),
+        )  # fmt: skip
+        statuses = sorted(resp.status for resp, _ in answers)
+        assert statuses == [201, 409], [body for _, body in answers]
+        (winner,) = [(resp, body) for resp, body in answers if resp.status == 201]
+        owner = winner[1]["user_id"]
+        session = {"X-Memsync-Session": winner[0].headers["X-Memsync-Session"]}
+        for who, tok in (("alice", alice), ("bob", bob)):
+            resp, got = await gw.request("GET", f"/v1/memories/{memory_id}", token_=tok,
+                                         headers=session if who == owner else None)  # fmt: skip
+            if who == owner:
+                assert resp.status == 200 and got["user_id"] == owner and got["conflicts"] == []
+            else:
+                assert resp.status == 404, got
