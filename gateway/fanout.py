@@ -51,7 +51,7 @@ import msgspec
 from gateway.auth import Claims
 from gateway.errors import ForbiddenError
 from gateway.leaving import Leaving, left_message
-from gateway.visibility import for_others, hides_something
+from gateway.visibility import for_others, hides_something, withheld
 from replication import dvv
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.merge import join
@@ -545,7 +545,9 @@ class Subscription:
         self._coalescing = False
         events = b",".join(d.raw for d in batch if d.left is None)
         states = b",".join(
-            d.state_json_for(self) for d in batch if d.left is None and not d.partial
+            d.state_json_for(self)
+            for d in batch
+            if d.left is None and not d.partial and not withheld(d.state)
         )
         left = [{"id": d.state.id, "key": d.key} for d in batch if d.left is not None]
         cursor = batch[-1].cursor
@@ -695,6 +697,8 @@ class Fanout:
         """
         found: dict[int, tuple[Subscription, list[bytes], list[dict[str, str]]]] = {}
         for state, channels, shared, state_json in items:
+            if withheld(state):  # contested: no one is shown it
+                continue
             probe = _probe(state, channels, shared)
             others: bytes | None = None
             for sub in self._targets(state.tenant_id, channels):

@@ -11,6 +11,9 @@ content-free ``{"op": "left", "id", "key", "cursor"}`` (in a coalesced or
 lazy ``batch``: listed in ``left``), live and in a replay alike; a pull sync
 lists the memory in ``removed``. Clients drop it from their caches.
 
+A memory that becomes *contested* (two users' creates of its id met,
+:mod:`gateway.visibility`) leaves every channel: ``now`` is empty.
+
 ``now`` is the *state's* routing after the event, not the event's own: an
 update that loses to a concurrent version (LWW) leaves the memory where the
 winner says, so no one is told it left. Deletes carry no :class:`Leaving`
@@ -74,6 +77,10 @@ def leaving(before: MemoryState | None, after: MemoryState) -> Leaving | None:
     """
     if before is None or before.deleted or after.deleted or before is after:
         return None
+    if after.contested and not before.contested:
+        # Two users' creates of one id met (gateway.visibility): no one is
+        # shown it any more, so it leaves every channel it was on.
+        return Leaving(routed(before), ())
     if _placement(before) == _placement(after):  # the common case: nothing moved
         return None
     prior = routed(before)

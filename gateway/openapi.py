@@ -193,6 +193,10 @@ def spec() -> dict[str, Any]:
                 "responses": {
                     "200": _json("Memory", "The memory.", {"ETag": _VERSION_HEADERS["ETag"]}),
                     "404": _error("Absent or deleted."),
+                    "409": _error(
+                        "Withheld: two users created this id in regions cut off from each "
+                        "other, and no one is shown the memory; its owner may DELETE it."
+                    ),
                     **_ERRORS,
                 },
             },

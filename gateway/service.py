@@ -40,6 +40,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.requests import CreateRequest, PatchRequest, SearchRequest
 from gateway.settings import Limits
 from gateway.store import ListQuery, MemoryStore, SearchQuery
+from gateway.visibility import withheld
 from replication import dvv, gaps
 from replication.clock import HybridClock
 from replication.dvv import EMPTY, Dot, DotContext
@@ -290,6 +291,7 @@ class MemoryService:
         state = self._visible(claims, await self.current(key), memory_id)
         if state.deleted:
             raise NotFoundError(f"memory {memory_id!r} was deleted")
+        _refuse_withheld(state, memory_id)
         return state
 
     async def list_page(
@@ -305,7 +307,7 @@ class MemoryService:
         """One page of live memories the token may see."""
         claims.require("read")
         users = claims.user_filter(user_id)
-        return await self.store.list_page(
+        states, token = await self.store.list_page(
             ListQuery(
                 tenant_id=claims.tenant,
                 user_ids=users,
@@ -315,6 +317,7 @@ class MemoryService:
                 offset=page_token,
             )
         )
+        return [s for s in states if not withheld(s)], token
 
     async def search(self, claims: Claims, req: SearchRequest) -> list[tuple[MemoryState, float]]:
         """Ranked live memories the token may see."""
@@ -322,7 +325,7 @@ class MemoryService:
         if not req.query and req.embedding is None:
             raise ValidationError("search needs a 'query' text, an 'embedding', or both")
         self._check_dim(req.embedding)
-        return await self.store.search(
+        hits = await self.store.search(
             SearchQuery(
                 tenant_id=claims.tenant,
                 text=req.query or None,
@@ -333,6 +336,7 @@ class MemoryService:
                 limit=min(req.limit, self.limits.max_search_limit),
             )
         )
+        return [(s, score) for s, score in hits if not withheld(s)]
 
     # -- writes ---------------------------------------------------------------
 
@@ -420,6 +424,7 @@ class MemoryService:
         if_match = _matched(version, key)
         if state.deleted:
             raise NotFoundError(f"memory {memory_id!r} was deleted")
+        _refuse_withheld(state, memory_id)
         _require_system_scope(claims, state, memory_id)
         view = materialize(state)
         fields = {
@@ -502,7 +507,7 @@ class MemoryService:
             user_id=state.user_id,
             kind=state.kind,  # type: ignore[arg-type]
             policy=state.policy,  # type: ignore[arg-type]
-            content=view.content,
+            content="" if withheld(state) else view.content,  # whose, it cannot say
             topics=view.topics,
             shared=view.shared,
         )
@@ -731,6 +736,16 @@ def _matched(version: Version | None, key: str) -> DotContext | None:
             "If-Match holds the version of another memory; read this memory and send its ETag"
         )
     return version.context
+
+
+def _refuse_withheld(state: MemoryState, memory_id: str) -> None:
+    """409 for a contested memory (:mod:`gateway.visibility`): no one is shown it."""
+    if withheld(state):
+        raise ConflictError(
+            f"memory {memory_id!r} was created by two users at once, in regions cut off from "
+            "each other, and is withheld from reads and updates; its owner may DELETE it "
+            "and create the memory again under another id"
+        )
 
 
 def _require_system_scope(claims: Claims, state: MemoryState, memory_id: str) -> None:

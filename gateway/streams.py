@@ -169,6 +169,17 @@ class Streams:
             deliveries.append(delivery)
             if entry.leaving is not None:  # after the event: whoever got both drops it
                 deliveries.append(Delivery.leaving(delivery, entry.leaving))
+                if not entry.leaving.now:
+                    _log.error(
+                        "memory.contested",
+                        key=e.key,
+                        users=sorted(
+                            {e.memory.user_id, state.user_id}
+                            | ({before.user_id} if before is not None else set())
+                        ),
+                        hint="two users created this id in regions cut off from each other; "
+                        "it is withheld from everyone until its owner deletes it",
+                    )
         self.fanout.publish(deliveries)
 
     def _late(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:

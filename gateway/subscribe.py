@@ -49,7 +49,7 @@ from gateway.keys import CONNECTIONS, SERVICE, SETTINGS, STREAMS
 from gateway.service import MemoryService
 from gateway.store import ListQuery
 from gateway.streams import Pump, Streams, channel_allows, control, repair_route
-from gateway.visibility import as_seen_by
+from gateway.visibility import as_seen_by, withheld
 from replication.dvv import DotContext
 from replication.errors import InvalidTokenError
 from replication.merge import apply, join
@@ -772,6 +772,8 @@ async def _changes(
 
 def _visible(sub: Subscription, state: MemoryState, *, shown_delete: bool) -> bool:
     """Whether ``sub`` may see ``state`` now (a tombstone: if it was shown the delete)."""
+    if withheld(state):  # contested: no one is shown it (gateway.visibility)
+        return False
     if state.deleted:
         # A deleted state no longer says where the memory was; its delete
         # event went there (it carries the deleted version's channels).

@@ -20,6 +20,15 @@ receives ``for_others`` states converges to ``for_others`` of the server's
 state (a property test checks it). A system memory is shown whole: its
 every event goes to ``system:global``, whose readers see all of it.
 
+A *contested* memory (:attr:`MemoryState.contested`: two users created
+its id in regions cut off from each other, and their versions met in one
+state that cannot tell whose each is) is withheld from everyone
+(:func:`withheld`): reads answer 409, lists, searches and snapshots skip it,
+a pull sync lists it in ``removed``, live subscribers are told it ``left``
+(:func:`gateway.leaving.leaving`) and no batch carries its state. Each
+user's own events still reach that user's channels. Its owner (the user of
+the lower origin) may delete it; the id stays spent, as every deleted id.
+
 What stays: the state's contexts still name the private versions' dots,
 and ``updated_at`` may be a private version's time — that something was
 written, not what. Pure.
@@ -32,7 +41,12 @@ import msgspec
 from gateway.auth import Claims
 from replication.state import MemoryState
 
-__all__ = ["as_seen_by", "for_others", "hides_something"]
+__all__ = ["as_seen_by", "for_others", "hides_something", "withheld"]
+
+
+def withheld(state: MemoryState) -> bool:
+    """Whether no one may be shown ``state``: it is contested (module docstring)."""
+    return state.contested
 
 
 def hides_something(state: MemoryState) -> bool:

@@ -203,6 +203,7 @@ def join(a: MemoryState, b: MemoryState) -> MemoryState:
         pending=pending,
         updated_at=max(a.updated_at, b.updated_at),
         system=a.system or b.system,
+        contested=a.contested or b.contested or a.user_id != b.user_id,
     )
 
 

@@ -114,8 +114,14 @@ class MemoryState(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     pending: tuple[PendingCount, ...] = ()
     updated_at: int = 0
     # Created by an admin for ``system:global`` (its every later event goes
-    # there too). Always the last field: see encode_state.
+    # there too). See encode_state.
     system: bool = False
+    # Two users created this id (in regions cut off from each other): the
+    # state holds both owners' versions and cannot tell them apart, so no
+    # one is shown it (gateway/visibility.py). Joins take the OR, set by any
+    # join of two states with different users. Always the last field: see
+    # encode_state.
+    contested: bool = False
 
     @property
     def key(self) -> str:
@@ -229,23 +235,30 @@ _state_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _state_decoder = msgspec.msgpack.Decoder(MemoryState)
 
 
-# ``system`` came later than the other fields. A state without it encodes
-# exactly as before it existed (a map of 16 fields, not 17 ending in
-# ``"system": false``): equal states keep equal bytes, so digests agree
-# between regions on either side of an upgrade, and stored states stay as
-# they were. Both headers are map16 (a fixmap holds at most 15 entries).
+# ``system`` and then ``contested`` came later than the other fields. A
+# state without them encodes exactly as before they existed (a map of 16
+# fields, not 18 ending in ``"system": false, "contested": false``; a system
+# memory's map of 17 ends at ``system``, as it did): equal states keep equal
+# bytes, so digests agree between regions on either side of an upgrade, and
+# stored states stay as they were. Every header is map16 (a fixmap holds at
+# most 15 entries). A contested state encodes every field.
 _FIELDS = len(MemoryState.__struct_fields__)
-_WITH_SYSTEM = b"\xde" + _FIELDS.to_bytes(2, "big")
-_WITHOUT_SYSTEM = b"\xde" + (_FIELDS - 1).to_bytes(2, "big")
-_NOT_SYSTEM = b"\xa6system\xc2"  # the last entry of a state with system=False
+_HEADER_LEN = 3
+_WITH_SYSTEM = b"\xde" + (_FIELDS - 1).to_bytes(2, "big")
+_WITHOUT_SYSTEM = b"\xde" + (_FIELDS - 2).to_bytes(2, "big")
+_NOT_SYSTEM = b"\xa6system\xc2"  # the entry of a state with system=False
+_NOT_CONTESTED = b"\xa9contested\xc2"  # the last entry of a state with contested=False
 
 
 def encode_state(state: MemoryState) -> bytes:
     """The canonical bytes of a state (deterministic: equal states, equal bytes)."""
     data = _state_encoder.encode(state)
-    if state.system:
+    if state.contested:
         return data
-    return _WITHOUT_SYSTEM + data[len(_WITH_SYSTEM) : -len(_NOT_SYSTEM)]
+    body = data[_HEADER_LEN : -len(_NOT_CONTESTED)]
+    if state.system:
+        return _WITH_SYSTEM + body
+    return _WITHOUT_SYSTEM + body[: -len(_NOT_SYSTEM)]
 
 
 def decode_state(data: bytes) -> MemoryState:

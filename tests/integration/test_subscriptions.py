@@ -1057,3 +1057,64 @@ async def test_others_never_see_a_version_its_owner_wrote_private(gw: Gateway) -
     _, mine = await gw.request("GET", "/v1/sync?channels=user:alice:memories")
     assert [c["content"] for m in mine["changes"] for c in m["conflicts"]] == ["SECRET draft"]
     await bob.close()
+
+
+async def test_a_memory_two_users_created_apart_is_withheld_from_everyone(
+    gw: Gateway, broker: TansuBroker
+) -> None:
+    """Another region's create of the same id by another user (as after a partition)
+    meets alice's: the state holds both owners' versions and cannot say whose each is.
+    No one is shown it — reads 409, lists, snapshots and batches skip it, a pull sync
+    and live subscribers are told it left — and its owner may still delete it."""
+    import time
+
+    from aiokafka import AIOKafkaProducer
+
+    from replication.schema import encode as encode_wire
+    from replication.segments import segment_of, topic_name
+    from replication.testing import Replica
+
+    alice = await _ws(gw, token(users=("alice",)))
+    await _subscribe(alice, channels=["user:alice:memories"])
+    _, start = await gw.request("GET", "/v1/sync?channels=user:alice:memories")
+    made = await _write(gw, "POST", "/v1/memories", user_id="alice", id="twice", kind="fact",
+                        content="alice's own")  # fmt: skip
+    (created,) = await _events(alice, 1)
+    assert created["event"]["memory"]["content"] == "alice's own"
+    far = Replica("far-away.1")
+    theirs = far.write("twice", "fact", "create", tenant="acme", user="bob", content="BOB private")
+    assert theirs is not None  # written later than alice's: alice's origin is the lower
+    theirs = msgspec.structs.replace(theirs, timestamp=made["updated_at"] + 1_000_000)
+    topic = topic_name("memsync.events", segment_of(int(time.time() * 1000), 2_000))
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, encode_wire(theirs), key=b"acme/twice")
+    finally:
+        await producer.stop()
+
+    left, before = await _until(alice, "left")  # alice's channel is told it is gone ...
+    assert (left["id"], left["key"]) == ("twice", "acme/twice")
+    assert not any("BOB" in text for text in before)  # ... and never shown bob's version
+
+    async def withheld() -> bool:
+        resp, _ = await gw.request("GET", "/v1/memories/twice")
+        return resp.status == 409
+
+    await eventually(withheld, what="the contested memory to be withheld")
+    resp, body = await gw.request("GET", "/v1/memories/twice")
+    assert "created by two users" in body["error"]["message"] and "BOB" not in json.dumps(body)
+    resp, patched = await gw.request("PATCH", "/v1/memories/twice", json={"content": "x"})
+    assert resp.status == 409, patched
+    _, page = await gw.request("GET", "/v1/memories?user_id=alice")
+    assert [m["id"] for m in page["memories"]] == []
+    _, synced = await gw.request(
+        "GET", f"/v1/sync?channels=user:alice:memories&since={start['cursor']}"
+    )
+    assert synced["changes"] == [] and synced["removed"] == [{"id": "twice", "key": "acme/twice"}]
+    _, snap = await gw.request("GET", "/v1/sync?channels=user:alice:memories")
+    assert snap["changes"] == [] and "BOB" not in json.dumps(snap)
+    resp, gone = await gw.request("DELETE", "/v1/memories/twice")  # the owner may delete it
+    assert resp.status == 200, gone
+    assert "BOB" not in json.dumps(gone)
+    await alice.close()

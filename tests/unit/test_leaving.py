@@ -16,6 +16,7 @@ from replication.events import make_event
 from replication.merge import apply
 from replication.schema import MemoryBody, MemoryEvent, Ops, Source, encode
 from replication.state import MemoryState
+from replication.testing import Replica
 
 KEY = b"k" * 32
 TEA = "topic:tea:updates"
@@ -264,3 +265,16 @@ async def test_what_was_left_is_trimmed_with_its_event(tmp_path: Path) -> None:
         kept = [i for (i,) in db.execute("SELECT idx FROM events ORDER BY idx")]
         left_rows = [i for (i,) in db.execute("SELECT idx FROM leaving ORDER BY idx")]
     assert len(kept) == 3 and left_rows == kept
+
+
+def test_a_memory_that_becomes_contested_leaves_every_channel() -> None:
+    r = Replica("r1")
+    mine = r.write("x", "fact", "create", user="u1", content="mine")
+    theirs = Replica("r2").write("x", "fact", "create", user="u2", content="theirs")
+    assert mine is not None and theirs is not None
+    before = apply(None, mine)
+    after = apply(before, theirs)
+    assert after.contested
+    left = leaving(before, after)
+    assert left is not None and left.prior == routed(before) and left.now == ()
+    assert leaving(after, apply(after, theirs)) is None  # contested already: nothing new

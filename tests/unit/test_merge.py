@@ -175,14 +175,34 @@ def test_concurrent_creates_agree_on_identity() -> None:
     b.write("x", "fact", "create", content="b", user="u2")
     _sync(a, b)
     assert _state(a, "x").user_id == _state(b, "x").user_id
+    # Two owners' versions in one state: contested on both sides, whatever the order.
+    assert _state(a, "x").contested and _state(b, "x").contested
+    assert _state(a, "x") == _state(b, "x")
 
 
-def _without_system(state: MemoryState) -> bytes:
-    """``state`` encoded by a struct that has every field but ``system`` (as before it)."""
+def test_a_contested_state_stays_contested_and_encodes_every_field() -> None:
+    a, b = _pair()
+    mine = a.write("x", "fact", "create", content="a", user="u1")
+    theirs = b.write("x", "fact", "create", content="b", user="u2")
+    more = a.write("x", "fact", "update", content="a2", user="u1")
+    assert mine is not None and theirs is not None and more is not None
+    assert not apply(apply(None, mine), more).contested  # one owner: never contested
+    contested = apply(apply(None, mine), theirs)
+    assert contested.contested and apply(contested, more).contested
+    assert join(apply(None, more), contested).contested
+    assert decode_state(encode_state(contested)) == contested
+    assert state_digest(contested) != state_digest(
+        msgspec.structs.replace(contested, contested=False)
+    )
+
+
+def _without_system(state: MemoryState, *, keep: tuple[str, ...] = ()) -> bytes:
+    """``state`` encoded by a struct that has every field but ``system`` and
+    ``contested`` (as before them), or but those not in ``keep``."""
     fields = [
         (f.name, f.type, f.default) if f.default is not msgspec.NODEFAULT else (f.name, f.type)
         for f in msgspec.structs.fields(MemoryState)
-        if f.name != "system"
+        if f.name not in ("system", "contested") or f.name in keep
     ]
     legacy = msgspec.defstruct("LegacyState", fields, kw_only=True, frozen=True)
     values = {f: getattr(state, f) for f in legacy.__struct_fields__}
@@ -202,6 +222,8 @@ def test_a_state_that_is_not_a_system_memory_encodes_as_before_the_flag() -> Non
     flagged = msgspec.structs.replace(_state(a, "l"), system=True)
     assert decode_state(encode_state(flagged)) == flagged
     assert state_digest(flagged) != state_digest(_state(a, "l"))
+    # A system memory encodes as it did before ``contested`` came.
+    assert encode_state(flagged) == _without_system(flagged, keep=("system",))
 
 
 def test_a_system_memory_stays_one_through_every_merge() -> None:
