@@ -206,14 +206,16 @@ class LocalCache:
         """The reader's view of one memory (tombstones included: check ``deleted``).
 
         ``version`` is empty: version tokens are sealed by the gateways, so use
-        the one a gateway answer carried for ``If-Match``.
+        the one a gateway answer carried for ``If-Match``. ``None`` for a
+        contested memory (two users created its id apart): as the gateways,
+        the cache shows no one a state that cannot say whose each version is.
         """
         state = self.state(id_or_key)
-        return None if state is None else materialize(state)
+        return None if state is None or state.contested else materialize(state)
 
     def views(self, *, include_deleted: bool = False) -> list[MemoryView]:
         """Views of every held memory, least recently touched first (recency unchanged)."""
-        out = [materialize(s) for s in self._states.values()]
+        out = [materialize(s) for s in self._states.values() if not s.contested]
         return out if include_deleted else [v for v in out if not v.deleted]
 
     def states(self) -> list[MemoryState]:

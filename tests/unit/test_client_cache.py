@@ -307,3 +307,16 @@ def test_a_forgotten_holder_keeps_the_memory_until_someone_releases_it() -> None
     assert cache.release("t1/only", SHARED) is not None  # no holder left: dropped
     assert cache.release("t1/both", SHARED) is not None
     assert len(cache) == 0
+
+
+def test_a_contested_memory_is_held_but_never_shown() -> None:
+    mine = Replica("r1").write("x", "fact", "create", user="u1", content="mine")
+    theirs = Replica("r2").write("x", "fact", "create", user="u2", content="theirs")
+    assert mine is not None and theirs is not None
+    cache = LocalCache()
+    cache.apply(mine)
+    assert cache.view("t1/x") is not None
+    cache.apply(theirs)
+    state = cache.state("t1/x")
+    assert state is not None and state.contested  # held, as the server holds it ...
+    assert cache.view("t1/x") is None and cache.views() == []  # ... and shown to no one
