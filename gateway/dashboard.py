@@ -19,7 +19,7 @@ import base64
 import collections
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -91,11 +91,13 @@ class DashboardFeed:
                 )
             )
 
-    def recent(self, tenant: str, limit: int = SHOWN) -> list[dict[str, Any]]:
-        """The tenant's latest events, newest first."""
+    def recent(
+        self, tenant: str, limit: int = SHOWN, may_see: Callable[[str], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's latest events, newest first (of the users ``may_see`` allows)."""
         out: list[dict[str, Any]] = []
         for at, kind, ten, user, mid, region, versions in reversed(self._recent):
-            if ten != tenant:
+            if ten != tenant or (may_see is not None and not may_see(user)):
                 continue
             out.append(
                 {
@@ -114,14 +116,14 @@ class DashboardFeed:
 
 
 async def dashboard_data(request: web.Request) -> web.Response:
-    """``GET /v1/dashboard``: the page's data (admin scope; the token's tenant only)."""
+    """``GET /v1/dashboard``: the page's data (admin scope; the token's tenant and users only)."""
     claims = _claims(request)
     claims.require("admin")
     runtime: Runtime = request.app[RUNTIME]
     modes = request.app[MODE]
     feed = runtime.dashboard
     status = await runtime.status()
-    recent = feed.recent(claims.tenant, SHOWN)
+    recent = feed.recent(claims.tenant, SHOWN, claims.may_act_for)  # its users only (I7)
     latest: dict[str, dict[str, Any]] = {}
     for entry in recent:  # newest first: the latest event of each memory
         latest.setdefault(entry["id"], entry)

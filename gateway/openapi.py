@@ -313,7 +313,7 @@ def spec() -> dict[str, Any]:
             "responses": {"200": {"description": "the page", "content": {"text/html": {}}}},
         }},
         "/v1/dashboard": {"get": {
-            "summary": "The dashboard's data (admin scope; the token's tenant only)",
+            "summary": "The dashboard's data (admin scope; the token's tenant and users only)",
             "description": (
                 "mode and modes in effect, every incoming link (as /v1/replication), counts "
                 "(as /readyz, plus events_seen and conflicts_seen since start), the latest "
