@@ -25,7 +25,7 @@ import structlog
 from gateway.errors import BadRequestError
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History, HistoryEntry, ResyncRequiredError
-from gateway.leaving import leaving, left_message
+from gateway.leaving import Leaving, leaving, left_message, routed
 from replication import dvv
 from replication.dvv import Dot, DotContext
 from replication.merge import apply
@@ -96,6 +96,7 @@ class Streams:
         while True:
             seen = history.recorded  # retained and trimmed events alike
             fresh = []
+            parts: list[bool] = []  # per fresh event: its state is a part (Delivery.partial)
             late: list[tuple[MemoryState | None, MemoryState]] = []
             for e, raw, state, before in batch:
                 dot = Dot(e.dot.replica, e.seq)
@@ -119,7 +120,11 @@ class Streams:
                         # this event's channels. The state of the event alone
                         # is what its channels may see (a part of the whole:
                         # joining it is safe), and it says nothing left.
+                        # A part even for a create: later events are missing.
                         state, before = apply(None, e), None
+                        parts.append(True)
+                    else:
+                        parts.append(before is None and e.event_type != "create")
                     fresh.append((e, raw, state, before))
                     seen = dvv.add(seen, dot)
             if not fresh:
@@ -146,14 +151,16 @@ class Streams:
         # stamp order, whoever calls.
         persisted = history.append(entries)
         try:
-            self._publish(fresh, entries)
+            self._publish(fresh, entries, parts)
             self._late(late)
         finally:
             await persisted
 
-    def _publish(self, fresh: Sequence[Applied], entries: Sequence[HistoryEntry]) -> None:
+    def _publish(
+        self, fresh: Sequence[Applied], entries: Sequence[HistoryEntry], parts: Sequence[bool]
+    ) -> None:
         deliveries: list[Delivery] = []
-        for (e, raw, state, before), entry in zip(fresh, entries, strict=True):
+        for (e, raw, state, before), entry, part in zip(fresh, entries, parts, strict=True):
             delivery = Delivery(
                 key=e.key,
                 tenant=e.memory.tenant_id,
@@ -164,7 +171,7 @@ class Streams:
                 raw=raw,
                 state=state,
                 cursor_token=functools.partial(self.history.encode_cursor, entry.cursor),
-                partial=before is None and e.event_type != "create",
+                partial=part,
             )
             deliveries.append(delivery)
             if entry.leaving is not None:  # after the event: whoever got both drops it
@@ -183,14 +190,35 @@ class Streams:
         self.fanout.publish(deliveries)
 
     def _late(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
-        """Live subscribers get what recorded events changed anyway, as repaired states."""
-        if changes:
-            self.fanout.publish_states(
-                [
-                    (after, *repair_route(before, after), _encoder.encode(after))
-                    for before, after in changes
-                ]
-            )
+        """Live subscribers get what recorded events changed anyway, as repaired states.
+
+        One state per memory, the last (an earlier one may be routed where
+        the memory has left since). No ``left``, except for a memory that
+        became contested (``contested`` only ever turns on, so even a stale
+        read's pair says it rightly): no one may see it now.
+        """
+        if not changes:
+            return
+        first: dict[str, MemoryState | None] = {}
+        last: dict[str, MemoryState] = {}
+        for before, after in changes:
+            first.setdefault(after.key, before)
+            last[after.key] = after
+        left = [
+            (after, Leaving(routed(before), ()))
+            for key, after in last.items()
+            if (before := first[key]) is not None
+            and after.contested
+            and not before.contested
+            and not before.deleted
+        ]
+        self.fanout.publish_states(
+            [
+                (after, *repair_route(first[key], after), _encoder.encode(after))
+                for key, after in last.items()
+            ],
+            left,
+        )
 
     def on_states(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
         """Tell live subscribers of memories a repair changed (no event, no cursor move).

@@ -88,7 +88,7 @@ from gateway.client.transport import Transport
 from gateway.client.wire import Change, Frame, Removed, SyncPage, decode_frame
 from replication.errors import MemsyncError
 from replication.schema import MemoryEvent, decode_event
-from replication.state import MemoryState, materialize
+from replication.state import MemoryState, MemoryView, materialize
 
 __all__ = ["Callback", "Mode", "StreamOptions", "Subscription"]
 
@@ -543,7 +543,7 @@ class Subscription:
         """Report a memory dropped from the cache, with the last state held."""
         change = Change(
             key=state.key,
-            view=materialize(state),
+            view=_shown(state),
             state=state,
             event=None,
             origin=origin,
@@ -557,6 +557,9 @@ class Subscription:
     ) -> None:
         state = self._cache.state(key)
         if state is None:  # evicted at once (cache smaller than one batch)
+            return
+        if state.contested:  # two users' versions met here: shown to no one, as gone
+            await self._gone(state, origin)
             return
         change = Change(
             key=key,
@@ -586,3 +589,10 @@ def _gave_up(exc: RetryError) -> SubscriptionError:
         "reachable and healthy, then subscribe again (or raise StreamOptions.max_attempts)",
         code="gave_up",
     )
+
+
+def _shown(state: MemoryState) -> MemoryView:
+    """The view a callback gets: none of a contested state's content (LocalCache.view)."""
+    if state.contested:
+        state = msgspec.structs.replace(state, versions=(), tags=(), counts=(), pending=())
+    return materialize(state)

@@ -379,3 +379,30 @@ async def test_a_closed_subscription_holds_nothing_more(
         closed.set()
         await _until(lambda: any(c.gone for c in shared), "the memory gone for the last holder")
         assert sub.cursor == "shared-L2" and "t/m" not in ms.cache
+
+
+async def test_a_memory_two_users_created_is_reported_gone_without_its_content(
+    started: Callable[[_Gateway], Awaitable[_Gateway]],
+) -> None:
+    """A token that may see both users' creates of one id (say, the tenant's shared
+    channel) makes the cache's state contested: the callback is told it is gone,
+    and no view it gets shows either user's content."""
+    mine = Replica("r1").write("x", "fact", "create", tenant="t", user="alice", content="A")
+    theirs = Replica("r2").write("x", "fact", "create", tenant="t", user="bob", content="BOB")
+    assert mine is not None and theirs is not None
+
+    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
+        await _subscribed(ws)
+        await _event(ws, encode(mine), "E1")
+        await _event(ws, encode(theirs), "E2")
+        await _hold(ws)
+
+    gateway = await started(_Gateway(script))
+    changes: list[Change] = []
+    async with MemorySync(gateway.url, "tok") as ms:
+        ms.subscribe([CHANNEL], changes.append)
+        await _until(lambda: len(changes) == 2, "both events reported")
+    shown, withheld = changes
+    assert (shown.gone, shown.view.content) == (False, "A")
+    assert withheld.gone and withheld.state is not None and withheld.state.contested
+    assert withheld.view.content == "" and withheld.view.conflicts == ()

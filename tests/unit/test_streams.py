@@ -13,6 +13,7 @@ import pytest
 from gateway.errors import UnavailableError
 from gateway.fanout import Delivery, Fanout
 from gateway.history import History
+from gateway.leaving import Leaving, routed
 from gateway.streams import Streams
 from replication import dvv
 from replication.dvv import EMPTY, Dot
@@ -34,15 +35,18 @@ class _Published:
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
         self.states: list[MemoryState] = []
+        self.left: list[tuple[MemoryState, Leaving]] = []
 
     def publish(self, deliveries: Iterable[Delivery]) -> None:
         self.deliveries.extend(deliveries)
 
     def publish_states(
-        self, items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]], left: object = ()
+        self,
+        items: Iterable[tuple[MemoryState, tuple[str, ...], bool, bytes]],
+        left: Iterable[tuple[MemoryState, Leaving]] = (),
     ) -> None:
-        assert not left
         self.states.extend(state for state, _, _, _ in items)
+        self.left.extend(left)
 
 
 def _batch(replica: Replica, first: int, n: int) -> Batch:
@@ -194,10 +198,37 @@ async def test_an_event_applied_before_but_not_recorded_goes_out_with_its_own_st
         (delivery,) = published.deliveries
         assert delivery.state == apply(None, create)
         assert b"SECRET" not in delivery.state_json and delivery.left is None
-        assert not delivery.partial  # a create's own state is its whole state
+        assert delivery.partial  # re-derived: later events are missing, even for a create
         # The update lacked too: its own state is a part, and said to be one.
         await streams.on_batch([(update, encode(update), later, later)], EMPTY)
         assert published.deliveries[-1].partial
         assert published.deliveries[-1].state == apply(None, update)
+    finally:
+        await streams.history.close()
+
+
+async def test_late_events_send_each_memorys_last_state_and_a_contested_one_leaves(
+    tmp_path: Path,
+) -> None:
+    """Recorded events that still changed their memories (a crash's redelivery): one
+    state per memory, the last; a memory they made contested is said to have left."""
+    streams, published = await _streams(tmp_path / "h.sqlite3")
+    try:
+        r = Replica("r1")
+        made = r.write("m", "fact", "create", user="u1", content="v0")
+        shared = r.write("m", "fact", "update", user="u1", content="v1")
+        theirs = Replica("r2").write("m", "fact", "create", user="u2", content="BOB")
+        assert made is not None and shared is not None and theirs is not None
+        s0 = apply(None, made)
+        await streams.on_batch([(made, encode(made), s0, None)], EMPTY)
+        s1, s2 = apply(s0, shared), apply(apply(s0, shared), theirs)
+        for e, state in ((shared, s1), (theirs, s2)):  # recorded, as a crash can leave them
+            await streams.on_batch([(e, encode(e), state, state)], EMPTY)
+        assert s2.contested and len(published.deliveries) == 3
+        await streams.on_batch(
+            [(shared, encode(shared), s1, s0), (theirs, encode(theirs), s2, s1)], EMPTY
+        )
+        assert published.states == [s2]  # the last only
+        assert published.left == [(s2, Leaving(routed(s0), ()))]
     finally:
         await streams.history.close()
