@@ -27,9 +27,10 @@ from collections.abc import Callable
 import msgspec
 
 from replication.routing import channels_for
+from replication.schema import MemoryEvent
 from replication.state import MemoryState
 
-__all__ = ["Leaving", "leaving", "left_message", "routed"]
+__all__ = ["Leaving", "delivered_to", "leaving", "left_message", "routed"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -65,6 +66,30 @@ def routed(state: MemoryState) -> tuple[str, ...]:
         shared=shared,
         system=system,
     )
+
+
+def delivered_to(event: MemoryEvent, after: MemoryState) -> tuple[str, ...]:
+    """The channels an event is delivered (and replayed) on: its own routing, less
+    any its memory's state after it is not routed to.
+
+    An event's own channels say where its content may go; the state's say
+    where the memory is. A write that loses to a concurrent one (LWW) leaves
+    the memory where the winner says: a shared write that lost to a private
+    one must not bring the memory back to the tenant's channel, whose
+    subscribers were told it left. A delete goes to its own channels (the
+    deleted version's; a deleted state says nowhere). A contested state
+    goes nowhere (:mod:`gateway.visibility`). One comparison when the event
+    routes as its state does (the common case: it is the winner).
+    """
+    if after.deleted:
+        return event.channels
+    if after.contested:
+        return ()
+    now = routed(after)
+    if now == event.channels:
+        return now
+    keep = set(now)
+    return tuple(ch for ch in event.channels if ch in keep)
 
 
 def leaving(before: MemoryState | None, after: MemoryState) -> Leaving | None:

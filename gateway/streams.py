@@ -25,11 +25,11 @@ import structlog
 from gateway.errors import BadRequestError
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History, HistoryEntry, ResyncRequiredError
-from gateway.leaving import Leaving, leaving, left_message, routed
+from gateway.leaving import Leaving, delivered_to, leaving, left_message, routed
 from replication import dvv
 from replication.dvv import Dot, DotContext
 from replication.merge import apply
-from replication.routing import channels_for, parse_channel
+from replication.routing import channels_for, parse_channel, tenant_channel
 from replication.schema import MemoryEvent
 from replication.state import MemoryState, materialize
 
@@ -140,8 +140,8 @@ class Streams:
             await history.reserve(len(fresh))
         entries = history.stamp(
             [
-                (Dot(e.dot.replica, e.seq), e.memory.tenant_id, e.channels, raw)
-                for e, raw, _, _ in fresh
+                (Dot(e.dot.replica, e.seq), e.memory.tenant_id, delivered_to(e, state), raw)
+                for e, raw, state, _ in fresh
             ],
             [leaving(before, state) for _, _, state, before in fresh],
         )
@@ -165,8 +165,8 @@ class Streams:
                 key=e.key,
                 tenant=e.memory.tenant_id,
                 user=e.memory.user_id,
-                shared=e.memory.shared,
-                channels=e.channels,
+                shared=tenant_channel(e.memory.tenant_id) in entry.channels,
+                channels=entry.channels,  # delivered_to: where it and its memory are
                 dot=entry.dot,
                 raw=raw,
                 state=state,

@@ -6,10 +6,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import msgspec
+
 from gateway.auth import Claims
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History
-from gateway.leaving import Leaving, leaving, routed
+from gateway.leaving import Leaving, delivered_to, leaving, routed
 from gateway.streams import Streams, channel_allows
 from replication.dvv import EMPTY, Dot, DotContext
 from replication.events import make_event
@@ -278,3 +280,16 @@ def test_a_memory_that_becomes_contested_leaves_every_channel() -> None:
     left = leaving(before, after)
     assert left is not None and left.prior == routed(before) and left.now == ()
     assert leaving(after, apply(after, theirs)) is None  # contested already: nothing new
+
+
+def test_an_event_goes_where_both_it_and_its_memory_after_it_are_routed() -> None:
+    r = Replica("r1")
+    made = r.write("x", "fact", "create", user="u1", content="c")
+    assert made is not None
+    state = apply(None, made)
+    assert delivered_to(made, state) == made.channels == routed(state)  # the winner's own
+    wider = msgspec.structs.replace(made, channels=(*made.channels, "tenant:t1:shared"))
+    assert delivered_to(wider, state) == made.channels  # the memory is not shared
+    theirs = Replica("r2").write("x", "fact", "create", user="u2", content="other")
+    assert theirs is not None
+    assert delivered_to(theirs, apply(state, theirs)) == ()  # contested: nowhere

@@ -8,19 +8,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
+import msgspec
 import pytest
 
 from gateway.errors import UnavailableError
 from gateway.fanout import Delivery, Fanout
-from gateway.history import History
+from gateway.history import Cursor, History
 from gateway.leaving import Leaving, routed
 from gateway.streams import Streams
 from replication import dvv
 from replication.dvv import EMPTY, Dot
 from replication.gaps import MAX_LOOSE_SEQS
 from replication.merge import apply
+from replication.routing import channels_for
 from replication.schema import MemoryEvent, encode
-from replication.state import MemoryState
+from replication.state import MemoryState, materialize
 from replication.testing import Replica
 from tests.unit.sqlite_faults import fail_writes, heal
 
@@ -56,6 +58,15 @@ def _batch(replica: Replica, first: int, n: int) -> Batch:
         assert event is not None
         out.append((event, encode(event), apply(None, event), None))
     return out
+
+
+def _shared(event: MemoryEvent | None, shared: bool) -> MemoryEvent:
+    """``event`` as if its writer had set ``shared`` (channels routed again)."""
+    assert event is not None
+    memory = msgspec.structs.replace(event.memory, shared=shared)
+    channels = channels_for(tenant_id=memory.tenant_id, user_id=memory.user_id,
+                            topics=memory.topics, shared=shared)  # fmt: skip
+    return msgspec.structs.replace(event, memory=memory, channels=channels)
 
 
 def _dot(event: MemoryEvent) -> Dot:
@@ -230,5 +241,44 @@ async def test_late_events_send_each_memorys_last_state_and_a_contested_one_leav
         )
         assert published.states == [s2]  # the last only
         assert published.left == [(s2, Leaving(routed(s0), ()))]
+    finally:
+        await streams.history.close()
+
+
+async def test_a_shared_write_that_loses_to_a_private_one_is_not_sent_where_the_memory_left(
+    tmp_path: Path,
+) -> None:
+    """The memory goes where its winner says: a concurrent shared write that loses to
+    a private one reaches the owner's channel only, live and in the history (replays
+    and pull syncs read its channels there)."""
+    streams, published = await _streams(tmp_path / "h.sqlite3")
+    try:
+        here, there = Replica("r1"), Replica("r2")
+        made = _shared(here.write("m", "fact", "create", user="u1", content="v0"), True)
+        there.receive(made)
+        base = apply(None, made).clock
+        here.wall_ms = there.wall_ms + 50  # the private write is the later: it wins
+        lost = _shared(there.write("m", "fact", "update", user="u1", context=base,
+                                   content="shared but lost"), True)  # fmt: skip
+        won = _shared(here.write("m", "fact", "update", user="u1", context=base,
+                                 content="made private"), False)  # fmt: skip
+        s0 = apply(None, made)
+        s1 = apply(s0, won)
+        s2 = apply(s1, lost)
+        assert materialize(s2).content == "made private" and not materialize(s2).shared
+        await streams.on_batch(
+            [(e, encode(e), after, before)
+             for e, after, before in ((made, s0, None), (won, s1, s0), (lost, s2, s1))],
+            EMPTY,
+        )  # fmt: skip
+        by_dot = {d.dot: d for d in published.deliveries if d.left is None}
+        assert "tenant:t1:shared" in by_dot[_dot(made)].channels
+        assert by_dot[_dot(lost)].channels == ("user:u1:memories",)  # not back to the tenant
+        assert not by_dot[_dot(lost)].shared
+        assert "tenant:t1:shared" in lost.channels  # though the event itself was shared
+        await streams.history.flush()
+        replayed, _, _ = await streams.history.replay(Cursor(EMPTY), _everything, 100)
+        (entry,) = [e for e in replayed if e.dot == _dot(lost)]
+        assert entry.channels == ("user:u1:memories",)
     finally:
         await streams.history.close()
