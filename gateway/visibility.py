@@ -11,7 +11,8 @@ Whoever may not act for the owner gets :func:`for_others` instead: the
 state without the versions its owner kept private. Live (the states of a
 coalesced or a state-repair batch) and in a pull sync alike; the owner, and
 every token that may act for them, gets the whole state. Events need no
-such care: each goes to its own version's channels only.
+such care: each goes to its own version's channels only (and only those
+its memory is on after it, :func:`gateway.leaving.delivered_to`).
 
 Dropping versions commutes with the join — ``shared`` belongs to a version,
 and :func:`replication.merge.join` keeps a version unless a context
