@@ -89,9 +89,11 @@ class FanoutStats:
         "batches",
         "closed",
         "coalescing",
+        "contested",
         "deliveries",
         "direct_writes",
         "events",
+        "late",
         "other_writes",
         "pumped",
         "replays",
@@ -108,6 +110,8 @@ class FanoutStats:
         self.coalescing = 0  # times an eager subscription fell behind and began coalescing
         self.replays = 0  # resumes from a cursor replayed from the history
         self.resyncs = 0  # cursors answered ``resync_required`` (history gone)
+        self.contested = 0  # memories that became contested here (gateway.visibility)
+        self.late = 0  # states of recorded events that still changed their memory
         self.closed: dict[str, int] = {}  # subscriptions the server closed, by reason
 
     def closing(self, reason: str) -> None:

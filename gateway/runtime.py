@@ -461,6 +461,14 @@ class Runtime:
         one("memsync_resync_required",
             "Cursors answered resync_required (history gone), WebSocket and /v1/sync.",
             lambda: st.resyncs)  # fmt: skip
+        one("memsync_contested_memories",
+            "Memories that became contested here: two users' creates of one id met "
+            "(regions cut off from each other); withheld from everyone, see "
+            "docs/architecture.md.", lambda: st.contested)  # fmt: skip
+        one("memsync_late_event_states",
+            "States sent to live subscribers for events the history had counted recorded "
+            "that still changed their memory (late past a closed seq gap).",
+            lambda: st.late)  # fmt: skip
 
         def live() -> dict[tuple[str, ...], float]:
             counts: dict[tuple[str, ...], float] = {

@@ -177,6 +177,7 @@ class Streams:
             if entry.leaving is not None:  # after the event: whoever got both drops it
                 deliveries.append(Delivery.leaving(delivery, entry.leaving))
                 if not entry.leaving.now:
+                    self.fanout.stats.contested += 1
                     _log.error(
                         "memory.contested",
                         key=e.key,
@@ -212,6 +213,11 @@ class Streams:
             and not before.contested
             and not before.deleted
         ]
+        stats = self.fanout.stats
+        stats.late += len(last)
+        stats.contested += len(left)
+        for after, _ in left:
+            _log.error("memory.contested", key=after.key, late=True)
         self.fanout.publish_states(
             [
                 (after, *repair_route(first[key], after), _encoder.encode(after))

@@ -1102,6 +1102,9 @@ async def test_a_memory_two_users_created_apart_is_withheld_from_everyone(
         return resp.status == 409
 
     await eventually(withheld, what="the contested memory to be withheld")
+    assert gw.client is not None
+    metrics = await (await gw.client.get("/metrics")).text()
+    assert "memsync_contested_memories_total 1.0" in metrics
     resp, body = await gw.request("GET", "/v1/memories/twice")
     assert "created by two users" in body["error"]["message"] and "BOB" not in json.dumps(body)
     resp, patched = await gw.request("PATCH", "/v1/memories/twice", json={"content": "x"})

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from gateway.errors import UnavailableError
-from gateway.fanout import Delivery, Fanout
+from gateway.fanout import Delivery, Fanout, FanoutStats
 from gateway.history import Cursor, History
 from gateway.leaving import Leaving, routed
 from gateway.streams import Streams
@@ -38,6 +38,7 @@ class _Published:
         self.deliveries: list[Delivery] = []
         self.states: list[MemoryState] = []
         self.left: list[tuple[MemoryState, Leaving]] = []
+        self.stats = FanoutStats()
 
     def publish(self, deliveries: Iterable[Delivery]) -> None:
         self.deliveries.extend(deliveries)
@@ -241,6 +242,7 @@ async def test_late_events_send_each_memorys_last_state_and_a_contested_one_leav
         )
         assert published.states == [s2]  # the last only
         assert published.left == [(s2, Leaving(routed(s0), ()))]
+        assert (published.stats.late, published.stats.contested) == (1, 1)
     finally:
         await streams.history.close()
 
