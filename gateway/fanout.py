@@ -12,9 +12,8 @@ client joins the state; a reader who may not act for the memory's owner
 gets it without the owner's private versions, :mod:`gateway.visibility`).
 Past ``hard_limit`` coalesced memories the subscription is closed with its
 resume cursor (``slow_consumer``): a slow client never grows gateway memory
-without bound. Control replies and state
-repairs queued for a client that does not read count against the same
-``hard_limit``.
+without bound. Control replies and state repairs queued for a client that
+does not read count against the same ``hard_limit``.
 
 **Direct writes.** A WebSocket subscription that is eager, caught up and
 whose socket has room is written to by the fan-out itself: at the end of
@@ -139,11 +138,12 @@ class Delivery:
     # before the event; ``left.now`` is after it): sent as a content-free
     # ``left`` message to whoever could see it there and cannot now.
     left: Leaving | None = None
-    # ``state`` is made of this event alone, and the event is not a create:
-    # the memory was not known here before it (an update that came before
-    # its create, a duplicate the history lacked). Such a state is a part of
-    # the whole: a coalesced batch joins it into what the subscriber's entry
-    # held, and sends none on its own, so a client never takes it for whole.
+    # ``state`` is made of this event alone and is not the memory's whole
+    # state: an event other than a create that found its memory unknown here
+    # (an update that came before its create), or a duplicate the history
+    # lacked, create or not (its later events are missing). A coalesced
+    # batch joins it into what the subscriber's entry held, and sends none
+    # on its own, so a client never takes it for the whole.
     partial: bool = False
     _message: bytes | None = None
     _state_json: bytes | None = None
