@@ -145,6 +145,7 @@ class Delivery:
     # batch joins it into what the subscriber's entry held, and sends none
     # on its own, so a client never takes it for the whole.
     partial: bool = False
+    runs: int = 1  # events in ``raw`` (more than one only in a coalesced entry, _joined)
     _message: bytes | None = None
     _state_json: bytes | None = None
     _others_json: bytes | None = None
@@ -784,13 +785,22 @@ def _messages(group: list[Delivery]) -> list[bytes]:
     ]
 
 
+_PARTIAL_EVENTS = 64  # events one coalesced entry of partial states carries at most
+
+
 def _joined(old: Delivery, new: Delivery) -> Delivery:
-    """``new`` coalesced onto ``old`` (same memory, same subscriber): ``new``'s
-    event with both states joined, whole if ``old``'s was. For one subscriber
+    """``new`` coalesced onto ``old`` (same memory, same subscriber): both states
+    joined, whole if ``old``'s was. When both are partial, no state goes out, so
+    the entry carries both events (``raw`` holds them comma-joined, as the
+    batch's ``events`` list does; at most ``_PARTIAL_EVENTS``, past which the
+    oldest are left to the memory's next whole state). For one subscriber
     only: the shared delivery is not changed."""
+    raw, runs = new.raw, 1
+    if old.partial and old.runs < _PARTIAL_EVENTS:
+        raw, runs = old.raw + b"," + new.raw, old.runs + 1
     return dataclasses.replace(
-        new, state=join(old.state, new.state), partial=old.partial, _state_json=None,
-        _others_json=None,
+        new, raw=raw, runs=runs, state=join(old.state, new.state), partial=old.partial,
+        _state_json=None, _others_json=None,
     )  # fmt: skip
 
 

@@ -555,3 +555,22 @@ def test_a_partial_state_is_joined_into_the_coalesced_entry_or_not_sent_alone() 
     assert msgspec.json.decode(json.dumps(state), type=MemoryState) == whole
     assert (json.loads(message)["events"], cursor) == ([{"n": 2}], "c2")
     assert first.state == apply(None, made)  # the shared delivery is left as it was
+
+
+def test_two_partial_states_of_one_memory_coalesced_keep_both_events() -> None:
+    """No state goes out for a partial entry, so its events all do (bounded)."""
+    r = Replica("r1")
+    made = r.write("m", "list", "create", items=["a"])
+    first = r.write("m", "list", "add", items=["b"])
+    second = r.write("m", "list", "add", items=["c"])
+    assert made is not None and first is not None and second is not None
+    sub = Subscription(claims=_claims(), channels={"user:u1:memories"}, mode="lazy")
+    for n, e in ((2, first), (3, second)):
+        sub.offer(Delivery(
+            key=e.key, tenant="t1", user="u1", shared=False, channels=("user:u1:memories",),
+            dot=Dot("r1", n), raw=b'{"n":%d}' % n, state=apply(None, e), cursor_token=f"c{n}",
+            partial=True,
+        ))  # fmt: skip
+    ((message, cursor),) = sub.take(flush_lazy=True)
+    batch = json.loads(message)
+    assert (batch["events"], batch["states"], cursor) == ([{"n": 2}, {"n": 3}], [], "c3")
