@@ -25,10 +25,12 @@ SEGMENT_MS = 1_000
 GRACE_MS = 200
 # Live at once: the current and the next segment (created ahead), the previous
 # one until it settles (end + 2 grace) and is passed and deleted (the janitor
-# runs once a second), and on a loaded 2-core machine one more behind it (the
-# session-start tree reached 5 in 1 of 3 runs). Without deletion there would
-# be one more per second of the run (10 here).
-MAX_LIVE_SEGMENTS = 5
+# runs once a second), and on a loaded 2-core machine one or two more behind
+# it (5 in 1 of 3 runs on one day; 6 in 1 of 2 fresh-clone CI runs on a day
+# this machine ran ~2.5x slower, session 20). Without deletion there would be
+# one more per second of the run: 10 by its end, and the last sample is
+# checked too.
+MAX_LIVE_SEGMENTS = 7
 
 
 async def _wait_for_journal_empty(url: str, within: float) -> int:
@@ -93,6 +95,7 @@ async def test_short_soak_applies_every_write_and_keeps_the_log_bounded(tmp_path
         live = [w.segments for w in result.windows]
         assert min(live) >= 0, "a segment count failed"
         assert max(live) <= MAX_LIVE_SEGMENTS, f"live segment topics over time: {live}"
+        assert live[-1] <= MAX_LIVE_SEGMENTS - 2, f"not deleted by the end: {live}"
 
     # Every process is gone.
     assert not region.broker.running
