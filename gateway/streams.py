@@ -25,7 +25,7 @@ import structlog
 from gateway.errors import BadRequestError
 from gateway.fanout import Delivery, Fanout, Subscription
 from gateway.history import Cursor, History, HistoryEntry, ResyncRequiredError
-from gateway.leaving import Leaving, delivered_to, leaving, left_message, routed
+from gateway.leaving import Leaving, delivered_to, leaving, left_message
 from replication import dvv
 from replication.dvv import Dot, DotContext
 from replication.merge import apply
@@ -160,7 +160,7 @@ class Streams:
         self, fresh: Sequence[Applied], entries: Sequence[HistoryEntry], parts: Sequence[bool]
     ) -> None:
         deliveries: list[Delivery] = []
-        for (e, raw, state, before), entry, part in zip(fresh, entries, parts, strict=True):
+        for (e, raw, state, _), entry, part in zip(fresh, entries, parts, strict=True):
             delivery = Delivery(
                 key=e.key,
                 tenant=e.memory.tenant_id,
@@ -177,26 +177,17 @@ class Streams:
             if entry.leaving is not None:  # after the event: whoever got both drops it
                 deliveries.append(Delivery.leaving(delivery, entry.leaving))
                 if not entry.leaving.now:
-                    self.fanout.stats.contested += 1
-                    _log.error(
-                        "memory.contested",
-                        key=e.key,
-                        users=sorted(
-                            {e.memory.user_id, state.user_id}
-                            | ({before.user_id} if before is not None else set())
-                        ),
-                        hint="two users created this id in regions cut off from each other; "
-                        "it is withheld from everyone until its owner deletes it",
-                    )
+                    self._contested(e.key)
         self.fanout.publish(deliveries)
 
     def _late(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
         """Live subscribers get what recorded events changed anyway, as repaired states.
 
         One state per memory, the last (an earlier one may be routed where
-        the memory has left since). No ``left``, except for a memory that
-        became contested (``contested`` only ever turns on, so even a stale
-        read's pair says it rightly): no one may see it now.
+        the memory has left since). No ``left`` but a contested memory's
+        (``contested`` only ever turns on, so even a stale read's pair says
+        it rightly): the pair may be a stale read's, and joining a state of
+        real events is always safe.
         """
         if not changes:
             return
@@ -205,26 +196,8 @@ class Streams:
         for before, after in changes:
             first.setdefault(after.key, before)
             last[after.key] = after
-        left = [
-            (after, Leaving(routed(before), ()))
-            for key, after in last.items()
-            if (before := first[key]) is not None
-            and after.contested
-            and not before.contested
-            and not before.deleted
-        ]
-        stats = self.fanout.stats
-        stats.late += len(last)
-        stats.contested += len(left)
-        for after, _ in left:
-            _log.error("memory.contested", key=after.key, late=True)
-        self.fanout.publish_states(
-            [
-                (after, *repair_route(first[key], after), _encoder.encode(after))
-                for key, after in last.items()
-            ],
-            left,
-        )
+        self.fanout.stats.late += len(last)
+        self._repaired([(first[key], after) for key, after in last.items()], moved=False)
 
     def on_states(self, changes: Sequence[tuple[MemoryState | None, MemoryState]]) -> None:
         """Tell live subscribers of memories a repair changed (no event, no cursor move).
@@ -235,13 +208,36 @@ class Streams:
         repair that took a memory off channels is listed in ``left`` for
         whoever could see it there and cannot now (:mod:`gateway.leaving`).
         """
-        moved = ((after, leaving(before, after)) for before, after in changes)
+        self._repaired(changes, moved=True)
+
+    def _repaired(
+        self, changes: Sequence[tuple[MemoryState | None, MemoryState]], *, moved: bool
+    ) -> None:
+        """Publish changed states, with what they left: every move if ``moved``,
+        else only a memory's becoming contested."""
+        left: list[tuple[MemoryState, Leaving]] = []
+        for before, after in changes:
+            gone = leaving(before, after)
+            if gone is not None and (moved or not gone.now):
+                left.append((after, gone))
+                if not gone.now:
+                    self._contested(after.key)
         self.fanout.publish_states(
             [
                 (after, *repair_route(before, after), _encoder.encode(after))
                 for before, after in changes
             ],
-            [(after, left) for after, left in moved if left is not None],
+            left,
+        )
+
+    def _contested(self, key: str) -> None:
+        """Count and log a memory that just became contested (gateway.visibility)."""
+        self.fanout.stats.contested += 1
+        _log.error(
+            "memory.contested",
+            key=key,
+            hint="two users created this id in regions cut off from each other; it is "
+            "withheld from everyone until its owner deletes it",
         )
 
     def head_token(self) -> str:

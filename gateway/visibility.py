@@ -26,8 +26,8 @@ its id in regions cut off from each other, and their versions met in one
 state that cannot tell whose each is) is withheld from everyone
 (:func:`withheld`): reads answer 409, lists, searches and snapshots skip it,
 a pull sync lists it in ``removed``, live subscribers are told it ``left``
-(:func:`gateway.leaving.leaving`) and no batch carries its state. Each
-user's own events still reach that user's channels. Its owner (the user of
+(:func:`gateway.leaving.leaving`), no batch carries its state and its
+events go to no channel (:func:`gateway.leaving.delivered_to`). Its owner (the user of
 the lower origin) may delete it; the id stays spent, as every deleted id.
 
 What stays: the state's contexts still name the private versions' dots,

@@ -243,6 +243,10 @@ async def test_late_events_send_each_memorys_last_state_and_a_contested_one_leav
         assert published.states == [s2]  # the last only
         assert published.left == [(s2, Leaving(routed(s0), ()))]
         assert (published.stats.late, published.stats.contested) == (1, 1)
+        # A state repair (anti-entropy) that makes it contested is told and counted alike.
+        streams.on_states([(s0, s2)])
+        assert published.left[-1] == (s2, Leaving(routed(s0), ()))
+        assert (published.stats.late, published.stats.contested) == (1, 2)
     finally:
         await streams.history.close()
 
