@@ -71,6 +71,11 @@ _HTTP_CODES = {
 }
 
 
+# Methods named in request metrics; any other is counted as "other". aiohttp's
+# C parser takes ~35 methods (WebDAV's and more), its pure-Python fallback any
+# token: the client would otherwise choose the label values.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 STREAM_ROUTES = frozenset({"subscribe", "events"})  # route names of long-lived streams
 
 
@@ -144,7 +149,8 @@ def observe(request: web.Request, response: web.StreamResponse, started: float) 
         response.headers["X-Memsync-Degraded"] = mode
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].requests.labels(request.method, name, str(response.status)).observe(
+    method = request.method if request.method in _METHODS else "other"
+    request.app[METRICS].requests_by(method, name, str(response.status)).observe(
         time.perf_counter() - started
     )
 
@@ -224,7 +230,7 @@ def _write_response(result: WriteResult, created: bool) -> web.Response:
 
 
 def _outcome(request: web.Request, result: WriteResult) -> None:
-    request.app[METRICS].writes.labels("degraded" if result.degraded else "logged").inc()
+    request.app[METRICS].writes_by("degraded" if result.degraded else "logged").inc()
 
 
 async def create_memory(request: web.Request) -> web.Response:

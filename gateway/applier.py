@@ -216,7 +216,7 @@ class Applier:
 
     def _stage(self, stage: str, seconds: float, *, delivered: bool = True) -> None:
         source = self.name if delivered else WRITTEN
-        self._metrics.apply_stage.labels(source=source, stage=stage).observe(seconds)
+        self._metrics.apply_stage_by(source, stage).observe(seconds)
 
     async def apply_batch(self, records: Sequence[Any]) -> list[MemoryEvent]:
         """Merge a batch into the store; the events that changed something."""

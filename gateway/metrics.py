@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["Children", "Metrics"]
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
 )  # fmt: skip
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children, each looked up in ``prometheus_client`` once.
+
+    ``metric.labels(...)`` checks its arguments and takes a lock on every
+    call; the write path calls several per write. This keeps what it
+    returned, per tuple of label values (as the metric itself does, so the
+    values must come from a bounded set either way).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        """The child for these label values, in the metric's label order."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -188,6 +213,13 @@ class Metrics:
             "memsync_info", "Static facts about this gateway.", ["region"], registry=r
         )
         self.info.labels(**labels).set(1)
+
+        # The children the hot paths use (see Children).
+        self.requests_by = Children(self.requests)
+        self.write_stage_by = Children(self.write_stage)
+        self.writes_by = Children(self.writes)
+        self.existence_checks_by = Children(self.existence_checks)
+        self.apply_stage_by = Children(self.apply_stage)
 
     def gauge_fn(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A gauge whose value is computed at scrape time."""

@@ -371,7 +371,7 @@ class Runtime:
         return tasks
 
     def _observe_write_stage(self, stage: str, seconds: float) -> None:
-        self.metrics.write_stage.labels(stage).observe(seconds)
+        self.metrics.write_stage_by(stage).observe(seconds)
 
     async def stop(self) -> None:
         """Close everything in reverse order (background work must be cancelled first)."""
@@ -488,7 +488,7 @@ class Runtime:
         )
 
     def _observe_existence_check(self, read: bool) -> None:
-        self.metrics.existence_checks.labels("read" if read else "skipped").inc()
+        self.metrics.existence_checks_by("read" if read else "skipped").inc()
 
     async def _build_digest(self) -> None:
         """The running state digest and the known keys, from one scan of the store."""

@@ -15,6 +15,7 @@ this module speaks in requests, claims and views.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -184,6 +185,10 @@ class MemoryService:
         self.log_available = True
         self.outbox_busy = False
         self._inflight: set[int] = set()
+        # Event ids: this process's random 64-bit prefix and the event's seq
+        # (32 hex digits, like a uuid4's): unique without building a UUID from
+        # os.urandom per write (~3 % of the loop's samples at 600 writes/s).
+        self._event_id_prefix = secrets.token_hex(8)
         self._wake_drainer = asyncio.Event()
         # Told of each event as soon as the log acknowledged it (not of outbox
         # writes): gateway/write_through.py applies them here without waiting
@@ -546,7 +551,7 @@ class MemoryService:
         self.journal.claim_counter(key, counter)  # no await since the lookup: no race
         try:
             event = make_event(
-                event_id=uuid.uuid4().hex,
+                event_id=self._event_id_prefix,  # placeholder: completed with the seq
                 event_type=event_type,
                 memory=body,
                 source=Source(
@@ -566,7 +571,9 @@ class MemoryService:
             self.journal.release(key, counter, None)  # no seq was issued for it
             raise
         seq = self.journal.next_seq()
-        event = msgspec.structs.replace(event, seq=seq)
+        event = msgspec.structs.replace(
+            event, seq=seq, event_id=f"{self._event_id_prefix}{seq:016x}"
+        )
         raw = encode_wire(event)
         try:
             _checked_as_consumers_will(raw)

@@ -583,7 +583,14 @@ class KafkaEventLog:
                     )
                     for r in records
                 ]
-                results: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
+                results: list[Any]
+                if len(futures) == 1:  # a write's own append: no gather around one future
+                    try:
+                        results = [await futures[0]]
+                    except Exception as exc:  # noqa: BLE001 - handed back as gather would
+                        results = [exc]
+                else:
+                    results = await asyncio.gather(*futures, return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     self._created.discard(segment)

@@ -389,6 +389,22 @@ async def test_metrics_expose_latency_lag_and_cache(gw: Gateway) -> None:
     await eventually(loop_lag_measured)
 
 
+async def test_request_metrics_name_no_method_a_client_invents(gw: Gateway) -> None:
+    # aiohttp's C parser takes ~35 methods (WebDAV's and more; its pure-Python
+    # fallback takes any token): a client should not choose label values.
+    for method in ("PROPFIND", "MKCALENDAR", "PURGE"):
+        resp, _ = await gw.request(method, "/v1/memories")
+        assert resp.status == 405
+        resp, _ = await gw.request(method, "/nowhere")
+        assert resp.status in (404, 405)
+    assert gw.client is not None
+    text = await (await gw.client.get("/metrics")).text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("memsync_http_request_seconds_count")]
+    methods = {ln.split('method="')[1].split('"')[0] for ln in lines}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert "other" in methods, lines
+
+
 async def test_gateway_starts_while_the_log_is_down_and_catches_up(tmp_path: Path) -> None:
     broker = TansuBroker(log_path=tmp_path / "broker.log")  # not started yet
     g = await Gateway(tmp_path / "late", broker).start()
