@@ -1,6 +1,6 @@
 """The reference the subscription targets were set against: a bare aiohttp broadcast.
 
-    python -m loadtests.bare_broadcast BOOTSTRAP PORT TOPIC
+    python -m loadtests.bare_broadcast BOOTSTRAP PORT TOPIC [PROCESSES]
 
 One process on uvloop, aiohttp and aiokafka and nothing of memsync, speaking
 just enough of the gateway's protocol that :mod:`loadtests.propagation_bench`
@@ -21,13 +21,23 @@ drives it with the same writer and the same subscriber processes:
 - ``GET /readyz`` and ``GET /metrics``: empty answers, so the benchmark's
   scrapes work unchanged.
 
-Prints ``ready`` once it listens on 127.0.0.1:PORT; runs until terminated.
+With PROCESSES > 1 (default 1) it is that many such processes on the one
+port (``SO_REUSEPORT``: the kernel spreads connections over them), each with
+its own producer, consumer and audience, as gateways that share nothing but
+the log would be: a write on any of them reaches every subscriber through
+the log. The first starts the others (they die with it) and ``/v1/broadcast``
+is refused there, since it would reach one process's sockets only.
+
+Prints ``ready`` once every process listens on 127.0.0.1:PORT; runs until
+terminated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import signal
 import sys
 
 import msgspec
@@ -61,7 +71,27 @@ async def _send_all(audience: set[web.WebSocketResponse], frame: str) -> None:
             audience.discard(ws)
 
 
-async def _serve(bootstrap: str, port: int, topic: str) -> None:
+def _die_with_parent() -> None:
+    """In a spawned process, before exec: SIGTERM when the first process dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def _spawn(bootstrap: str, port: int, topic: str, n: int) -> asyncio.subprocess.Process:
+    """Start one more process of the group on the port; wait for its ``ready``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtests.bare_broadcast", bootstrap, str(port), topic, str(n),
+        "spawned", stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
+    )  # fmt: skip
+    assert proc.stdout is not None  # noqa: S101
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if line.strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"a spawned process did not start: {line[:200]!r}")
+    return proc
+
+
+async def _serve(bootstrap: str, port: int, topic: str, processes: int, spawned: bool) -> None:
     audience: set[web.WebSocketResponse] = set()
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=0
@@ -108,6 +138,10 @@ async def _serve(bootstrap: str, port: int, topic: str) -> None:
         return web.json_response({"ok": True}, status=201)
 
     async def broadcast(request: web.Request) -> web.Response:
+        if processes > 1:
+            message = f"one of {processes} processes: a broadcast would reach its sockets only"
+            body = {"error": {"code": "conflict", "message": message}}
+            return web.json_response(body, status=409)
         await _send_all(audience, (await content_of(request)).decode())
         return web.json_response({"ok": True}, status=201)
 
@@ -125,8 +159,10 @@ async def _serve(bootstrap: str, port: int, topic: str) -> None:
     app.router.add_get("/metrics", empty_text)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_port=processes > 1).start()
     relaying = asyncio.create_task(relay())
+    others = [] if spawned else [await _spawn(bootstrap, port, topic, processes)
+                                 for _ in range(processes - 1)]  # fmt: skip
     print("ready", flush=True)
     try:
         await asyncio.Event().wait()
@@ -134,6 +170,10 @@ async def _serve(bootstrap: str, port: int, topic: str) -> None:
         relaying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relaying
+        for proc in others:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            await proc.wait()
         await runner.cleanup()
         await consumer.stop()
         await producer.stop()
@@ -141,10 +181,18 @@ async def _serve(bootstrap: str, port: int, topic: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or not args[1].isdigit():
-        print("usage: python -m loadtests.bare_broadcast BOOTSTRAP PORT TOPIC", file=sys.stderr)
+    spawned = args[4:] == ["spawned"]
+    processes = args[3] if len(args) >= 4 else "1"
+    if not (3 <= len(args) <= 4 or spawned) or not args[1].isdigit() or not processes.isdigit():
+        print(
+            "usage: python -m loadtests.bare_broadcast BOOTSTRAP PORT TOPIC [PROCESSES]",
+            file=sys.stderr,
+        )
         return 2
-    uvloop.run(_serve(args[0], int(args[1]), args[2]))
+    if not 1 <= int(processes) <= 16:
+        print(f"PROCESSES must be 1 to 16, not {processes}", file=sys.stderr)
+        return 2
+    uvloop.run(_serve(args[0], int(args[1]), args[2], int(processes), spawned))
     return 0
 
 

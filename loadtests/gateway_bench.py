@@ -708,17 +708,20 @@ _REPO = str(Path(__file__).resolve().parents[1])  # where ``-m loadtests...`` re
 
 
 class ReferenceServer:
-    """A reference server (``python -m MODULE BOOTSTRAP PORT TOPIC``) on the broker.
+    """A reference server (``python -m MODULE BOOTSTRAP PORT TOPIC [ARGS]``) on the broker.
 
     Used as ``async with``: makes a scratch topic, starts the module in its
     own process on a free port, waits for its ``ready`` line, and stops it
     on the way out (terminate, then kill after 10 s).
     """
 
-    def __init__(self, module: str, bootstrap: str, topic_prefix: str) -> None:
+    def __init__(
+        self, module: str, bootstrap: str, topic_prefix: str, args: Sequence[str] = ()
+    ) -> None:
         self.module = module
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
+        self.args = tuple(args)
         self.port = free_port_run(1)
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -736,7 +739,7 @@ class ReferenceServer:
         topic = await scratch_topic(self.bootstrap, self.topic_prefix)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", self.module, self.bootstrap, str(self.port), topic,
-            stdout=asyncio.subprocess.PIPE, cwd=_REPO,
+            *self.args, stdout=asyncio.subprocess.PIPE, cwd=_REPO,
         )  # fmt: skip
         assert self.proc.stdout is not None  # noqa: S101
         try:

@@ -1,6 +1,7 @@
 """Propagation benchmark: an HTTP write until WebSocket subscribers receive it.
 
-    python -m loadtests.propagation_bench [--quick] [--reference-only] [--keep-dir]
+    python -m loadtests.propagation_bench [--quick] [--reference-only]
+        [--reference-processes N] [--keep-dir]
 
 Starts one region (a Tansu broker and a gateway subprocess, see
 :class:`loadtests.gateway_bench.LocalRegion`) in a temporary directory and,
@@ -37,7 +38,11 @@ r. **the reference** the targets were set against, measured last, once the
    per write, one consumer broadcasting each fetch), and one event to 1,000
    subscribers, through the log and broadcast straight from the request
    (the bare aiohttp broadcast).
-   ``--reference-only`` runs just (a) and (r).
+   ``--reference-only`` runs just (a) and (r). ``--reference-processes N``
+   adds the pipeline rows for N bare processes on one port (``SO_REUSEPORT``)
+   that share nothing but the log, each consuming it for its own
+   subscribers, on a fresh broker: a gateway split into shared-nothing
+   processes could do no better.
 
 Subscribers run in child processes (``--worker``): a minimal RFC 6455 client
 on raw asyncio transports (no extensions offered, so no permessage-deflate,
@@ -102,7 +107,14 @@ from loadtests.gateway_bench import (
     scrape,
 )
 from loadtests.http1 import Http1Client
-from loadtests.report import CpuMeter, add_settings_option, emit, settings_env, summarize
+from loadtests.report import (
+    CpuMeter,
+    Pids,
+    add_settings_option,
+    emit,
+    settings_env,
+    summarize,
+)
 
 __all__ = ["Plan", "SubscriberPool", "main"]
 
@@ -1004,11 +1016,20 @@ async def measure_propagation(
     }
 
 
-def _pids(region: Server) -> dict[str, int | None]:
-    """The processes whose CPU a phase reports: gateway, its store process, broker, bench."""
-    pids = {"gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid()}
+def _pids(region: Server) -> dict[str, Pids]:
+    """The processes whose CPU a phase reports: gateway, its store process, broker, bench.
+
+    A reference of several processes is reported as one gateway: their sum.
+    """
+    pids: dict[str, Pids] = {
+        "gateway": region.gateway_pid, "broker": region.broker.pid, "bench": os.getpid(),
+    }  # fmt: skip
     gw = region.gateway_pid
-    if gw is not None:
+    if isinstance(region, Reference) and region.server.args and gw is not None:
+        with contextlib.suppress(OSError, ValueError):
+            spawned = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
+            pids["gateway"] = (gw, *map(int, spawned))
+    elif gw is not None:
         with contextlib.suppress(OSError, ValueError):
             children = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
             if children:
@@ -1220,6 +1241,8 @@ async def measure_references(
     plan: Plan,
     rows: list[dict[str, Any]],
     meta: dict[str, Any],
+    *,
+    processes: int = 1,
 ) -> None:
     """(r) :mod:`loadtests.bare_broadcast` where the gateway was, measured alike.
 
@@ -1231,6 +1254,11 @@ async def measure_references(
     count through the log; one event to ``plan.fanout_subscribers`` through
     the log, and broadcast straight from the request (the bare aiohttp
     broadcast).
+
+    With ``processes`` > 1, the same pipeline rows again (on another fresh
+    broker) for that many bare processes sharing the port and nothing but
+    the log: what splitting a gateway into shared-nothing processes could
+    give on this machine at best.
     """
     log("(r) reference: a bare aiohttp pipeline (loadtests.bare_broadcast) on a fresh broker")
     broker = TansuBroker(log_path=workdir / "reference-broker.log")
@@ -1239,6 +1267,14 @@ async def measure_references(
         await _measure_references(broker, token, http, plan, rows, meta)
     finally:
         await broker.stop(grace=2.0)
+    if processes > 1:
+        log(f"(r) reference: {processes} bare processes on one port, on a fresh broker")
+        broker = TansuBroker(log_path=workdir / "reference-split-broker.log")
+        await broker.start()
+        try:
+            await _measure_references(broker, token, http, plan, rows, meta, processes=processes)
+        finally:
+            await broker.stop(grace=2.0)
 
 
 async def _measure_references(
@@ -1248,9 +1284,13 @@ async def _measure_references(
     plan: Plan,
     rows: list[dict[str, Any]],
     meta: dict[str, Any],
+    *,
+    processes: int = 1,
 ) -> None:
     module = "loadtests.bare_broadcast"
-    async with ReferenceServer(module, broker.bootstrap, "bench.bcast") as server:
+    args = (str(processes),) if processes > 1 else ()
+    name = "bare pipeline" if processes == 1 else f"bare pipeline, {processes} processes"
+    async with ReferenceServer(module, broker.bootstrap, "bench.bcast", args) as server:
         ref = Reference(server, broker)
         writer = Writer(http, ref.url, token)
         direct = Writer(http, ref.url, token, path="/v1/broadcast")
@@ -1261,16 +1301,16 @@ async def _measure_references(
             log(f"(r) opening {count} subscribers")
             async with SubscriberPool(ref, token, count, procs=1) as pool:
                 _check_pool(pool, meta)
-                await measure_propagation(
-                    ref, writer, pool, plan, rows, meta, reference="bare pipeline"
-                )
+                await measure_propagation(ref, writer, pool, plan, rows, meta, reference=name)
             big = plan.fanout_subscribers
             log(f"(r) opening {big} subscribers")
+            # A broadcast from one of several processes reaches its own sockets only.
+            writers = [(name, writer)] + ([("bare broadcast", direct)] if processes == 1 else [])
             async with SubscriberPool(ref, token, big, procs=2 if big >= 500 else 1) as pool:
                 _check_pool(pool, meta)
-                for name, w in (("bare pipeline", writer), ("bare broadcast", direct)):
+                for label, w in writers:
                     await measure_fanout(
-                        ref, w, pool, plan.fanout_repeats, rows, meta, reference=name
+                        ref, w, pool, plan.fanout_repeats, rows, meta, reference=label
                     )
         finally:
             await writer.close()
@@ -1286,6 +1326,7 @@ async def run_bench(
     settings: dict[str, str] | None = None,
     *,
     only_reference: bool = False,
+    reference_processes: int = 1,
 ) -> int:
     """Every phase (or the floor and the reference only), then the tables."""
     rows: list[dict[str, Any]] = []
@@ -1328,7 +1369,9 @@ async def run_bench(
             else:
                 idle = await measure_gateway(region, token, http, writer, plan, rows, meta)
     async with http_session(256) as http:
-        await measure_references(workdir, token, http, plan, rows, meta)
+        await measure_references(
+            workdir, token, http, plan, rows, meta, processes=reference_processes
+        )
     meta["seconds"] = round(time.monotonic() - started, 1)
     emit_tables(rows, meta, idle)
     return 0
@@ -1531,18 +1574,32 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only the floor (a) and the bare reference (r), not the gateway's phases",
     )
+    parser.add_argument(
+        "--reference-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="also measure the bare pipeline as N processes on one port that share only "
+        "the log (2 to 16; what splitting the gateway could give here at best)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_settings_option(parser)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker_entry(args.worker)
+    if not 1 <= args.reference_processes <= 16:
+        parser.error(f"--reference-processes must be 1 to 16, not {args.reference_processes}")
     plan = QUICK if args.quick else DEFAULT
     workdir = Path(tempfile.mkdtemp(prefix="memsync-prop-"))
     log(f"working in {workdir}")
     try:
         return run_main(
             lambda: run_bench(
-                plan, workdir, settings_env(args.set), only_reference=args.reference_only
+                plan,
+                workdir,
+                settings_env(args.set),
+                only_reference=args.reference_only,
+                reference_processes=args.reference_processes,
             )
         )
     finally:

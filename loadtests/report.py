@@ -9,7 +9,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 __all__ = [
@@ -151,13 +151,23 @@ def machine_ticks() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
-class CpuMeter:
-    """CPU use (% of one core) of a few processes over a window, and of the whole machine."""
+Pids = int | tuple[int, ...] | None  # one process, a group of them (summed), or none
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
+
+def group_cpu_seconds(pids: Pids) -> float:
+    """:func:`cpu_seconds` of one process, or the sum over a group."""
+    if isinstance(pids, tuple):
+        return sum(cpu_seconds(p) for p in pids)
+    return cpu_seconds(pids)
+
+
+class CpuMeter:
+    """CPU use (% of one core) of a few processes (or groups) over a window, and of the machine."""
+
+    def __init__(self, pids: Mapping[str, Pids]) -> None:
+        self.pids = dict(pids)
         self.t0 = time.monotonic()
-        self.c0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        self.c0 = {k: group_cpu_seconds(p) for k, p in self.pids.items()}
         self.m0 = machine_ticks()
 
     def machine_pct(self) -> float:
@@ -175,6 +185,6 @@ class CpuMeter:
         """Per process, since construction."""
         wall = time.monotonic() - self.t0
         return {
-            k: round(100 * (cpu_seconds(p) - self.c0[k]) / wall, 1) if wall else 0.0
+            k: round(100 * (group_cpu_seconds(p) - self.c0[k]) / wall, 1) if wall else 0.0
             for k, p in self.pids.items()
         }
