@@ -994,7 +994,9 @@ async def measure_propagation(
             "machine_pct": machine,
         }
     )
-    meta[f"{key}{subs}_subscribers_{rate:g}_per_s"] = {
+    # The plain reference keeps its old key; another (several processes) names itself.
+    slug = "" if reference in ("", "bare pipeline") else _slug(reference) + "_"
+    meta[f"{key}{slug}{subs}_subscribers_{rate:g}_per_s"] = {
         "writes_scheduled": n,
         "writes_cut_short_by_time_budget": stop.is_set(),
         "writes_acknowledged": acks.ok,
@@ -1014,6 +1016,11 @@ async def measure_propagation(
         "cpu_pct": {**usage, "subscriber_workers": rep.client_cpu_pct},
         "gateway_stages_p50_p99_ms": stages,
     }
+
+
+def _slug(name: str) -> str:
+    """A reference's name in a JSON key (``bare pipeline, 2 processes``, for one)."""
+    return "_".join(name.replace(",", " ").split())
 
 
 def _pids(region: Server) -> dict[str, Pids]:
@@ -1162,7 +1169,7 @@ async def measure_fanout(
         }
     )
     a = summarize(acks)
-    slug = reference.replace(" ", "_") + "_" if reference else ""
+    slug = _slug(reference) + "_" if reference else ""
     meta[f"{key}{slug}{subs}_subscribers"] = {
         "events": repeats,
         "expected_deliveries": expected,

@@ -33,11 +33,14 @@ def test_a_busy_grandchild_is_found_and_its_cpu_counted() -> None:
         assert tree[0] == parent.pid
         grandchild = tree[1]
         assert "process_time" in command_line(grandchild)
-        meter = CpuMeter({"grandchild": grandchild, "gone": None})
+        meter = CpuMeter(
+            {"grandchild": grandchild, "gone": None, "group": (parent.pid, grandchild)}
+        )
         time.sleep(0.2)
         pct = meter.pct()
         assert pct["grandchild"] > 20  # it spins on a core
         assert pct["gone"] == 0.0
+        assert pct["group"] > 20  # a group: the sum of its processes (the spinning one in it)
         # ... and that core is part of the machine's busy share (of all cores)
         assert 100 / (os.cpu_count() or 1) * 0.2 < meter.machine_pct() <= 100
     finally:
