@@ -94,3 +94,44 @@ async def test_a_memory_made_private_stays_for_the_owner_subscribed_to_both_chan
         assert not any(_secret_in(c) for c in shared)
         await own.close()
         await tenant.close()
+
+
+async def test_a_memory_made_private_stays_for_a_subscription_begun_after_it_was_sent(
+    gw: Gateway,
+) -> None:
+    # The user channel's subscription starts from now, after s was sent to the
+    # tenant one: it holds nothing of s. It is lazy, so the tenant stream's
+    # left comes before its batch with the update: s must not be dropped (and
+    # reported gone) in between.
+    async with MemorySync(_base(gw), gw.default_token, stream=FAST) as alice:
+        shared: list[Change] = []
+        mine: list[Change] = []
+        tenant = alice.subscribe([SHARED], shared.append)
+        await asyncio.wait_for(tenant.connected.wait(), 10)
+        await alice.create("alice", "list", id="s", content="for everyone", shared=True,
+                           items=["a", "b"])  # fmt: skip
+        await eventually(
+            lambda: _true(alice.cache.view("acme/s") is not None), what="s through the tenant"
+        )
+        own = alice.subscribe([ALICE], mine.append, mode="lazy", interval_ms=300)
+        await asyncio.wait_for(own.connected.wait(), 10)
+        assert alice.cache.holders("acme/s") == {frozenset({SHARED})}
+
+        await alice.update("s", if_match="auto", content="SECRET: alice only", shared=False)
+
+        async def updated() -> bool:
+            view = alice.cache.view("acme/s")
+            return view is not None and view.content == "SECRET: alice only"
+
+        await eventually(updated, what="the update through the user channel")
+        await eventually(
+            lambda: _true(tenant.cursor == own.cursor), what="the left on the tenant channel"
+        )
+        view = alice.cache.view("acme/s")
+        assert view is not None and not view.shared and view.items == ("a", "b")
+        assert alice.cache.is_complete("acme/s")  # never started again from the update alone
+        assert frozenset({ALICE}) in alice.cache.holders("acme/s")
+        assert not any(c.gone for c in shared)
+        assert not any(_secret_in(c) for c in shared)
+        await own.close()
+        await tenant.close()
