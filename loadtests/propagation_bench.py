@@ -1036,6 +1036,9 @@ def _pids(region: Server) -> dict[str, Pids]:
         with contextlib.suppress(OSError, ValueError):
             spawned = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
             pids["gateway"] = (gw, *map(int, spawned))
+            expected = int(region.server.args[0]) - 1
+            if len(spawned) != expected:
+                log(f"    CPU of {len(spawned)} spawned reference processes, not {expected}")
     elif gw is not None:
         with contextlib.suppress(OSError, ValueError):
             children = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
@@ -1307,14 +1310,14 @@ async def _measure_references(
             count = plan.subscribers[0]
             log(f"(r) opening {count} subscribers")
             async with SubscriberPool(ref, token, count, procs=1) as pool:
-                _check_pool(pool, meta)
+                _check_pool(pool, meta, name)
                 await measure_propagation(ref, writer, pool, plan, rows, meta, reference=name)
             big = plan.fanout_subscribers
             log(f"(r) opening {big} subscribers")
             # A broadcast from one of several processes reaches its own sockets only.
             writers = [(name, writer)] + ([("bare broadcast", direct)] if processes == 1 else [])
             async with SubscriberPool(ref, token, big, procs=2 if big >= 500 else 1) as pool:
-                _check_pool(pool, meta)
+                _check_pool(pool, meta, name)
                 for label, w in writers:
                     await measure_fanout(
                         ref, w, pool, plan.fanout_repeats, rows, meta, reference=label
@@ -1552,11 +1555,12 @@ def emit_tables(
     )
 
 
-def _check_pool(pool: SubscriberPool, meta: dict[str, Any]) -> None:
+def _check_pool(pool: SubscriberPool, meta: dict[str, Any], name: str = "") -> None:
     log(f"    {pool.ready}/{pool.count} subscribed in {pool.open_seconds:.1f} s")
     if pool.failed:
         log(f"    {pool.failed} failed: {pool.failures}")
-        meta.setdefault("subscribe_failures", {})[str(pool.count)] = pool.failures
+        key = f"{_slug(name)}_{pool.count}" if name else str(pool.count)
+        meta.setdefault("subscribe_failures", {})[key] = pool.failures
     if not pool.ready:
         raise RuntimeError(f"no subscriber could connect: {pool.failures}")
 
@@ -1587,7 +1591,8 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         metavar="N",
         help="also measure the bare pipeline as N processes on one port that share only "
-        "the log (2 to 16; what splitting the gateway could give here at best)",
+        "the log (2 to 16; 1, the default, adds nothing): what splitting the gateway "
+        "that way could give here at best",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_settings_option(parser)

@@ -463,8 +463,9 @@ class MemorySync:
         subscription or :meth:`warm` of other channels of this client still
         holds it (see :class:`LocalCache`), or another open subscription
         that was never sent it may still see it (the gateway is asked; see
-        :meth:`_rehome`): then it is kept and nothing is reported. It resumes from ``since``, else from the cursor of a
-        previous :meth:`warm` of the same channels, else from now. Await
+        :meth:`_rehome`): then it is kept and nothing is reported. It
+        resumes from ``since``, else from the cursor of a previous
+        :meth:`warm` of the same channels, else from now. Await
         ``sub.connected.wait()`` to know it is live; ``sub.close()`` stops it
         (closing the client closes it too).
         """
