@@ -514,6 +514,7 @@ class MemorySync:
         }
         if not heirs:
             return False
+        mark = self.cache.release_mark
         try:
             async with asyncio.timeout(REHOME_READ_S):
                 now = await self.get(state.id)
@@ -523,7 +524,11 @@ class MemorySync:
         if now.tenant_id != state.tenant_id or now.deleted:
             return False
         visible = set(_channels(state, now))
-        kept = [h for h in heirs if h & visible]
+        # Not for a subscription told meanwhile that it left: the read may
+        # have been answered before that.
+        kept = [
+            h for h in heirs if h & visible and not self.cache.released_since(state.key, h, mark)
+        ]
         for holder in kept:
             self.cache.join(state, holder)
         return bool(kept)

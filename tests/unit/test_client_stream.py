@@ -38,6 +38,7 @@ class _Gateway:
         on_subscribe: OnSubscribe,
         sync: bytes = b"",
         memories: dict[str, dict[str, Any]] | None = None,
+        read_gate: asyncio.Event | None = None,
     ) -> None:
         self.subscribes: list[dict[str, Any]] = []
         self.syncs: list[dict[str, str]] = []
@@ -45,6 +46,8 @@ class _Gateway:
         self._on_subscribe = on_subscribe
         self._sync_body = sync
         self._memories = memories or {}  # what GET /v1/memories/{id} answers (else 404)
+        self._read_gate = read_gate  # when given, a read is answered only once it is set
+        self.read_started = asyncio.Event()
         app = web.Application()
         app.router.add_get("/v1/subscribe", self._ws)
         app.router.add_get("/v1/sync", self._sync)
@@ -67,6 +70,9 @@ class _Gateway:
     async def _memory(self, request: web.Request) -> web.Response:
         memory_id = request.match_info["id"]
         self.reads.append(memory_id)
+        self.read_started.set()
+        if self._read_gate is not None:
+            await self._read_gate.wait()
         if memory_id not in self._memories:
             body = {"error": {"code": "not_found", "message": f"memory {memory_id!r} not found"}}
             return web.json_response(body, status=404)
@@ -421,6 +427,38 @@ async def test_a_left_drops_the_memory_when_the_gateway_says_the_later_subscript
     async with MemorySync(gateway.url, "tok") as ms:
         ms.subscribe([SHARED], shared.append)
         ms.subscribe([CHANNEL], lambda _change: None)
+        await _until(lambda: any(c.gone for c in shared), "m reported gone")
+        assert gateway.reads == ["m"] and "t/m" not in ms.cache
+
+
+async def test_a_left_the_other_subscription_gets_during_the_read_wins_over_the_read(
+    started: Callable[[_Gateway], Awaitable[_Gateway]],
+) -> None:
+    # The read may be answered from before the memory left the user channel
+    # too: a left there that came meanwhile must not be undone by it.
+    _, (m, _, _) = _writes()
+    later_ready, gate = asyncio.Event(), asyncio.Event()
+    gateway: _Gateway
+
+    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
+        await _subscribed(ws)
+        if op["channels"] == [SHARED]:
+            await _event(ws, m, "shared-E1")
+            await later_ready.wait()
+            await _frame(ws, op="left", id="m", key="t/m", cursor="shared-L2")
+        else:
+            later_ready.set()
+            await gateway.read_started.wait()
+            await _frame(ws, op="left", id="m", key="t/m", cursor="mine-L3")
+        await _hold(ws)
+
+    gateway = await started(_Gateway(script, memories={"m": _M_NOW}, read_gate=gate))
+    shared: list[Change] = []
+    async with MemorySync(gateway.url, "tok") as ms:
+        ms.subscribe([SHARED], shared.append)
+        own = ms.subscribe([CHANNEL], lambda _change: None)
+        await _until(lambda: own.cursor == "mine-L3", "the left through the user channel")
+        gate.set()  # the read answers: m still on the user channel, as far as it knew
         await _until(lambda: any(c.gone for c in shared), "m reported gone")
         assert gateway.reads == ["m"] and "t/m" not in ms.cache
 
