@@ -36,7 +36,6 @@ from replication.state import MemoryState, MemoryView, materialize
 __all__ = ["DEFAULT_MAX_ENTRIES", "Holder", "LocalCache"]
 
 DEFAULT_MAX_ENTRIES = 10_000
-RELEASES_KEPT = 1024  # the latest releases remembered for LocalCache.released_since
 
 Holder = frozenset[str]
 """Who put a memory in the cache: the channels of a subscription or of a warm."""
@@ -85,9 +84,6 @@ class LocalCache:
         self._by_id: dict[str, set[str]] = {}
         self._holders: dict[str, set[Holder]] = {}
         self._evictions = 0
-        # The latest releases, (key, holder) → its mark: see released_since.
-        self._releases: OrderedDict[tuple[str, Holder], int] = OrderedDict()
-        self._release_mark = 0
 
     # -- folding --------------------------------------------------------------
 
@@ -174,11 +170,8 @@ class LocalCache:
         held. A memory with no holder recorded (put there without one) is
         dropped.
         """
-        key = id_or_key if "/" in id_or_key else self._key(id_or_key)
-        if key is None:
-            return None
-        self._note_release(key, holder)
-        if key not in self._states:
+        key = self._key(id_or_key)
+        if key is None or key not in self._states:
             return None
         held = self._holders.get(key)
         if held:
@@ -186,31 +179,6 @@ class LocalCache:
             if held:
                 return None
         return self.discard(key)
-
-    def _note_release(self, key: str, holder: Holder) -> None:
-        self._release_mark += 1
-        self._releases[(key, holder)] = self._release_mark
-        self._releases.move_to_end((key, holder))
-        while len(self._releases) > RELEASES_KEPT:
-            self._releases.popitem(last=False)
-
-    @property
-    def release_mark(self) -> int:
-        """A count of every :meth:`release` so far: a mark for :meth:`released_since`."""
-        return self._release_mark
-
-    def released_since(self, id_or_key: str, holder: Holder, mark: int) -> bool:
-        """Whether ``holder`` released the memory after ``mark`` (held or not then).
-
-        True also when it cannot tell: more than :data:`RELEASES_KEPT`
-        releases since ``mark`` pushed the answer out.
-        """
-        key = id_or_key if "/" in id_or_key else self._key(id_or_key)
-        at = self._releases.get((key, holder)) if key is not None else None
-        if at is not None:
-            return at > mark
-        oldest = next(iter(self._releases.values()), mark)
-        return len(self._releases) >= RELEASES_KEPT and oldest > mark
 
     # -- reading --------------------------------------------------------------
 

@@ -28,7 +28,6 @@ Errors are :mod:`gateway.client.errors` classes; retries follow
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -56,9 +55,8 @@ from gateway.client.wire import (
     decode_write,
 )
 from gateway.requests import CreateRequest, PatchRequest, SearchRequest, SourceIn
-from replication.routing import channels_for
 from replication.schema import Kind, Policy
-from replication.state import MemoryState, MemoryView, materialize
+from replication.state import MemoryView
 
 __all__ = ["MemorySync"]
 
@@ -67,10 +65,6 @@ _encoder = msgspec.json.Encoder()
 
 _UNSET: Any = msgspec.UNSET
 SESSION_HEADER = "X-Memsync-Session"
-# How long a subscription waits for the read that decides whether a memory a
-# `left` dropped stays for another subscription (MemorySync._rehome); past it,
-# the memory is dropped as before.
-REHOME_READ_S = 5.0
 
 
 class MemorySync:
@@ -461,11 +455,9 @@ class MemorySync:
         (made private, moved off a topic; no content is sent), it is dropped
         from :attr:`cache` and reported with ``Change.gone`` — unless a
         subscription or :meth:`warm` of other channels of this client still
-        holds it (see :class:`LocalCache`), or another open subscription
-        that was never sent it may still see it (the gateway is asked; see
-        :meth:`_rehome`): then it is kept and nothing is reported. It
-        resumes from ``since``, else from the cursor of a previous
-        :meth:`warm` of the same channels, else from now. Await
+        holds it (see :class:`LocalCache`): then it is kept and nothing is
+        reported. It resumes from ``since``, else from the cursor of a
+        previous :meth:`warm` of the same channels, else from now. Await
         ``sub.connected.wait()`` to know it is live; ``sub.close()`` stops it
         (closing the client closes it too).
         """
@@ -481,57 +473,11 @@ class MemorySync:
             since=since if since is not None else self._cursors.get(frozenset(chans)),
             options=self._stream,
             on_end=self._ended,
-            rehome=self._rehome,
         )
         self._subscriptions = {s for s in self._subscriptions if not s.closed}
         self._subscriptions.add(sub)
         sub.start()
         return sub
-
-    async def _rehome(self, sub: Subscription, state: MemoryState) -> bool:
-        """Put back a memory ``sub`` was told left its channels, if another subscription sees it.
-
-        The cache records as holders only subscriptions that received a
-        memory. So one started later, from "now", holds nothing of what it
-        was never sent, and the ``left`` dropped the memory. The event that
-        made it leave reaches that subscription too, but it may come after
-        the ``left`` and would then start the memory again, partial.
-
-        Whether the memory is still on such a subscription's channels is
-        read from the gateway (bounded by :data:`REHOME_READ_S`), never
-        guessed from the cached state: a memory that left both before the
-        other subscription began is announced to neither, and it may have
-        become private. Kept, it goes back with the state last held, and
-        each such subscription as its holder. Returns whether it was kept.
-        """
-        if state.contested:
-            return False
-        routed = set(_channels(state, materialize(state)))
-        heirs = {
-            s.holder
-            for s in self._subscriptions
-            if s is not sub and not s.closed and s.holder != sub.holder and s.holder & routed
-        }
-        if not heirs:
-            return False
-        mark = self.cache.release_mark
-        try:
-            async with asyncio.timeout(REHOME_READ_S):
-                now = await self.get(state.id)
-        except (MemsyncClientError, TimeoutError) as exc:
-            _log.info("memsync_left_not_rehomed", key=state.key, reason=str(exc)[:200])
-            return False
-        if now.tenant_id != state.tenant_id or now.deleted:
-            return False
-        visible = set(_channels(state, now))
-        # Not for a subscription told meanwhile that it left: the read may
-        # have been answered before that.
-        kept = [
-            h for h in heirs if h & visible and not self.cache.released_since(state.key, h, mark)
-        ]
-        for holder in kept:
-            self.cache.join(state, holder)
-        return bool(kept)
 
     def _ended(self, sub: Subscription) -> None:
         """A subscription ended: its channels hold nothing more, unless another open one's do."""
@@ -539,17 +485,6 @@ class MemorySync:
             s is not sub and s.holder == sub.holder and not s.closed for s in self._subscriptions
         ):
             self.cache.forget_holder(sub.holder)
-
-
-def _channels(state: MemoryState, view: MemoryView) -> tuple[str, ...]:
-    """The channels a memory is routed to, with ``view``'s sharing and topics."""
-    return channels_for(
-        tenant_id=state.tenant_id,
-        user_id=view.user_id,
-        topics=view.topics,
-        shared=view.shared,
-        system=state.system,
-    )
 
 
 def _needs_snapshot(exc: MemsyncClientError) -> bool:

@@ -95,10 +95,6 @@ __all__ = ["Callback", "Mode", "StreamOptions", "Subscription"]
 _log = structlog.get_logger(__name__)
 
 Mode = Literal["eager", "lazy"]
-Rehome = Callable[["Subscription", MemoryState], Awaitable[bool]]
-"""Asked by a subscription of a memory a ``left`` dropped from the cache: whether it went
-back in for another subscription (see :meth:`gateway.client.MemorySync.subscribe`)."""
-
 Callback = Callable[[Change], Awaitable[None] | None]
 Pull = Callable[[tuple[str, ...], str | None], AsyncIterator[SyncPage]]
 
@@ -177,7 +173,6 @@ class Subscription:
         since: str | None = None,
         options: StreamOptions | None = None,
         on_end: Callable[[Subscription], None] | None = None,
-        rehome: Rehome | None = None,
     ) -> None:
         if not channels:
             raise ValueError("subscribe to at least one channel")
@@ -186,8 +181,6 @@ class Subscription:
         self.channels: tuple[str, ...] = tuple(dict.fromkeys(channels))
         self.holder: Holder = frozenset(self.channels)
         self._on_end = on_end  # told once the subscription has ended, for good
-        # Asked of each memory a `left` dropped: whether another subscription keeps it.
-        self._rehome = rehome
         self.mode: Mode = mode
         self.interval_ms = interval_ms
         self.connected = asyncio.Event()
@@ -501,8 +494,7 @@ class Subscription:
         for key in changed:
             await self._emit(key, latest.get(key), origin)
         for state in dropped:
-            if not await self._rehomed(state):
-                await self._gone(state, origin)
+            await self._gone(state, origin)
 
     async def _on_left(self, frame: Frame) -> None:
         """A memory left this subscription's channels (module docstring, 3)."""
@@ -517,12 +509,8 @@ class Subscription:
         except KeyError:  # a bare id several tenants share here: the key is needed
             self._log.warning("memsync_subscription_left_ambiguous", id=key)
             return
-        if state is not None and not await self._rehomed(state):
+        if state is not None:
             await self._gone(state, "event")
-
-    async def _rehomed(self, state: MemoryState) -> bool:
-        """Whether a memory a ``left`` dropped went back in the cache for another subscription."""
-        return self._rehome is not None and await self._rehome(self, state)
 
     async def _resync(self) -> None:
         """A full snapshot into the cache; drop what it no longer lists (module docstring, 5)."""

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.client import LocalCache
-from gateway.client.cache import RELEASES_KEPT
 from replication.digest import combine, state_digest
 from replication.dvv import EMPTY
 from replication.merge import join
@@ -321,24 +320,3 @@ def test_a_contested_memory_is_held_but_never_shown() -> None:
     state = cache.state("t1/x")
     assert state is not None and state.contested  # held, as the server holds it ...
     assert cache.view("t1/x") is None and cache.views() == []  # ... and shown to no one
-
-
-def test_released_since_remembers_releases_of_memories_held_or_not() -> None:
-    cache = LocalCache()
-    mine, other = frozenset({"user:alice:memories"}), frozenset({"tenant:t:shared"})
-    mark = cache.release_mark
-    assert cache.release("t/m", mine) is None  # not held: nothing dropped, but noted
-    assert cache.released_since("t/m", mine, mark)
-    assert not cache.released_since("t/m", other, mark)
-    assert not cache.released_since("t/m", mine, cache.release_mark)  # nothing after now
-
-
-def test_released_since_says_yes_when_too_many_releases_pushed_the_answer_out() -> None:
-    cache = LocalCache()
-    holder = frozenset({"user:alice:memories"})
-    mark = cache.release_mark
-    cache.release("t/m", holder)
-    for i in range(RELEASES_KEPT):
-        cache.release(f"t/n{i}", holder)
-    assert cache.released_since("t/m", holder, mark)  # forgotten, so it cannot say no
-    assert not cache.released_since("t/x", holder, cache.release_mark)

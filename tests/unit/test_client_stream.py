@@ -33,25 +33,14 @@ OnSubscribe = Callable[[web.WebSocketResponse, dict[str, Any], int], Awaitable[N
 class _Gateway:
     """A scripted gateway: each subscribe answered by ``on_subscribe``, ``/v1/sync`` by ``sync``."""
 
-    def __init__(
-        self,
-        on_subscribe: OnSubscribe,
-        sync: bytes = b"",
-        memories: dict[str, dict[str, Any]] | None = None,
-        read_gate: asyncio.Event | None = None,
-    ) -> None:
+    def __init__(self, on_subscribe: OnSubscribe, sync: bytes = b"") -> None:
         self.subscribes: list[dict[str, Any]] = []
         self.syncs: list[dict[str, str]] = []
-        self.reads: list[str] = []
         self._on_subscribe = on_subscribe
         self._sync_body = sync
-        self._memories = memories or {}  # what GET /v1/memories/{id} answers (else 404)
-        self._read_gate = read_gate  # when given, a read is answered only once it is set
-        self.read_started = asyncio.Event()
         app = web.Application()
         app.router.add_get("/v1/subscribe", self._ws)
         app.router.add_get("/v1/sync", self._sync)
-        app.router.add_get("/v1/memories/{id}", self._memory)
         self.server = TestServer(app)
 
     @property
@@ -66,17 +55,6 @@ class _Gateway:
         await self._on_subscribe(ws, op, len(self.subscribes))
         await ws.close()
         return ws
-
-    async def _memory(self, request: web.Request) -> web.Response:
-        memory_id = request.match_info["id"]
-        self.reads.append(memory_id)
-        self.read_started.set()
-        if self._read_gate is not None:
-            await self._read_gate.wait()
-        if memory_id not in self._memories:
-            body = {"error": {"code": "not_found", "message": f"memory {memory_id!r} not found"}}
-            return web.json_response(body, status=404)
-        return web.json_response(self._memories[memory_id])
 
     async def _sync(self, request: web.Request) -> web.Response:
         self.syncs.append(dict(request.query))
@@ -370,111 +348,6 @@ async def test_a_left_keeps_a_memory_another_subscription_holds(
         assert own.cursor == "mine-L2"
         assert "t/m" not in ms.cache
     assert shared == []
-
-
-def _handed_over_script(
-    later_ready: asyncio.Event,
-) -> Callable[[web.WebSocketResponse, dict[str, Any], int], Awaitable[None]]:
-    """m through the tenant channel, then (once the user channel's subscription is
-    live, having been sent nothing of m) a ``left`` of m there."""
-    _, (m, _, _) = _writes()
-
-    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
-        await _subscribed(ws)
-        if op["channels"] == [SHARED]:
-            await _event(ws, m, "shared-E1")
-            await later_ready.wait()
-            await _frame(ws, op="left", id="m", key="t/m", cursor="shared-L2")
-        else:
-            later_ready.set()
-        await _hold(ws)
-
-    return script
-
-
-_M_NOW = {"id": "m", "tenant_id": "t", "user_id": "alice", "kind": "fact", "policy": "lww",
-          "content": "m", "shared": False, "version": "v"}  # fmt: skip
-
-
-async def test_a_left_hands_the_memory_to_a_later_subscription_the_gateway_says_sees_it(
-    started: Callable[[_Gateway], Awaitable[_Gateway]],
-) -> None:
-    # The user channel's subscription began after m was sent: it holds nothing
-    # of m. The event that made m leave the tenant channel reaches it too, but
-    # may come after the left: the cache must not have dropped m meanwhile.
-    later_ready = asyncio.Event()
-    gateway = await started(_Gateway(_handed_over_script(later_ready), memories={"m": _M_NOW}))
-    shared: list[Change] = []
-    mine: list[Change] = []
-    async with MemorySync(gateway.url, "tok") as ms:
-        sub = ms.subscribe([SHARED], shared.append)
-        await _until(lambda: len(shared) == 1, "m through the tenant channel")
-        ms.subscribe([CHANNEL], mine.append)
-        await _until(lambda: sub.cursor == "shared-L2", "the left through the tenant channel")
-        await _until(lambda: gateway.reads == ["m"], "the read of m")
-        await _until(lambda: "t/m" in ms.cache, "m kept for the user channel")
-        assert ms.cache.holders("t/m") == {frozenset({CHANNEL})}
-        assert ms.cache.is_complete("t/m")  # the state last held, not a fresh partial one
-        assert not any(c.gone for c in shared) and mine == []
-
-
-async def test_a_left_drops_the_memory_when_the_gateway_says_the_later_subscription_cannot(
-    started: Callable[[_Gateway], Awaitable[_Gateway]],
-) -> None:
-    later_ready = asyncio.Event()
-    gateway = await started(_Gateway(_handed_over_script(later_ready)))  # GET m: 404
-    shared: list[Change] = []
-    async with MemorySync(gateway.url, "tok") as ms:
-        ms.subscribe([SHARED], shared.append)
-        ms.subscribe([CHANNEL], lambda _change: None)
-        await _until(lambda: any(c.gone for c in shared), "m reported gone")
-        assert gateway.reads == ["m"] and "t/m" not in ms.cache
-
-
-async def test_a_left_the_other_subscription_gets_during_the_read_wins_over_the_read(
-    started: Callable[[_Gateway], Awaitable[_Gateway]],
-) -> None:
-    # The read may be answered from before the memory left the user channel
-    # too: a left there that came meanwhile must not be undone by it.
-    _, (m, _, _) = _writes()
-    later_ready, gate = asyncio.Event(), asyncio.Event()
-    gateway: _Gateway
-
-    async def script(ws: web.WebSocketResponse, op: dict[str, Any], n: int) -> None:
-        await _subscribed(ws)
-        if op["channels"] == [SHARED]:
-            await _event(ws, m, "shared-E1")
-            await later_ready.wait()
-            await _frame(ws, op="left", id="m", key="t/m", cursor="shared-L2")
-        else:
-            later_ready.set()
-            await gateway.read_started.wait()
-            await _frame(ws, op="left", id="m", key="t/m", cursor="mine-L3")
-        await _hold(ws)
-
-    gateway = await started(_Gateway(script, memories={"m": _M_NOW}, read_gate=gate))
-    shared: list[Change] = []
-    async with MemorySync(gateway.url, "tok") as ms:
-        ms.subscribe([SHARED], shared.append)
-        own = ms.subscribe([CHANNEL], lambda _change: None)
-        await _until(lambda: own.cursor == "mine-L3", "the left through the user channel")
-        gate.set()  # the read answers: m still on the user channel, as far as it knew
-        await _until(lambda: any(c.gone for c in shared), "m reported gone")
-        assert gateway.reads == ["m"] and "t/m" not in ms.cache
-
-
-async def test_a_left_reads_nothing_when_no_other_subscription_could_see_the_memory(
-    started: Callable[[_Gateway], Awaitable[_Gateway]],
-) -> None:
-    later_ready = asyncio.Event()
-    gateway = await started(_Gateway(_handed_over_script(later_ready), memories={"m": _M_NOW}))
-    shared: list[Change] = []
-    async with MemorySync(gateway.url, "tok") as ms:
-        ms.subscribe([SHARED], shared.append)
-        ms.subscribe(["topic:other:updates"], lambda _change: None)  # m is not routed there
-        later_ready.set()
-        await _until(lambda: any(c.gone for c in shared), "m reported gone")
-        assert gateway.reads == [] and "t/m" not in ms.cache
 
 
 async def test_a_closed_subscription_holds_nothing_more(
