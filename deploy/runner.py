@@ -59,6 +59,17 @@ class Region:
         return f"http://127.0.0.1:{self.port}"
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` so that a reader sees all of ``text`` or no file, never a part.
+
+    Tools (and the tests) poll for ``cluster.json`` and read it the moment
+    it exists: written in place, it exists empty for a moment.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _say(message: str) -> None:
     print(f"memsync up: {message}", flush=True)
 
@@ -253,7 +264,7 @@ async def _run(
             "tenant": "dev",
             "secret_file": str(secret_path),
         }
-        (data_dir / "cluster.json").write_text(json.dumps(cluster, indent=2) + "\n")
+        write_atomically(data_dir / "cluster.json", json.dumps(cluster, indent=2) + "\n")
         for r in regions:
             print(f"{r.name}\t{r.url}")
         print(f"token (tenant 'dev', all users, admin):\n{token}")

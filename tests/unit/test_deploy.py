@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
+
+from deploy.runner import write_atomically
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.multi-region.yml"
@@ -112,3 +117,32 @@ def test_memsync_up_passes_gateway_settings_through_but_wires_each_region_itself
     assert env["MEMSYNC_KAFKA_BOOTSTRAP"] == broker.bootstrap
     assert "MEMSYNC_KAFKA_PARTITIONS" not in env  # the log's shape is the runner's
     assert env["MEMSYNC_PEERS"] == "us-east"
+
+
+def test_the_cluster_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    # memsync up's cluster.json is read by whoever polls for it: a reader
+    # that finds it must find all of it (in place, it existed empty first).
+    target = tmp_path / "cluster.json"
+    torn: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                text = target.read_text()
+                try:
+                    json.loads(text)
+                except ValueError:
+                    torn.append(text[:40])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(200):
+            write_atomically(target, json.dumps({"n": i, "pad": "x" * 200_000}))
+    finally:
+        done.set()
+        reader.join()
+    assert torn == []
+    assert json.loads(target.read_text())["n"] == 199
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.json"]  # no temp left
