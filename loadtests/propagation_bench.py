@@ -111,6 +111,7 @@ from loadtests.report import (
     CpuMeter,
     Pids,
     add_settings_option,
+    descendants,
     emit,
     settings_env,
     summarize,
@@ -994,8 +995,7 @@ async def measure_propagation(
             "machine_pct": machine,
         }
     )
-    # The plain reference keeps its old key; another (several processes) names itself.
-    slug = "" if reference in ("", "bare pipeline") else _slug(reference) + "_"
+    slug = _slug(reference) + "_" if reference else ""
     meta[f"{key}{slug}{subs}_subscribers_{rate:g}_per_s"] = {
         "writes_scheduled": n,
         "writes_cut_short_by_time_budget": stop.is_set(),
@@ -1033,12 +1033,10 @@ def _pids(region: Server) -> dict[str, Pids]:
     }  # fmt: skip
     gw = region.gateway_pid
     if isinstance(region, Reference) and region.server.args and gw is not None:
-        with contextlib.suppress(OSError, ValueError):
-            spawned = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
-            pids["gateway"] = (gw, *map(int, spawned))
-            expected = int(region.server.args[0]) - 1
-            if len(spawned) != expected:
-                log(f"    CPU of {len(spawned)} spawned reference processes, not {expected}")
+        group = tuple(descendants(gw))  # the first process and those it spawned
+        pids["gateway"] = group
+        if len(group) != int(region.server.args[0]):
+            log(f"    CPU of {len(group)} reference processes, not {region.server.args[0]}")
     elif gw is not None:
         with contextlib.suppress(OSError, ValueError):
             children = Path(f"/proc/{gw}/task/{gw}/children").read_text().split()
@@ -1270,19 +1268,13 @@ async def measure_references(
     the log: what splitting a gateway into shared-nothing processes could
     give on this machine at best.
     """
-    log("(r) reference: a bare aiohttp pipeline (loadtests.bare_broadcast) on a fresh broker")
-    broker = TansuBroker(log_path=workdir / "reference-broker.log")
-    await broker.start()
-    try:
-        await _measure_references(broker, token, http, plan, rows, meta)
-    finally:
-        await broker.stop(grace=2.0)
-    if processes > 1:
-        log(f"(r) reference: {processes} bare processes on one port, on a fresh broker")
-        broker = TansuBroker(log_path=workdir / "reference-split-broker.log")
+    for n in dict.fromkeys((1, processes)):
+        log(f"(r) reference: the bare aiohttp pipeline (loadtests.bare_broadcast) as {n} "
+            "process(es), on a fresh broker")  # fmt: skip
+        broker = TansuBroker(log_path=workdir / f"reference-{n}-broker.log")
         await broker.start()
         try:
-            await _measure_references(broker, token, http, plan, rows, meta, processes=processes)
+            await _measure_references(broker, token, http, plan, rows, meta, processes=n)
         finally:
             await broker.stop(grace=2.0)
 
